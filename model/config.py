@@ -1,0 +1,126 @@
+"""Typed, file-backed configuration of the network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+MAX_AGE = 100  # age logits cover 0..MAX_AGE years inclusive
+NUM_AGE_BINS = MAX_AGE + 1
+HEAD_STRIDE = 8  # output stride of the fused map the heads read (see model.heads for the reason)
+NETWORK_STRIDE = 32  # deepest backbone stride: scene inputs must be a multiple of it
+
+Cfg = TypeVar("Cfg", bound=BaseModel)
+
+
+class StrictConfig(BaseModel):
+    """Base for every config: unknown keys and wrong types are errors, not silent defaults."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class ModelConfig(StrictConfig):
+    """Widths, depths, input sizes and head options of MouaadNet-Ultra."""
+
+    widths: list[int] = [16, 24, 48, 96, 128]  # output channels of backbone stages 1..5 (strides 2..32)
+    depths: list[int] = [1, 2, 2, 2, 3]  # blocks per stage (the first block of stages 2..5 downsamples)
+    neck_width: int = 64
+    neck_depth: int = 1  # inner blocks per CSP block
+    head_width: int = 64
+    head_convs: int = 2  # depthwise-separable convs in each head tower
+    attr_dropout: float = 0.1
+    heatmap_prior: float = 0.1  # initial sigmoid output of the center heatmap (focal-loss prior)
+    scene_size: int = 320
+    crop_size: int = 112
+    top_k: int = 100
+
+    @field_validator("widths")
+    @classmethod
+    def _five_growing_widths(cls, widths: list[int]) -> list[int]:
+        if len(widths) != 5 or any(w <= 0 for w in widths):
+            raise ValueError(f"widths needs 5 positive channel counts (one per stage), got {widths}")
+        if any(b < a for a, b in zip(widths, widths[1:])):
+            raise ValueError(f"widths must not shrink from stage to stage, got {widths}")
+        return widths
+
+    @field_validator("depths")
+    @classmethod
+    def _five_depths(cls, depths: list[int]) -> list[int]:
+        if len(depths) != 5 or any(d < 1 for d in depths):
+            raise ValueError(f"depths needs 5 counts >= 1 (one per stage), got {depths}")
+        return depths
+
+    @field_validator("scene_size")
+    @classmethod
+    def _multiple_of_stride(cls, size: int) -> int:
+        if size <= 0 or size % NETWORK_STRIDE:
+            raise ValueError(f"scene_size must be a positive multiple of {NETWORK_STRIDE}, got {size}")
+        return size
+
+    @field_validator("neck_width", "head_width")
+    @classmethod
+    def _even_width(cls, width: int) -> int:
+        if width <= 0 or width % 2:
+            raise ValueError(f"must be a positive even channel count (CSP splits it in halves), got {width}")
+        return width
+
+    @field_validator("attr_dropout")
+    @classmethod
+    def _probability(cls, p: float) -> float:
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"must be in [0, 1), got {p}")
+        return p
+
+    @field_validator("heatmap_prior")
+    @classmethod
+    def _open_probability(cls, p: float) -> float:
+        if not 0.0 < p < 1.0:
+            raise ValueError(f"must be in (0, 1), got {p}")
+        return p
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> ModelConfig:
+        return load_config(cls, path)
+
+
+def format_validation_error(error: ValidationError, where: str) -> str:
+    """One line per problem: the dotted key, what is wrong, and the file it came from."""
+    lines = [f"invalid configuration in {where}:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  unknown key '{key}' (not a field of this config; check the spelling)")
+        else:
+            lines.append(f"  key '{key}': {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names the file and the key."""
+
+
+def parse_config(cls: type[Cfg], data: Any, where: str) -> Cfg:
+    """Validate a mapping into ``cls``, turning pydantic's error into a ConfigError naming ``where``."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid configuration in {where}: expected a mapping, got {type(data).__name__}")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, where)) from None
+
+
+def load_config(cls: type[Cfg], path: str | Path) -> Cfg:
+    """Read a YAML file into a typed config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"configuration file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"configuration file {path} is not valid YAML: {error}") from None
+    return parse_config(cls, data, str(path))

@@ -1,0 +1,60 @@
+"""The `mouaadnet` command line: thin wiring over the library packages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(help="MouaadNet-Ultra: a tiny people-analytics CNN (boxes, gender, age) and its MLOps pipeline.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+@app.callback()
+def main() -> None:
+    """MouaadNet-Ultra command line. Every command has --help."""
+
+
+def _load_model_config(config: Optional[Path]):
+    from model import ConfigError, ModelConfig
+
+    if config is None:
+        return ModelConfig()
+    try:
+        return ModelConfig.from_yaml(config)
+    except ConfigError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def info(
+    config: Annotated[Optional[Path], typer.Option(help="Model config YAML (default: built-in ModelConfig).")] = None,
+    size: Annotated[Optional[int], typer.Option(help="Scene input size in px (multiple of 32).")] = None,
+    crop_size: Annotated[Optional[int], typer.Option(help="Crop input size in px.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Print parameters (train and deploy form), deploy-form FLOPs and output shapes."""
+    from model.summary import model_summary
+
+    cfg = _load_model_config(config)
+    if size is not None and size % 32:
+        typer.echo(f"--size must be a multiple of 32, got {size}", err=True)
+        raise typer.Exit(2)
+    summary = model_summary(cfg, size, crop_size)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    typer.echo(f"parameters   train form {summary['params_train']:>10,}   deploy form {summary['params_deploy']:>10,}")
+    typer.echo(f"FLOPs deploy scene {summary['scene_size']}x{summary['scene_size']}: "
+               f"{summary['flops_deploy_scene'] / 1e9:.3f} G   crop {summary['crop_size']}x{summary['crop_size']}: "
+               f"{summary['flops_deploy_crop'] / 1e9:.3f} G   (2 FLOPs per multiply-add)")
+    for mode in ("scene", "crop"):
+        shapes = ", ".join(f"{name} {shape}" for name, shape in summary[f"outputs_{mode}"].items())
+        typer.echo(f"outputs {mode:<5}  {shapes}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,122 @@
+import pytest
+import torch
+from torch import nn
+
+from model import CROP_OUTPUTS, SCENE_OUTPUTS, ModelConfig, build_model, reparameterize_model
+from model.blocks import CSPBlock, GhostModule, InvertedResidual, PConv, RepVGGBlock, SPPLite
+from tests.conftest import randomize_batchnorm
+
+
+@pytest.fixture(scope="module")
+def trained_like_model():
+    torch.manual_seed(0)
+    return randomize_batchnorm(build_model(ModelConfig()), seed=3).eval()
+
+
+def test_scene_outputs_shapes():
+    model = build_model().eval()
+    out = model(torch.rand(2, 3, 320, 256))
+    assert tuple(out) == SCENE_OUTPUTS
+    assert out["heatmap"].shape == (2, 1, 40, 32)
+    assert out["size"].shape == out["offset"].shape == (2, 2, 40, 32)
+    assert out["gender"].shape == (2, 1, 40, 32)
+    assert out["age"].shape == (2, 101, 40, 32)
+
+
+def test_crop_outputs_shapes_at_non_multiple_of_32():
+    model = build_model().eval()
+    out = model(torch.rand(3, 3, 112, 112), mode="crop")
+    assert tuple(out) == CROP_OUTPUTS
+    assert out["gender"].shape == (3,) and out["age"].shape == (3, 101)
+
+
+def test_heatmap_prior_gives_initial_probability_near_0_1():
+    model = build_model().eval()
+    heat = torch.sigmoid(model(torch.rand(1, 3, 128, 128))["heatmap"])
+    assert abs(heat.mean().item() - 0.1) < 0.05
+
+
+def test_architecture_uses_every_required_block():
+    model = build_model()
+    kinds = {type(m) for m in model.modules()}
+    for required in (PConv, GhostModule, InvertedResidual, RepVGGBlock, SPPLite, CSPBlock):
+        assert required in kinds, f"{required.__name__} missing from the network"
+    backbone_acts = {type(m) for m in model.backbone.modules() if isinstance(m, (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU))}
+    assert backbone_acts == {nn.ReLU6}
+
+
+@pytest.mark.parametrize("mode,size", [("scene", 320), ("scene", 224), ("crop", 112)])
+def test_reparameterized_model_matches_training_form(trained_like_model, mode, size):
+    fused = reparameterize_model(trained_like_model)
+    x = torch.rand(2, 3, size, size)
+    with torch.no_grad():
+        ref = trained_like_model(x, mode=mode)
+        out = fused(x, mode=mode)
+    for name in ref:
+        assert (ref[name] - out[name]).abs().max().item() <= 1e-4, name
+
+
+def test_reparameterize_model_removes_batchnorm_and_branches_and_leaves_original(trained_like_model):
+    before = {k: v.clone() for k, v in trained_like_model.state_dict().items()}
+    fused = reparameterize_model(trained_like_model)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in fused.modules())
+    assert all(m.fused is not None and m.branch_1x1 is None for m in fused.modules() if isinstance(m, RepVGGBlock))
+    after = trained_like_model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in trained_like_model.modules())
+    assert sum(p.numel() for p in fused.parameters()) < sum(p.numel() for p in trained_like_model.parameters())
+
+
+def test_reparameterize_model_twice_is_a_no_op(trained_like_model):
+    once = reparameterize_model(trained_like_model)
+    twice = reparameterize_model(once)
+    x = torch.rand(1, 3, 160, 160)
+    with torch.no_grad():
+        assert torch.equal(once(x)["heatmap"], twice(x)["heatmap"])
+
+
+def test_crop_and_scene_share_one_state_dict():
+    torch.manual_seed(0)
+    model = build_model().eval()
+    clone = build_model().eval()
+    clone.load_state_dict(model.state_dict())  # one state dict serves both modes
+    x = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        crop = model(x, mode="crop")
+        scene = clone(x, mode="scene")
+    # Linear decision commutes with averaging: crop logits = spatial mean of the scene decision map.
+    assert torch.allclose(crop["gender"], scene["gender"].mean(dim=(2, 3))[:, 0], atol=1e-5)
+    assert torch.allclose(crop["age"], scene["age"].mean(dim=(2, 3)), atol=1e-5)
+
+
+def test_gradients_reach_every_parameter_in_both_modes():
+    model = build_model().train()
+    scene = model(torch.rand(2, 3, 128, 128))
+    crop = model(torch.rand(2, 3, 112, 112), mode="crop")
+    loss = sum(t.float().mean() for t in scene.values()) + sum(t.float().mean() for t in crop.values())
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing
+
+
+@pytest.mark.parametrize(
+    "images,mode,message",
+    [
+        (torch.rand(1, 3, 100, 100), "scene", "multiples of 32"),
+        (torch.rand(1, 1, 64, 64), "scene", r"\[N,3,H,W\]"),
+        (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), "scene", "float"),
+        (torch.rand(1, 3, 16, 16), "crop", "at least 32"),
+        (torch.rand(1, 3, 64, 64), "faces", "mode"),
+    ],
+)
+def test_bad_input_is_rejected_with_a_clear_error(images, mode, message):
+    with pytest.raises(ValueError, match=message):
+        build_model()(images, mode=mode)
+
+
+def test_default_model_meets_size_targets():
+    from model.summary import model_summary
+
+    summary = model_summary(ModelConfig())
+    assert summary["params_deploy"] <= 1_000_000
+    assert summary["flops_deploy_scene"] <= 0.8e9
