@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,7 +17,7 @@ def main() -> None:
     """MouaadNet-Ultra command line. Every command has --help."""
 
 
-def _load_model_config(config: Optional[Path]):
+def _load_model_config(config: Path | None):
     from model import ConfigError, ModelConfig
 
     if config is None:
@@ -31,9 +31,9 @@ def _load_model_config(config: Optional[Path]):
 
 @app.command()
 def info(
-    config: Annotated[Optional[Path], typer.Option(help="Model config YAML (default: built-in ModelConfig).")] = None,
-    size: Annotated[Optional[int], typer.Option(help="Scene input size in px (multiple of 32).")] = None,
-    crop_size: Annotated[Optional[int], typer.Option(help="Crop input size in px.")] = None,
+    config: Annotated[Path | None, typer.Option(help="Model config YAML (default: built-in ModelConfig).")] = None,
+    size: Annotated[int | None, typer.Option(help="Scene input size in px (multiple of 32).")] = None,
+    crop_size: Annotated[int | None, typer.Option(help="Crop input size in px.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Print parameters (train and deploy form), deploy-form FLOPs and output shapes."""
