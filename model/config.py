@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 MAX_AGE = 100  # age logits cover 0..MAX_AGE years inclusive
 NUM_AGE_BINS = MAX_AGE + 1
+# PETA-style age groups and the inclusive year range each covers (soft age targets, age-group accuracy).
+AGE_GROUPS: tuple[str, ...] = ("Less15", "Less30", "Less45", "Less60", "Larger60")
+AGE_GROUP_RANGES: tuple[tuple[int, int], ...] = ((0, 15), (16, 30), (31, 45), (46, 60), (61, MAX_AGE))
 HEAD_STRIDE = 8  # output stride of the fused map the heads read (see model.heads for the reason)
 NETWORK_STRIDE = 32  # deepest backbone stride: scene inputs must be a multiple of it
 

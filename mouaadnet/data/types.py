@@ -7,10 +7,8 @@ from typing import Literal
 
 import numpy as np
 
-# PETA age groups and the age range (inclusive, years) each one covers; used as soft age targets.
-AGE_GROUPS: tuple[str, ...] = ("Less15", "Less30", "Less45", "Less60", "Larger60")
-AGE_GROUP_RANGES: tuple[tuple[int, int], ...] = ((0, 15), (16, 30), (31, 45), (46, 60), (61, 100))
-MAX_AGE = 100
+from model.config import AGE_GROUP_RANGES, AGE_GROUPS, MAX_AGE  # noqa: F401  (re-exported for the readers)
+
 UNKNOWN = -1  # value of a missing gender / age / age-group label
 
 Mode = Literal["scene", "crop"]

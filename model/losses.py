@@ -1,0 +1,186 @@
+"""Multi-task loss: focal heatmap + CIoU/L1 boxes + BCE gender + soft-label cross-entropy age.
+
+Every term is masked by the label masks and normalised by the number of labelled items, so a batch that
+mixes fully labelled scenes, face crops with exact ages and body crops with age groups weighs each label
+type by what it really has. ``MultiTaskLoss`` returns the weighted sum and each term for logging.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from pydantic import field_validator
+
+from .config import AGE_GROUP_RANGES, HEAD_STRIDE, MAX_AGE, NUM_AGE_BINS, StrictConfig
+from .decode import SIZE_LOG_LIMIT, expected_age
+
+GAUSSIAN_ALPHA = 0.54  # TTFNet: elliptical Gaussian sigma = alpha * box side / 6
+
+
+class LossConfig(StrictConfig):
+    """Weights ``w_task`` of the sum and the shape of the soft age labels."""
+
+    heatmap: float = 1.0
+    box: float = 2.0  # 1 - CIoU of the box decoded at each ground-truth center
+    offset: float = 1.0  # L1 on the sub-cell center offset
+    gender: float = 1.0
+    age: float = 0.5  # cross-entropy against the soft age distribution
+    age_l1: float = 0.02  # L1 of the expected age, in years: pulls the mean of the distribution
+    age_sigma: float = 2.0  # std (years) of the Gaussian label around an exact age; 0 = one-hot
+
+    @field_validator("heatmap", "box", "offset", "gender", "age", "age_l1", "age_sigma")
+    @classmethod
+    def _non_negative(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError(f"must be >= 0, got {value}")
+        return value
+
+
+def focal_heatmap_loss(logits: torch.Tensor, target: torch.Tensor, image_mask: torch.Tensor) -> torch.Tensor:
+    """CenterNet penalty-reduced focal loss (alpha=2, beta=4), summed over labelled images / #centers."""
+    pred = torch.sigmoid(logits.float()).clamp(1e-4, 1 - 1e-4)
+    weight = image_mask.float().view(-1, 1, 1, 1)
+    pos = (target >= 1.0).float() * weight
+    neg = (1.0 - pos) * weight
+    pos_loss = -torch.log(pred) * (1 - pred) ** 2 * pos
+    neg_loss = -torch.log(1 - pred) * pred**2 * (1 - target) ** 4 * neg
+    return (pos_loss.sum() + neg_loss.sum()) / pos.sum().clamp(min=1.0)
+
+
+def ciou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """1 - Complete-IoU for x1,y1,x2,y2 boxes (..., 4); IoU, center distance and aspect-ratio terms."""
+    px1, py1, px2, py2 = pred.unbind(-1)
+    tx1, ty1, tx2, ty2 = target.unbind(-1)
+    pw, ph = (px2 - px1).clamp(min=eps), (py2 - py1).clamp(min=eps)
+    tw, th = (tx2 - tx1).clamp(min=eps), (ty2 - ty1).clamp(min=eps)
+    inter = (torch.min(px2, tx2) - torch.max(px1, tx1)).clamp(min=0) * (torch.min(py2, ty2) - torch.max(py1, ty1)).clamp(min=0)
+    union = pw * ph + tw * th - inter + eps
+    iou = inter / union
+    enclose_w = torch.max(px2, tx2) - torch.min(px1, tx1)
+    enclose_h = torch.max(py2, ty2) - torch.min(py1, ty1)
+    diag = enclose_w**2 + enclose_h**2 + eps
+    center_dist = ((px1 + px2 - tx1 - tx2) ** 2 + (py1 + py2 - ty1 - ty2) ** 2) / 4
+    v = (4 / math.pi**2) * (torch.atan(tw / th) - torch.atan(pw / ph)) ** 2
+    with torch.no_grad():
+        alpha = v / (1 - iou + v + eps)
+    return 1 - (iou - center_dist / diag - alpha * v)
+
+
+def age_target_distribution(age: torch.Tensor, age_group: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Soft labels over the 101 age bins: a Gaussian around an exact age, uniform over an age group's range.
+
+    Rows with neither label are all zeros (masked out by the caller).
+    """
+    bins = torch.arange(NUM_AGE_BINS, dtype=torch.float32, device=age.device)
+    exact = age.float().clamp(0, MAX_AGE).unsqueeze(-1)
+    if sigma > 0:
+        exact_dist = torch.exp(-0.5 * ((bins - exact) / sigma) ** 2)
+    else:
+        exact_dist = (bins == exact.round()).float()
+    exact_dist = exact_dist / exact_dist.sum(-1, keepdim=True)
+    ranges = torch.tensor(AGE_GROUP_RANGES, dtype=torch.float32, device=age.device)
+    group = age_group.clamp(min=0)
+    low, high = ranges[group, 0].unsqueeze(-1), ranges[group, 1].unsqueeze(-1)
+    group_dist = ((bins >= low) & (bins <= high)).float()
+    group_dist = group_dist / group_dist.sum(-1, keepdim=True)
+    has_age = (age >= 0).unsqueeze(-1)
+    has_group = (age_group >= 0).unsqueeze(-1)
+    return torch.where(has_age, exact_dist, torch.where(has_group, group_dist, torch.zeros_like(exact_dist)))
+
+
+def scene_targets(batch: dict[str, torch.Tensor], height: int, width: int, stride: int = HEAD_STRIDE) -> dict[str, torch.Tensor]:
+    """Heatmap [N,1,h,w], center cells, offsets, log-sizes and the valid-row mask for a scene batch."""
+    boxes = batch["boxes"].float()
+    valid = batch["box_mask"] & batch["has_boxes"].unsqueeze(1)
+    valid = valid & (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+    centers = torch.stack([(boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2], -1) / stride
+    cell_x = centers[..., 0].floor().clamp(0, width - 1)
+    cell_y = centers[..., 1].floor().clamp(0, height - 1)
+    w_cells = (boxes[..., 2] - boxes[..., 0]) / stride
+    h_cells = (boxes[..., 3] - boxes[..., 1]) / stride
+    sigma_x = (GAUSSIAN_ALPHA * w_cells / 6).clamp(min=0.3)
+    sigma_y = (GAUSSIAN_ALPHA * h_cells / 6).clamp(min=0.3)
+    xs = torch.arange(width, device=boxes.device, dtype=torch.float32).view(1, 1, 1, width)
+    ys = torch.arange(height, device=boxes.device, dtype=torch.float32).view(1, 1, height, 1)
+    dx = xs - cell_x[..., None, None]
+    dy = ys - cell_y[..., None, None]
+    gauss = torch.exp(-(dx**2) / (2 * sigma_x[..., None, None] ** 2) - dy**2 / (2 * sigma_y[..., None, None] ** 2))
+    gauss = gauss * valid[..., None, None].float()
+    heatmap = gauss.amax(dim=1, keepdim=True) if boxes.shape[1] else torch.zeros(boxes.shape[0], 1, height, width)
+    return {
+        "heatmap": heatmap,
+        "index": (cell_y * width + cell_x).long(),
+        "offset": centers - torch.stack([cell_x, cell_y], -1),
+        "cell": torch.stack([cell_x, cell_y], -1),
+        "valid": valid,
+    }
+
+
+def _gather_rows(maps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(N,C,h,w) maps at flat indices (N,M) -> (N,M,C)."""
+    n, c = maps.shape[:2]
+    return maps.reshape(n, c, -1).gather(2, index.unsqueeze(1).expand(n, c, index.shape[1])).transpose(1, 2)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.float()
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+class MultiTaskLoss:
+    """``loss(outputs, batch)`` -> (weighted total, {term: value}) for scene or crop batches."""
+
+    def __init__(self, cfg: LossConfig | None = None, stride: int = HEAD_STRIDE):
+        self.cfg = cfg or LossConfig()
+        self.stride = stride
+
+    def __call__(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if "heatmap" in outputs:
+            terms = self.scene_terms(outputs, batch)
+        else:
+            terms = self.attribute_terms(outputs["gender"], outputs["age"], batch["gender"], batch["age"],
+                                         batch["age_group"])
+        weights = self.cfg.model_dump()
+        total = sum(weights[name] * value for name, value in terms.items())
+        return total, terms
+
+    def scene_terms(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        _, _, h, w = outputs["heatmap"].shape
+        target = scene_targets(batch, h, w, self.stride)
+        valid = target["valid"]
+        index = target["index"]
+        offset = _gather_rows(outputs["offset"].float(), index)
+        log_size = _gather_rows(outputs["size"].float(), index).clamp(-SIZE_LOG_LIMIT, SIZE_LOG_LIMIT)
+        center = (target["cell"] + offset) * self.stride
+        half = torch.exp(log_size) * self.stride / 2
+        pred_boxes = torch.cat([center - half, center + half], -1)
+        terms = {
+            "heatmap": focal_heatmap_loss(outputs["heatmap"], target["heatmap"], batch["has_boxes"]),
+            "box": _masked_mean(ciou_loss(pred_boxes, batch["boxes"].float()), valid),
+            "offset": _masked_mean((offset - target["offset"]).abs().sum(-1), valid),
+        }
+        gender = _gather_rows(outputs["gender"].float(), index)[..., 0]
+        age = _gather_rows(outputs["age"].float(), index)
+        attr = self.attribute_terms(gender, age, batch["gender"], batch["age"], batch["age_group"], valid)
+        return {**terms, **attr}
+
+    def attribute_terms(self, gender_logit: torch.Tensor, age_logits: torch.Tensor, gender: torch.Tensor,
+                        age: torch.Tensor, age_group: torch.Tensor, valid: torch.Tensor | None = None
+                        ) -> dict[str, torch.Tensor]:
+        """BCE gender, soft-label CE age and L1 of the expected age, each over the rows that have the label."""
+        valid = torch.ones_like(gender, dtype=torch.bool) if valid is None else valid
+        gender_mask = valid & (gender >= 0)
+        bce = F.binary_cross_entropy_with_logits(gender_logit.float(), gender.float().clamp(min=0), reduction="none")
+        age_logits = age_logits.float()
+        dist = age_target_distribution(age, age_group, self.cfg.age_sigma)
+        age_mask = valid & ((age >= 0) | (age_group >= 0))
+        cross_entropy = -(dist * F.log_softmax(age_logits, dim=-1)).sum(-1)
+        exact_mask = valid & (age >= 0)
+        l1 = (expected_age(age_logits) - age.float()).abs()
+        return {
+            "gender": _masked_mean(bce, gender_mask),
+            "age": _masked_mean(cross_entropy, age_mask),
+            "age_l1": _masked_mean(l1, exact_mask),
+        }

@@ -1,0 +1,155 @@
+"""Torch datasets over Samples and their collate functions; unreadable images are skipped and counted."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+
+from .augment import CropAugment, SceneAugment
+from .types import UNKNOWN, Sample
+
+
+def load_image(sample: Sample) -> np.ndarray:
+    """The sample's image as HxWx3 uint8 RGB (EXIF orientation applied); raises on unreadable files."""
+    if sample.image is not None:
+        return sample.image
+    with Image.open(sample.image_path) as img:
+        img = ImageOps.exif_transpose(img)
+        return np.asarray(img.convert("RGB"))
+
+
+def _to_tensor(image: np.ndarray) -> torch.Tensor:
+    """HxWx3 uint8 -> float32 [3,H,W] in 0..1."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
+
+
+class _SampleDataset(Dataset):
+    """Shared loading with skip-on-error: a bad image is counted and the next index is served instead."""
+
+    mode = "scene"
+
+    def __init__(self, samples: list[Sample], seed: int) -> None:
+        wrong = [s.image_path for s in samples if s.mode != self.mode]
+        if wrong:
+            raise ValueError(
+                f"{type(self).__name__} needs {self.mode} samples; got other modes, e.g. {wrong[0]}"
+            )
+        self.samples = list(samples)
+        self.seed = seed
+        self.epoch = 0
+        # path -> error text. With DataLoader workers each worker keeps its own copy (read it with num_workers=0).
+        self.bad_samples: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the augmentation draw (it is a function of seed, epoch and index, not of worker order)."""
+        self.epoch = epoch
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+    def _load(self, index: int) -> tuple[int, np.ndarray]:
+        """(index actually served, image): tries index, index+1, ... until an image decodes."""
+        for offset in range(len(self.samples)):
+            i = (index + offset) % len(self.samples)
+            sample = self.samples[i]
+            try:
+                return i, load_image(sample)
+            except (
+                Exception
+            ) as err:  # PIL raises many types (OSError, SyntaxError, ValueError, ...) for bad files
+                self.bad_samples[sample.image_path] = f"{type(err).__name__}: {err}"
+        raise RuntimeError(f"{type(self).__name__}: none of the {len(self.samples)} images could be read")
+
+
+class SceneDataset(_SampleDataset):
+    """Scene samples -> (image float32 [3,S,S], target dict with boxes [K,4] and per-row attributes)."""
+
+    mode = "scene"
+
+    def __init__(self, samples: list[Sample], size: int = 320, augment: bool = True, seed: int = 0) -> None:
+        super().__init__(samples, seed)
+        self.size = size
+        self.transform = SceneAugment(size, seed=seed, enabled=augment)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        i, image = self._load(index)
+        sample = self.samples[i]
+        out, boxes, keep = self.transform(image, sample.boxes, rng=self._rng(i))
+        target = {
+            "boxes": torch.from_numpy(np.ascontiguousarray(boxes, np.float32)),
+            "gender": torch.from_numpy(sample.gender[keep].astype(np.float32)),
+            "age": torch.from_numpy(sample.age[keep].astype(np.float32)),
+            "age_group": torch.from_numpy(sample.age_group[keep].astype(np.int64)),
+            "has_boxes": bool(sample.has_boxes),
+            "index": i,
+            "path": sample.image_path,
+        }
+        return _to_tensor(out), target
+
+
+class CropDataset(_SampleDataset):
+    """Crop samples -> (image float32 [3,S,S], target dict with scalar gender, age, age_group)."""
+
+    mode = "crop"
+
+    def __init__(self, samples: list[Sample], size: int = 112, augment: bool = True, seed: int = 0) -> None:
+        super().__init__(samples, seed)
+        self.size = size
+        self.transform = CropAugment(size, seed=seed, enabled=augment)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        i, image = self._load(index)
+        sample = self.samples[i]
+        out = self.transform(image, rng=self._rng(i))
+        target = {
+            "gender": float(sample.gender[0]) if sample.num_rows else float(UNKNOWN),
+            "age": float(sample.age[0]) if sample.num_rows else float(UNKNOWN),
+            "age_group": int(sample.age_group[0]) if sample.num_rows else UNKNOWN,
+            "index": i,
+            "path": sample.image_path,
+        }
+        return _to_tensor(out), target
+
+
+def collate_scene(items: list[tuple[torch.Tensor, dict]]) -> dict:
+    """Stack scene items; per-person rows are zero/UNKNOWN-padded to M = max rows (>= 1) with a box_mask."""
+    n = len(items)
+    m = max(1, max(len(t["boxes"]) for _, t in items))
+    boxes = torch.zeros((n, m, 4), dtype=torch.float32)
+    mask = torch.zeros((n, m), dtype=torch.bool)
+    gender = torch.full((n, m), float(UNKNOWN), dtype=torch.float32)
+    age = torch.full((n, m), float(UNKNOWN), dtype=torch.float32)
+    age_group = torch.full((n, m), UNKNOWN, dtype=torch.int64)
+    for row, (_, t) in enumerate(items):
+        k = len(t["boxes"])
+        boxes[row, :k] = t["boxes"]
+        mask[row, :k] = True
+        gender[row, :k] = t["gender"]
+        age[row, :k] = t["age"]
+        age_group[row, :k] = t["age_group"]
+    return {
+        "images": torch.stack([img for img, _ in items]),
+        "boxes": boxes,
+        "box_mask": mask,
+        "gender": gender,
+        "age": age,
+        "age_group": age_group,
+        "has_boxes": torch.tensor([bool(t["has_boxes"]) for _, t in items], dtype=torch.bool),
+        "paths": [t["path"] for _, t in items],
+    }
+
+
+def collate_crop(items: list[tuple[torch.Tensor, dict]]) -> dict:
+    """Stack crop items: images [N,3,S,S], gender/age float32 [N], age_group int64 [N] (-1 = unknown)."""
+    return {
+        "images": torch.stack([img for img, _ in items]),
+        "gender": torch.tensor([t["gender"] for _, t in items], dtype=torch.float32),
+        "age": torch.tensor([t["age"] for _, t in items], dtype=torch.float32),
+        "age_group": torch.tensor([t["age_group"] for _, t in items], dtype=torch.int64),
+        "paths": [t["path"] for _, t in items],
+    }
