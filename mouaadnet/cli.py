@@ -56,5 +56,15 @@ def info(
         typer.echo(f"outputs {mode:<5}  {shapes}")
 
 
+def _register_commands() -> None:
+    """Each area wires its own commands; their modules import heavy libraries only inside commands."""
+    from mouaadnet import cli_export, cli_serve, cli_train
+
+    for module in (cli_train, cli_export, cli_serve):
+        module.register(app)
+
+
+_register_commands()
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,85 @@
+"""JSON sidecars: every artifact ``X`` (checkpoint, .onnx, .plan) gets ``X.json`` describing it.
+
+Fields: artifact (file name), sha256, bytes, precision, inputs/outputs (names, dtypes, shapes; dynamic axes by
+name), source (path and sha256 of the checkpoint it came from), metrics measured at export, extra.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+SIDECAR_VERSION = 1
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sidecar_path(artifact: str | Path) -> Path:
+    """``model.onnx`` -> ``model.onnx.json`` (the full name is kept so model.onnx and model.pt never collide)."""
+    return Path(str(artifact) + ".json")
+
+
+def write_sidecar(artifact: str | Path, precision: str, source: str | Path | None = None,
+                  metrics: dict | None = None, io: dict | None = None, extra: dict | None = None) -> Path:
+    """Write ``<artifact>.json``; ``io`` defaults to the ONNX graph's I/O for .onnx files."""
+    artifact = Path(artifact)
+    if io is None and artifact.suffix == ".onnx":
+        import onnx
+
+        from .export import describe_io
+
+        io = describe_io(onnx.load(str(artifact)))
+    data = {
+        "version": SIDECAR_VERSION,
+        "artifact": artifact.name,
+        "sha256": sha256_file(artifact),
+        "bytes": artifact.stat().st_size,
+        "precision": precision,
+        "inputs": (io or {}).get("inputs", []),
+        "outputs": (io or {}).get("outputs", []),
+        "source": None if source is None else {"path": str(source), "sha256": sha256_file(source)},
+        "metrics": metrics or {},
+        "created_unix": int(time.time()),
+        "extra": extra or {},
+    }
+    path = sidecar_path(artifact)
+    path.write_text(json.dumps(data, indent=2, default=float) + "\n")
+    return path
+
+
+def read_sidecar(artifact: str | Path, verify: bool = True) -> dict:
+    """Load ``<artifact>.json``; with ``verify`` raise ValueError when the artifact's sha256 does not match."""
+    data = json.loads(sidecar_path(artifact).read_text())
+    if verify and data["sha256"] != sha256_file(artifact):
+        raise ValueError(f"{artifact}: sha256 differs from its sidecar {sidecar_path(artifact)} (file changed?)")
+    return data
+
+
+def load_model_checkpoint(path: str | Path):
+    """Checkpoint -> (eval-mode model, ModelConfig). Accepts {"model": state_dict, "model_config": dict, ...}
+    (training, reparam and QAT checkpoints; ``"form": "deploy"`` marks a fused state dict) or a bare state dict
+    of the training form with the default config."""
+    import torch
+
+    from .config import ModelConfig
+    from .network import build_model
+    from .reparam import reparameterize_model
+
+    data = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a checkpoint dict, got {type(data).__name__}")
+    state = data.get("model", data)
+    cfg = ModelConfig.model_validate(data["model_config"]) if data.get("model_config") else ModelConfig()
+    model = build_model(cfg).eval()
+    if data.get("form") == "deploy" or any(".fused." in k for k in state):
+        model = reparameterize_model(model)
+    model.load_state_dict(state)
+    return model.eval(), cfg

@@ -1,0 +1,393 @@
+"""ONNX export of the deploy form, with decoding in the graph, validation, and INT8 static quantization.
+
+Plain library (torch, onnx, onnxruntime, onnxslim, numpy, pillow); no MLOps imports.
+
+Graph contract (checked by ``validate_onnx`` and the tests):
+- input ``images`` float32 [N,3,H,W], RGB, pixel value / 255 (``model.preprocess.image_to_tensor``), N dynamic;
+- scene mode: ``boxes`` [N,K,4] (x1,y1,x2,y2 in input pixels), ``scores`` [N,K], ``gender`` [N,K] (P(female)),
+  ``age`` [N,K] (years), all float32, final detections (peak extraction and top-K run inside the graph);
+- crop mode: ``gender`` [N] (P(female)) and ``age`` [N] (years), float32.
+
+Exporter choice (torch 2.13): the legacy TorchScript exporter (``dynamo=False``). It works here with no extra
+dependency, exports this model in ~1 s (the torch.export-based exporter needs ``onnxscript`` and takes ~20 s on
+this CPU), and it maps ``torch.fake_quantize_per_{channel,tensor}_affine`` to QuantizeLinear/DequantizeLinear for
+any int8 range, while the dynamo exporter's torchlib rejects the symmetric (-127, 127) weight range that
+TensorRT and ONNX Runtime's per-channel weights use. It warns that it is deprecated; torch is pinned to 2.13,
+and the exporter is isolated in ``_torch_export`` so switching is one function.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from .decode import decode_crop, decode_scene
+from .preprocess import PAD_VALUE, image_to_tensor
+from .reparam import reparameterize_model
+
+Mode = Literal["scene", "crop"]
+INPUT_NAME = "images"
+SCENE_OUTPUT_NAMES = ("boxes", "scores", "gender", "age")
+CROP_OUTPUT_NAMES = ("gender", "age")
+MIN_OPSET = 17
+# FP32 ONNX Runtime vs PyTorch: the gate of the issue (scores, boxes of kept detections) plus attributes.
+PARITY_TOLERANCE = {"scores": 1e-4, "boxes_px": 0.5, "gender": 1e-4, "age_years": 1e-2}
+KEEP_SCORE = 0.05  # a detection is "kept" (its box is compared) from this score on
+# Ops of the network body that INT8 quantizes; the decode tail (TopK, GatherElements, Exp, Softmax, ...) stays float.
+QUANT_OP_TYPES = ("Conv", "Add", "Concat", "MaxPool", "Resize", "Mul", "Sigmoid", "Split", "Slice",
+                  "GlobalAveragePool", "ReduceMean", "Clip")
+
+
+class OnnxValidationError(ValueError):
+    """An .onnx file that cannot be used; the message names the file."""
+
+
+class SceneExport(nn.Module):
+    """Deploy model + in-graph decoding: images -> (boxes, scores, gender, age), the final detections."""
+
+    def __init__(self, model: nn.Module, k: int):
+        super().__init__()
+        self.model, self.k = model, k
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = decode_scene(self.model(images, mode="scene"), self.k)
+        return tuple(out[name] for name in SCENE_OUTPUT_NAMES)
+
+
+class CropExport(nn.Module):
+    """Deploy model + decoding in crop mode: images -> (gender P(female) [N], age years [N])."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = decode_crop(self.model(images, mode="crop"))
+        return tuple(out[name] for name in CROP_OUTPUT_NAMES)
+
+
+def output_names(mode: Mode) -> tuple[str, ...]:
+    return SCENE_OUTPUT_NAMES if mode == "scene" else CROP_OUTPUT_NAMES
+
+
+def export_wrapper(model: nn.Module, mode: Mode, k: int | None = None, reparameterize: bool = True) -> nn.Module:
+    """The module that is exported: the re-parameterized model (BatchNorm folded) with decoding appended."""
+    if mode not in ("scene", "crop"):
+        raise ValueError(f"mode must be 'scene' or 'crop', got {mode!r}")
+    deploy = reparameterize_model(model) if reparameterize else model.eval()
+    if mode == "scene":
+        k = k or getattr(getattr(model, "cfg", None), "top_k", 100)
+        return SceneExport(deploy, k).eval()
+    return CropExport(deploy).eval()
+
+
+def _torch_export(module: nn.Module, example: torch.Tensor, path: Path, names: Sequence[str], opset: int) -> None:
+    dynamic = {INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in names}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation of the TorchScript exporter, tracer notes on shape checks
+        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
+                          input_names=[INPUT_NAME], output_names=list(names), dynamic_axes=dynamic,
+                          do_constant_folding=True)
+
+
+def _set_output_shapes(path: Path, shapes: list[list[int]]) -> None:
+    """Write the static non-batch output dims (K, 4) the tracer left symbolic; the batch axis stays 'batch'."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    for out, dims in zip(proto.graph.output, shapes):
+        shape = out.type.tensor_type.shape
+        del shape.dim[:]
+        shape.dim.add().dim_param = "batch"
+        for d in dims:
+            shape.dim.add().dim_value = int(d)
+    onnx.save(proto, str(path))
+
+
+def simplify_onnx(path: str | Path) -> None:
+    """Simplify in place with onnxslim (constant folding, dead-code and shape-op elimination)."""
+    import onnx
+    import onnxslim
+
+    slim = onnxslim.slim(onnx.load(str(path)))
+    onnx.save(slim, str(path))
+
+
+def export_onnx(model: nn.Module, path: str | Path, mode: Mode = "scene", size: int | None = None,
+                k: int | None = None, opset: int = MIN_OPSET, images: torch.Tensor | None = None,
+                simplify: bool = True, reparameterize: bool = True) -> dict:
+    """Export ``model`` (training or deploy form) to ONNX and validate it; returns the parity report.
+
+    The graph is always built from ``reparameterize_model(model)`` (RepVGG merged, every BatchNorm folded),
+    with a dynamic batch axis, simplified with onnxslim, then checked by ``validate_onnx`` and by
+    ONNX Runtime vs PyTorch parity on ``images`` (float32 [N,3,S,S]; random if None). Raises
+    ``OnnxValidationError`` when a check fails.
+    """
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset must be >= {MIN_OPSET}, got {opset}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = export_wrapper(model, mode, k, reparameterize)
+    cfg = getattr(model, "cfg", None)
+    size = size or (getattr(cfg, f"{mode}_size", None) if cfg is not None else None) or (320 if mode == "scene" else 112)
+    example = images[:1] if images is not None else torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    names = output_names(mode)
+    _torch_export(wrapper, example, path, names, opset)
+    if simplify:
+        simplify_onnx(path)
+    with torch.no_grad():
+        _set_output_shapes(path, [list(t.shape[1:]) for t in wrapper(example)])
+    validate_onnx(path, mode)
+    if images is None:
+        images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    report = parity(path, wrapper, images, mode)
+    failed = parity_failures(report)
+    if failed:
+        raise OnnxValidationError(f"{path}: ONNX Runtime disagrees with PyTorch: {', '.join(failed)}")
+    return report
+
+
+def _load(path: Path):
+    import onnx
+
+    if not path.is_file():
+        raise OnnxValidationError(f"{path}: ONNX file not found")
+    try:
+        return onnx.load(str(path))
+    except Exception as error:  # protobuf DecodeError, truncated external data, ...
+        raise OnnxValidationError(f"{path}: not a readable ONNX model (truncated or corrupt file?): "
+                                  f"{type(error).__name__}: {error}") from None
+
+
+def validate_onnx(path: str | Path, mode: Mode | None = None):
+    """Load and check an ONNX file: full checker, strict shape inference, and the documented I/O contract.
+
+    ``mode`` None infers it from the outputs. Returns the ModelProto; raises ``OnnxValidationError`` naming
+    the file on a truncated, corrupt or non-conforming model.
+    """
+    import onnx
+
+    path = Path(path)
+    proto = _load(path)
+    if not proto.graph.node:
+        raise OnnxValidationError(f"{path}: the ONNX graph has no nodes (truncated or corrupt file?)")
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as error:
+        raise OnnxValidationError(f"{path}: ONNX check failed: {type(error).__name__}: {error}") from None
+    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset < MIN_OPSET:
+        raise OnnxValidationError(f"{path}: opset {opset} is below {MIN_OPSET}")
+    io = describe_io(proto)
+    outs = [o["name"] for o in io["outputs"]]
+    if mode is None:
+        mode = "scene" if "boxes" in outs else "crop"
+    problems = []
+    if [i["name"] for i in io["inputs"]] != [INPUT_NAME] or io["inputs"][0]["dtype"] != "float32":
+        problems.append(f"input must be one float32 tensor '{INPUT_NAME}', got {io['inputs']}")
+    elif len(io["inputs"][0]["shape"]) != 4 or io["inputs"][0]["shape"][1] != 3:
+        problems.append(f"input '{INPUT_NAME}' must be [N,3,H,W], got {io['inputs'][0]['shape']}")
+    if outs != list(output_names(mode)):
+        problems.append(f"{mode}-mode outputs must be {list(output_names(mode))}, got {outs}")
+    for out in io["outputs"]:
+        rank = (3 if out["name"] == "boxes" else 2) if mode == "scene" else 1
+        if out["dtype"] != "float32" or len(out["shape"]) != rank:
+            problems.append(f"output '{out['name']}' must be float32 of rank {rank}, got {out['dtype']} {out['shape']}")
+    if problems:
+        raise OnnxValidationError(f"{path}: " + "; ".join(problems))
+    return proto
+
+
+def describe_io(proto) -> dict:
+    """Names, dtypes and shapes (ints, or the symbolic name of a dynamic axis) of a model's inputs and outputs."""
+    import onnx
+
+    def one(value) -> dict:
+        t = value.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).name if t.elem_type else "?"
+        return {"name": value.name, "dtype": dtype, "shape": shape}
+
+    return {"inputs": [one(v) for v in proto.graph.input], "outputs": [one(v) for v in proto.graph.output]}
+
+
+def ort_session(path: str | Path, threads: int = 1, spinning: bool = False):
+    """A CPU ONNX Runtime session; idle-thread spinning off by default so sessions timed in turn don't fight."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(path_or_session, images: torch.Tensor | np.ndarray, mode: Mode | None = None) -> dict[str, np.ndarray]:
+    sess = ort_session(path_or_session) if isinstance(path_or_session, (str, Path)) else path_or_session
+    arr = images.numpy() if isinstance(images, torch.Tensor) else images
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, {INPUT_NAME: np.ascontiguousarray(arr, np.float32)})))
+
+
+def parity(onnx_path: str | Path, reference: nn.Module, images: torch.Tensor, mode: Mode) -> dict:
+    """Max abs differences ONNX Runtime vs ``reference`` (an export wrapper) on ``images``.
+
+    Scene mode compares scores over all K rows, and boxes/gender/age of the kept detections
+    (reference score >= KEEP_SCORE; the top row of an image without any), each matched to the ONNX row of the same score with the nearest box,
+    so a reordering of near-tied scores inside TopK is not counted as an error.
+    """
+    with torch.no_grad():
+        ref = dict(zip(output_names(mode), (t.numpy() for t in reference(images))))
+    got = run_onnx(onnx_path, images)
+    if mode == "crop":
+        return {"gender": float(np.abs(ref["gender"] - got["gender"]).max()),
+                "age_years": float(np.abs(ref["age"] - got["age"]).max()), "images": int(images.shape[0])}
+    report = {"scores": float(np.abs(np.sort(ref["scores"], 1) - np.sort(got["scores"], 1)).max()),
+              "boxes_px": 0.0, "gender": 0.0, "age_years": 0.0, "kept": 0, "images": int(images.shape[0])}
+    for i in range(images.shape[0]):
+        kept = np.nonzero(ref["scores"][i] >= KEEP_SCORE)[0]
+        for j in kept if kept.size else [int(ref["scores"][i].argmax())]:  # no detection: check the best row
+            candidates = np.abs(got["scores"][i] - ref["scores"][i, j]) <= max(1e-3, 10 * PARITY_TOLERANCE["scores"])
+            if not candidates.any():
+                candidates[:] = True
+            box_err = np.abs(got["boxes"][i] - ref["boxes"][i, j]).max(axis=1)
+            box_err[~candidates] = np.inf
+            m = int(box_err.argmin())
+            report["kept"] += 1
+            report["boxes_px"] = max(report["boxes_px"], float(box_err[m]))
+            report["gender"] = max(report["gender"], float(abs(got["gender"][i, m] - ref["gender"][i, j])))
+            report["age_years"] = max(report["age_years"], float(abs(got["age"][i, m] - ref["age"][i, j])))
+    return report
+
+
+def parity_failures(report: dict, tolerance: dict | None = None) -> list[str]:
+    tolerance = tolerance or PARITY_TOLERANCE
+    return [f"{key} max abs diff {report[key]:.3g} > {tol:g}" for key, tol in tolerance.items()
+            if key in report and not report[key] <= tol]
+
+
+# ---------------------------------------------------------------------------------------------- calibration
+
+
+def _letterbox(image: np.ndarray, size: int) -> np.ndarray:
+    """Aspect-preserving resize + centred grey padding (same rule as mouaadnet.data.augment.letterbox)."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    scale = size / max(h, w)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    out = np.full((size, size, 3), PAD_VALUE, np.uint8)
+    x, y = (size - nw) // 2, (size - nh) // 2
+    out[y:y + nh, x:x + nw] = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+    return out
+
+
+def load_images(paths: Iterable[str | Path], size: int) -> torch.Tensor:
+    """Image files -> letterboxed, normalised float32 [N,3,size,size] (the documented model input)."""
+    from PIL import Image
+
+    tensors = []
+    for p in paths:
+        with Image.open(p) as im:
+            tensors.append(image_to_tensor(_letterbox(np.asarray(im.convert("RGB")), size)))
+    if not tensors:
+        raise ValueError("no images given")
+    return torch.stack(tensors)
+
+
+class _Reader:
+    """onnxruntime.quantization CalibrationDataReader over a float32 [N,3,S,S] tensor, one image per batch."""
+
+    def __init__(self, images: torch.Tensor):
+        self._it = iter([{INPUT_NAME: images[i:i + 1].numpy()} for i in range(images.shape[0])])
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def body_nodes(proto) -> list[str]:
+    """Names of the nodes of the network body (scope '/model/...') whose op INT8 may quantize.
+
+    The decode tail lives at the wrapper's top-level scope and is left out, so peak extraction, TopK,
+    exp() of the box sizes and the age softmax stay float.
+    """
+    return [n.name for n in proto.graph.node if n.name.startswith("/model/") and n.op_type in QUANT_OP_TYPES]
+
+
+def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: torch.Tensor,
+                  activation: Literal["u8", "s8"] = "u8", overrides: dict | None = None,
+                  calibrate_method: str = "MinMax") -> Path:
+    """Static INT8 quantization with ONNX Runtime: QDQ format, per-channel symmetric INT8 weights.
+
+    ``calibration``: float32 [N,3,S,S] real images (``load_images``). ``activation`` "u8" (QUInt8 activations:
+    U8S8, the fast path of ONNX Runtime on x86 CPUs, ~2x FP32 here; S8S8 is slower than FP32 on this CPU) or
+    "s8" (symmetric QInt8 activations, zero point 0: what TensorRT requires). ``overrides``: ORT
+    ``TensorQuantOverrides`` (e.g. activation ranges learned by QAT). Only body nodes are quantized; the decode
+    tail stays float. The result is validated like every export.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    proto = validate_onnx(fp32_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    pre = out_path.with_name(out_path.stem + ".pre.onnx")
+    try:
+        quant_pre_process(str(fp32_path), str(pre), skip_optimization=False, skip_symbolic_shape=True)
+        symmetric = activation == "s8"
+        extra = {"ActivationSymmetric": symmetric, "WeightSymmetric": True}
+        if overrides:
+            extra["TensorQuantOverrides"] = overrides
+        quantize_static(
+            str(pre), str(out_path), _Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
+            nodes_to_quantize=body_nodes(onnx.load(str(pre))), calibrate_method=CalibrationMethod[calibrate_method],
+            extra_options=extra)
+    finally:
+        pre.unlink(missing_ok=True)
+    _copy_io_shapes(proto, out_path)
+    validate_onnx(out_path)
+    return out_path
+
+
+def _copy_io_shapes(source, path: Path) -> None:
+    """Keep the symbolic batch name / output shapes of the FP32 graph on the quantized graph's I/O."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    for dst, src in zip(list(proto.graph.input) + list(proto.graph.output),
+                        list(source.graph.input) + list(source.graph.output)):
+        if dst.name == src.name:
+            dst.type.CopyFrom(src.type)
+    onnx.save(proto, str(path))
+
+
+def count_qdq(path: str | Path) -> dict[str, int]:
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    return {op: ops.count(op) for op in ("QuantizeLinear", "DequantizeLinear")}
+
+
+def int8_agreement(fp32_path: str | Path, int8_path: str | Path, images: torch.Tensor) -> dict:
+    """How far INT8 outputs are from FP32 (reported, not gated: accuracy gates run on the validation set)."""
+    a, b = run_onnx(fp32_path, images), run_onnx(int8_path, images)
+    report = {}
+    for name in a:
+        x, y = a[name], b[name]
+        if name == "boxes" or x.ndim == 2 and name != "scores":
+            continue
+        report[name] = float(np.abs(np.sort(x, -1) - np.sort(y, -1)).max()) if name == "scores" else float(np.abs(x - y).max())
+    if "scores" in a:
+        report["top1_score_diff"] = float(np.abs(a["scores"][:, 0] - b["scores"][:, 0]).max())
+    return {k: (v if math.isfinite(v) else None) for k, v in report.items()}

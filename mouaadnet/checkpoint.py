@@ -1,0 +1,92 @@
+"""Checkpoints: atomic writes, safe loads (weights_only=True), RNG state capture."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model import ModelConfig, build_model
+from model.network import MouaadNet
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be used; the message names the file."""
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """torch.save into a temp file in the same folder, fsync, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load with ``weights_only=True`` (no pickled code runs); clear error for missing or corrupt files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for truncated / foreign files
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a MouaadNet checkpoint: {error}") from None
+    if isinstance(data, dict) and "model" not in data and all(isinstance(v, torch.Tensor) for v in data.values()):
+        data = {"model": data}  # a bare state dict
+    if not isinstance(data, dict) or "model" not in data:
+        raise CheckpointError(f"checkpoint {path} has no 'model' state dict")
+    return data
+
+
+def model_from_checkpoint(path: str | Path, use_ema: bool = True) -> tuple[MouaadNet, dict[str, Any]]:
+    """Rebuild the training-form model of a checkpoint (EMA weights when present)."""
+    data = load_checkpoint(path)
+    cfg = ModelConfig.model_validate(data.get("model_config") or {})
+    model = build_model(cfg)
+    state = data.get("ema") if use_ema and data.get("ema") else data["model"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise CheckpointError(f"checkpoint {path} does not match its model config: {error}") from None
+    return model.eval(), data
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a training step may touch, in a form ``weights_only`` loading accepts."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    random.setstate((state["python_version"], tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

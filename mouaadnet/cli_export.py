@@ -1,0 +1,255 @@
+"""`mouaadnet reparam | export | compile-trt | bench`: from a checkpoint to deployable engines.
+
+Registered on the main app by ``register(app)``; the work is done by ``model.export``, ``model.quantization``,
+``model.tensorrt``, ``model.artifacts`` and ``mouaadnet.bench``.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+EXIT_TENSORRT_MISSING = 3
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+REPARAM_TOLERANCE = 1e-3
+
+
+class ModeOpt(str, Enum):
+    scene = "scene"
+    crop = "crop"
+
+
+class Int8Opt(str, Enum):
+    none = "none"
+    calib = "calib"
+    qat = "qat"
+
+
+class ActOpt(str, Enum):
+    u8 = "u8"
+    s8 = "s8"
+
+
+class PrecisionOpt(str, Enum):
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+def _fail(message: str, code: int = 1):
+    typer.echo(message, err=True)
+    raise typer.Exit(code)
+
+
+def _image_paths(source: Path | None, limit: int) -> list[Path]:
+    """Image files of a folder (sorted, first ``limit``), or the lines of a .txt list."""
+    if source is None:
+        return []
+    if source.is_dir():
+        paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    elif source.suffix == ".txt":
+        paths = [Path(line.strip()) for line in source.read_text().splitlines() if line.strip()]
+    else:
+        paths = [source]
+    if not paths:
+        _fail(f"no images found in {source}", 2)
+    return paths[:limit]
+
+
+def _images(source: Path | None, limit: int, size: int, what: str):
+    import torch
+
+    from model.export import load_images
+
+    paths = _image_paths(source, limit)
+    if not paths:
+        typer.echo(f"warning: no --images given; {what} runs on random inputs", err=True)
+        return torch.rand(min(limit, 4), 3, size, size, generator=torch.Generator().manual_seed(0)), 0
+    return load_images(paths, size), len(paths)
+
+
+def _load(checkpoint: Path):
+    from model.artifacts import load_model_checkpoint
+
+    if not checkpoint.is_file():
+        _fail(f"checkpoint not found: {checkpoint}", 2)
+    try:
+        return load_model_checkpoint(checkpoint)
+    except Exception as error:  # noqa: BLE001 - a CLI turns any load problem into one line
+        _fail(f"cannot load checkpoint {checkpoint}: {type(error).__name__}: {error}", 2)
+
+
+def reparam(
+    checkpoint: Annotated[Path, typer.Argument(help="Training checkpoint (.pt).")],
+    out: Annotated[Path, typer.Option(help="Deploy-form checkpoint to write.")],
+    images: Annotated[Path | None, typer.Option(help="Folder / .txt list of validation images to verify on.")] = None,
+    num_images: Annotated[int, typer.Option(help="Images used for the check.")] = 16,
+) -> None:
+    """Fuse RepVGG branches and Conv+BN; verify against the training form (fails above 1e-3 max abs diff)."""
+    import torch
+
+    from model import reparameterize_model
+    from model.artifacts import write_sidecar
+
+    model, cfg = _load(checkpoint)
+    deploy = reparameterize_model(model)
+    report = {}
+    for mode in ("scene", "crop"):
+        size = cfg.scene_size if mode == "scene" else cfg.crop_size
+        x, _ = _images(images, num_images, size, "the check")
+        with torch.no_grad():
+            a, b = model(x, mode=mode), deploy(x, mode=mode)
+        report[mode] = max(float((a[k] - b[k]).abs().max()) for k in a)
+    worst = max(report.values())
+    typer.echo(f"reparam: max abs diff fused vs training form  scene {report['scene']:.2e}  crop {report['crop']:.2e}"
+               f"  (limit {REPARAM_TOLERANCE:g})")
+    if not worst <= REPARAM_TOLERANCE:
+        _fail(f"reparam FAILED: max abs diff {worst:.3g} > {REPARAM_TOLERANCE:g}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": deploy.state_dict(), "model_config": cfg.model_dump(), "form": "deploy"}, out)
+    write_sidecar(out, "fp32", source=checkpoint, metrics={"reparam_max_abs_diff": report},
+                  extra={"form": "deploy", "params": sum(p.numel() for p in deploy.parameters())})
+    typer.echo(f"wrote {out}")
+
+
+def export(
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Checkpoint: training, reparam or QAT.")],
+    out: Annotated[Path, typer.Option(help="ONNX file to write (the INT8 graph when --int8 is given).")],
+    mode: Annotated[ModeOpt, typer.Option(help="scene: final detections; crop: gender, age per crop.")] = ModeOpt.scene,
+    int8: Annotated[Int8Opt, typer.Option(help="none: FP32; calib: PTQ on --images; qat: QDQ with the QAT "
+                                               "checkpoint's learned ranges.")] = Int8Opt.none,
+    images: Annotated[Path | None, typer.Option(help="Folder / .txt list of real images (parity, calibration).")] = None,
+    num_calib: Annotated[int, typer.Option(help="Calibration images for INT8.")] = 64,
+    activation: Annotated[ActOpt, typer.Option(help="INT8 activations: u8 (fast on x86 ORT) or s8 (symmetric, "
+                                                    "for TensorRT).")] = ActOpt.u8,
+    size: Annotated[int | None, typer.Option(help="Input size (default: the config's scene/crop size).")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Detections per image K (default: config top_k).")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset (>= 17).")] = 17,
+    batch: Annotated[str, typer.Option(help="Batch axis: 'dynamic' (the only supported value).")] = "dynamic",
+) -> None:
+    """Export to ONNX (decoding in the graph, BN folded, onnxslim), validate, optionally INT8 QDQ; write sidecars."""
+    import torch
+
+    from model.artifacts import write_sidecar
+    from model.export import (
+        OnnxValidationError,
+        count_qdq,
+        export_onnx,
+        int8_agreement,
+        quantize_int8,
+    )
+
+    if batch != "dynamic":
+        _fail("--batch: only 'dynamic' is supported", 2)
+    model, cfg = _load(model_path)
+    size = size or (cfg.scene_size if mode == ModeOpt.scene else cfg.crop_size)
+    if mode == ModeOpt.scene and size % 32:
+        _fail(f"--size must be a multiple of 32 in scene mode, got {size}", 2)
+    check, n_real = _images(images, 8, size, "the ONNX Runtime parity check")
+    fp32 = out if int8 == Int8Opt.none else out.with_name(out.stem + ".fp32.onnx")
+    try:
+        parity = export_onnx(model, fp32, mode.value, size, top_k, opset, images=check)
+    except OnnxValidationError as error:
+        _fail(f"export FAILED: {error}")
+    metrics = {"parity_fp32_vs_torch": parity, "parity_images_real": n_real}
+    write_sidecar(fp32, "fp32", source=model_path, metrics=metrics, extra={"mode": mode.value, "size": size})
+    typer.echo(f"wrote {fp32}  parity vs PyTorch: " + ", ".join(f"{k} {v:.2e}" for k, v in parity.items()
+                                                              if isinstance(v, float)))
+    if int8 == Int8Opt.none:
+        return
+    overrides = None
+    if int8 == Int8Opt.qat:
+        from model.quantization import qat_overrides
+
+        qat = torch.load(str(model_path), map_location="cpu", weights_only=True).get("qat")
+        if not qat:
+            _fail(f"{model_path} is not a QAT checkpoint (no 'qat' ranges); use --int8 calib", 2)
+        overrides = qat_overrides(qat["ranges"], fp32)
+        if qat.get("act") and qat["act"] != activation.value:
+            typer.echo(f"warning: QAT was trained for {qat['act']} activations, exporting {activation.value}", err=True)
+    calib, n_calib = _images(images, num_calib, size, "INT8 calibration")
+    try:
+        quantize_int8(fp32, out, calib, activation.value, overrides)
+    except OnnxValidationError as error:
+        _fail(f"INT8 export FAILED: {error}")
+    agreement = int8_agreement(fp32, out, check)
+    write_sidecar(out, f"int8-{int8.value}-{activation.value}", source=model_path,
+                  metrics={"int8_vs_fp32": agreement, "calibration_images": n_calib, **count_qdq(out)},
+                  extra={"mode": mode.value, "size": size, "fp32": fp32.name})
+    typer.echo(f"wrote {out}  ({out.stat().st_size / 1e6:.3f} MB, {count_qdq(out)})  INT8 vs FP32: "
+               + json.dumps(agreement))
+
+
+def compile_trt_cmd(
+    onnx_path: Annotated[Path, typer.Argument(metavar="MODEL.onnx", help="FP32 (fp16) or QDQ (int8) ONNX.")],
+    out: Annotated[Path, typer.Option(help="Engine file to write (.plan).")],
+    precision: Annotated[PrecisionOpt, typer.Option(help="fp16, or int8 from the graph's Q/DQ nodes.")] = PrecisionOpt.fp16,
+    max_batch: Annotated[int, typer.Option(help="Largest batch of the optimization profile.")] = 16,
+    timing_cache: Annotated[Path | None, typer.Option(help="Timing cache file (read and updated).")] = None,
+) -> None:
+    """Build a TensorRT engine (needs TensorRT and an NVIDIA GPU; exit code 3 when TensorRT is missing)."""
+    from model.artifacts import write_sidecar
+    from model.tensorrt import TensorRTUnavailable, compile_trt, engine_io
+
+    try:
+        plan = compile_trt(onnx_path, out, precision.value, max_batch, timing_cache=timing_cache)
+        io = engine_io(plan)
+    except TensorRTUnavailable as error:
+        _fail(f"compile-trt: {error}", EXIT_TENSORRT_MISSING)
+    except (ValueError, RuntimeError) as error:
+        _fail(f"compile-trt FAILED: {error}")
+    write_sidecar(plan, precision.value, source=onnx_path, io=io, extra={"max_batch": max_batch})
+    typer.echo(f"wrote {plan}")
+
+
+def bench(
+    config: Annotated[Path | None, typer.Option(help="Model config YAML (default: built-in).")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint (default: random weights; speed is "
+                                                         "weight-independent).")] = None,
+    images: Annotated[Path | None, typer.Option(help="Calibration images for the INT8 model.")] = None,
+    runs: Annotated[int, typer.Option(help="Timed runs per setting (>= 200 for reported numbers).")] = 200,
+    warmup: Annotated[int, typer.Option(help="Warm-up runs per setting.")] = 20,
+    quick: Annotated[bool, typer.Option(help="Tiny smoke setting (64/32 px, batch 1, 1 thread, 5 runs).")] = False,
+    out: Annotated[Path | None, typer.Option(help="Also write the Markdown table here.")] = None,
+    as_json: Annotated[Path | None, typer.Option("--json", help="Also write raw results as JSON here.")] = None,
+) -> None:
+    """Latency p50/p90 and throughput: PyTorch (train, deploy), ORT FP32 and INT8; batch 1/8, threads 1/2."""
+    from mouaadnet.bench import markdown, run_bench
+
+    cfg = model = None
+    if checkpoint is not None:
+        model, cfg = _load(checkpoint)
+    elif config is not None:
+        from model import ConfigError, ModelConfig
+
+        try:
+            cfg = ModelConfig.from_yaml(config)
+        except ConfigError as error:
+            _fail(str(error), 2)
+    kwargs: dict = {"runs": runs, "warmup": warmup}
+    if quick:
+        kwargs = {"runs": 5, "warmup": 1, "sizes": {"scene": 64, "crop": 32}, "batches": (1,), "threads": (1,)}
+    calib = None
+    if images is not None:
+        from model import ModelConfig
+
+        calib, _ = _images(images, 64, (cfg or ModelConfig()).scene_size, "INT8 calibration")
+    result = run_bench(cfg, model, calibration=calib, **kwargs)
+    table = markdown(result)
+    typer.echo(table)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table + "\n")
+    if as_json:
+        as_json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def register(app: typer.Typer) -> None:
+    """Add reparam, export, compile-trt and bench to the `mouaadnet` app."""
+    app.command()(reparam)
+    app.command()(export)
+    app.command("compile-trt")(compile_trt_cmd)
+    app.command()(bench)

@@ -1,0 +1,139 @@
+"""Serving commands: `serve`, `detect`, `publish`, `repo check`, `bench-serve`. Registered by mouaadnet.cli."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    repo_app = typer.Typer(help="Triton model repository tools.", no_args_is_help=True)
+    app.add_typer(repo_app, name="repo")
+
+    @app.command()
+    def serve(
+        repo: Annotated[Path, typer.Option(help="Triton model repository.")] = Path("triton_repo"),
+        grpc_port: Annotated[int, typer.Option(help="gRPC port (bound to 127.0.0.1).")] = 8001,
+        http_port: Annotated[int, typer.Option(help="HTTP port (bound to 127.0.0.1).")] = 8000,
+        metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port (bound to 127.0.0.1).")] = 8002,
+        model_control_mode: Annotated[str, typer.Option(
+            help="none (load all at start), explicit (load/unload via the API, e.g. after `publish --load`) "
+                 "or poll.")] = "none",
+        load_model: Annotated[list[str] | None, typer.Option(
+            help="explicit mode: model to load at start (repeatable; default all).")] = None,
+        log_file: Annotated[Path | None, typer.Option(help="Write Triton's log here instead of the terminal.")] = None,
+        timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 180.0,
+    ) -> None:
+        """Run the real tritonserver (from the serving venv) on 127.0.0.1 until Ctrl-C / SIGTERM.
+
+        Exits 1 with Triton's own reason when a model fails to load.
+        """
+        from mouaadnet.serving.server import ServerConfig, ServerError
+        from mouaadnet.serving.server import serve as run
+
+        cfg = ServerConfig(repo=repo, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                           control_mode=model_control_mode, load_models=list(load_model or []))
+        try:
+            code = run(cfg, echo=typer.echo, timeout=timeout, log_path=log_file)
+        except ServerError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from None
+        raise typer.Exit(code)
+
+    @app.command()
+    def detect(
+        images: Annotated[list[Path], typer.Argument(help="Image files (JPEG/PNG).")],
+        url: Annotated[str, typer.Option(help="Triton gRPC endpoint.")] = "127.0.0.1:8001",
+        model: Annotated[Path | None, typer.Option(
+            "--model", help="Run this ONNX in-process with ONNX Runtime instead of asking the server.")] = None,
+        threshold: Annotated[float, typer.Option(help="Minimum person score.")] = 0.3,
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+        draw: Annotated[Path | None, typer.Option(
+            help="Write the image with boxes and labels here (with several images: OUT_<i>.ext).")] = None,
+    ) -> None:
+        """Find people (box, score, gender, age) in images, through Triton gRPC or in-process."""
+        from mouaadnet.serving.client import (
+            ClientError,
+            LocalDetector,
+            TritonDetector,
+            format_people,
+            read_images,
+        )
+        from mouaadnet.serving.client import as_json as to_json
+        from mouaadnet.serving.client import draw as draw_image
+
+        try:
+            blobs = read_images(images)
+            detector = LocalDetector(model) if model is not None else TritonDetector(url)
+            people = detector.detect(blobs, threshold)
+        except (ClientError, ValueError) as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from None
+        if as_json:
+            typer.echo(to_json(images, people))
+        else:
+            for path, found in zip(images, people):
+                typer.echo("\n".join(format_people(str(path), found)))
+        if draw is not None:
+            for i, (blob, found) in enumerate(zip(blobs, people)):
+                out = draw if len(blobs) == 1 else draw.with_name(f"{draw.stem}_{i}{draw.suffix}")
+                typer.echo(f"wrote {draw_image(blob, found, out)}", err=as_json)
+
+    @app.command()
+    def publish(
+        artifact: Annotated[Path, typer.Argument(help="model.onnx (python/onnxruntime) or model.plan (tensorrt).")],
+        repo: Annotated[Path, typer.Option(help="Triton model repository.")] = Path("triton_repo"),
+        backend: Annotated[str, typer.Option(help="python | onnxruntime | tensorrt")] = "python",
+        model: Annotated[str, typer.Option(help="Model folder to publish into.")] = "detector",
+        keep: Annotated[int, typer.Option(help="Keep the newest K versions.")] = 3,
+        load: Annotated[str | None, typer.Option(
+            help="gRPC URL of a server in explicit model-control mode: load the new version there.")] = None,
+    ) -> None:
+        """Publish ARTIFACT as the next version (atomic rename; sha256 checked against its sidecar)."""
+        from mouaadnet.serving.publish import PublishError, load_on_server
+        from mouaadnet.serving.publish import publish as do_publish
+
+        try:
+            result = do_publish(artifact, repo, model=model, backend=backend, keep=keep)
+        except PublishError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"published {result.model} version {result.version} ({result.backend}) at {result.path} "
+                   f"sha256 {result.sha256[:12]}" + (f"; removed versions {result.removed}" if result.removed else ""))
+        if load:
+            try:
+                load_on_server(load, model)
+            except Exception as error:  # noqa: BLE001 - report Triton's reason
+                typer.echo(f"error: loading {model} on {load} failed: {error}", err=True)
+                raise typer.Exit(1) from None
+            typer.echo(f"loaded {model} version {result.version} on {load}")
+
+    @repo_app.command("check")
+    def check(repo: Annotated[Path, typer.Argument(help="Triton model repository.")] = Path("triton_repo")) -> None:
+        """Parse every config.pbtxt and check names, dtypes, dims, ONNX files and the ensemble wiring."""
+        from mouaadnet.serving.repo_check import check_repo
+
+        report = check_repo(repo)
+        for warning in report.warnings:
+            typer.echo(f"warning: {warning}")
+        for error in report.errors:
+            typer.echo(f"error: {error}", err=True)
+        if not report.ok:
+            typer.echo(f"{repo}: {len(report.errors)} problem(s)", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"{repo}: OK ({', '.join(report.models)})")
+
+    @app.command("bench-serve")
+    def bench_serve(
+        onnx: Annotated[Path | None, typer.Option(help="ONNX to serve (default: a seeded stand-in export).")] = None,
+        seconds: Annotated[float, typer.Option(help="Seconds per concurrency level.")] = 20.0,
+        concurrency: Annotated[list[int] | None, typer.Option(help="Concurrency levels (repeatable).")] = None,
+        out: Annotated[Path | None, typer.Option(help="Update the '## Serving' section of this file.")] = None,
+        json_out: Annotated[Path | None, typer.Option(help="Write raw results as JSON.")] = None,
+    ) -> None:
+        """Benchmark Triton (ensemble with JPEG input, detector with tensors) vs in-process ONNX Runtime."""
+        from mouaadnet.serving.bench import main as bench_main
+
+        bench_main(onnx=onnx, seconds=seconds, levels=concurrency or [1, 4, 8], out=out, json_out=json_out)

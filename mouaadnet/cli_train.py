@@ -1,0 +1,142 @@
+"""CLI wiring for data checks, training and evaluation (the work is in the library modules)."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+data_app = typer.Typer(help="Validate datasets.", no_args_is_help=True)
+
+
+@data_app.command("check")
+def data_check(
+    sources: Annotated[list[str], typer.Argument(help="Dataset paths (YOLO dir, COCO .json, UTKFace dir, PETA dir) "
+                                                      "or synthetic:N[:SEED].")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    no_decode: Annotated[bool, typer.Option("--no-decode", help="Skip decoding every image (labels only).")] = False,
+    examples: Annotated[int, typer.Option(help="Problems shown per kind.")] = 5,
+) -> None:
+    """Report counts per label, unreadable images, malformed label lines (file:line), bad boxes and ages.
+
+    Exit code 1 when a problem (not an informational note) was found.
+    """
+    from mouaadnet.data.check import check_sources, format_report
+
+    report = check_sources(sources, max_examples=examples, decode=not no_decode)
+    typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt so the MLflow run ends KILLED and last.pt stays intact."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _load_train_config(config: Path, data: Optional[list[str]], epochs: Optional[int]):
+    from model.config import ConfigError
+    from mouaadnet.train_config import SourceConfig, TrainConfig
+
+    try:
+        cfg = TrainConfig.from_yaml(config)
+    except ConfigError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from None
+    if data:
+        scene, crop = _sources_by_mode(data)
+        cfg.data.scene = [SourceConfig(path=p) for p in scene]
+        cfg.data.crop = [SourceConfig(path=p) for p in crop]
+    if epochs is not None:
+        cfg.optim.epochs = epochs
+    return cfg
+
+
+def _sources_by_mode(specs: list[str]) -> tuple[list[str], list[str]]:
+    """Split --data specs into scene and crop sources by the format the reader detects."""
+    from mouaadnet.data.sources import detect_format
+
+    scene, crop = [], []
+    for spec in specs:
+        if spec.startswith("synthetic-crops:"):
+            crop.append(spec)
+        elif spec.startswith("synthetic:"):
+            scene.append(spec)
+        else:
+            (crop if detect_format(Path(spec)) in ("utkface", "peta") else scene).append(spec)
+    return scene, crop
+
+
+def train(
+    config: Annotated[Path, typer.Option(help="Training config YAML (see configs/).")],
+    data: Annotated[Optional[list[str]], typer.Option(help="Override the config's sources (repeatable); "
+                                                           "scene or crop mode is detected from the format.")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder for last.pt, best.pt and the resolved config.")] = Path("runs/train"),
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt exactly where it stopped.")] = False,
+    epochs: Annotated[Optional[int], typer.Option(help="Override optim.epochs.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Train the multi-task model; every run is tracked in MLflow (MLFLOW_TRACKING_URI or ./mlflow.db)."""
+    from mouaadnet.train import train as run_training
+
+    cfg = _load_train_config(config, data, epochs)
+    _exit_on_sigterm()
+    try:
+        summary = run_training(cfg, out, resume=resume, progress=not quiet)
+    except KeyboardInterrupt:
+        typer.echo(f"\ninterrupted: the MLflow run is marked KILLED; resume with --resume --out {out}", err=True)
+        raise typer.Exit(130) from None
+    except (FileNotFoundError, ValueError, FloatingPointError) as error:
+        typer.echo(f"training failed: {error}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"done: {summary.epochs_run} epochs, best {cfg.best_metric} {summary.best_score:.4f} at epoch "
+               f"{summary.best_epoch}, {summary.images_per_second:.1f} img/s, {summary.bad_samples} bad samples "
+               f"skipped, checkpoints in {summary.out_dir}, MLflow run {summary.run_id}")
+
+
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (best.pt / last.pt).")],
+    data: Annotated[list[str], typer.Option(help="Validation source (repeatable): YOLO dir, COCO .json, "
+                                                 "UTKFace dir, PETA dir, synthetic:N[:SEED].")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
+    limit: Annotated[Optional[int], typer.Option(help="Evaluate at most this many images per source.")] = None,
+    threshold: Annotated[float, typer.Option(help="Detection score threshold for attribute matching.")] = 0.3,
+) -> None:
+    """COCO AP50 / AP50:95 / AR100 for persons; gender accuracy and confusion; age MAE and ±k accuracy."""
+    from mouaadnet.checkpoint import CheckpointError, model_from_checkpoint
+    from mouaadnet.data.sources import load_source
+    from mouaadnet.evaluate import EvalSet, evaluate_sets
+    from mouaadnet.training_data import source_name
+
+    try:
+        model, _ = model_from_checkpoint(checkpoint)
+    except CheckpointError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from None
+    scene_specs, crop_specs = _sources_by_mode(data)
+    sets = []
+    for spec in data:
+        samples = load_source(spec).samples[:limit]
+        sets.append(EvalSet(source_name(spec), "crop" if spec in crop_specs else "scene", samples))
+    results = evaluate_sets(model, sets, model.cfg.scene_size, model.cfg.crop_size, threshold=threshold)
+    if as_json:
+        typer.echo(json.dumps({r.name: r.metrics for r in results}, indent=2, default=float))
+        return
+    for result in results:
+        typer.echo(f"[{result.name}] ({result.mode}, {result.metrics['count_images']} images)")
+        for key, value in result.metrics.items():
+            if isinstance(value, float):
+                typer.echo(f"  {key:<28} {value:.4f}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(data_app, name="data")
+    app.command()(train)
+    app.command()(evaluate)
+

@@ -1,0 +1,357 @@
+"""Multi-task training: mixed scene/crop batches, AMP, One-Cycle, EMA, atomic resumable checkpoints, MLflow."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from model import build_model
+from model.losses import MultiTaskLoss
+from mouaadnet.checkpoint import atomic_save, load_checkpoint, restore_rng_state, rng_state
+from mouaadnet.data.dataset import CropDataset, SceneDataset, collate_crop, collate_scene
+from mouaadnet.evaluate import EvalResult, evaluate_sets, flat_metrics
+from mouaadnet.train_config import TrainConfig, flatten
+from mouaadnet.training_data import ModeData, TrainingData, load_training_data
+
+
+@dataclass
+class TrainSummary:
+    out_dir: Path
+    epochs_run: int
+    best_score: float
+    best_epoch: int
+    last_metrics: dict[str, float]
+    images_per_second: float
+    bad_samples: int
+    run_id: str | None = None
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but no CUDA GPU is available (use device: auto or cpu)")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: fp16 (+GradScaler) on CUDA by default; on CPU fp32 unless bf16 is asked for."""
+    if amp == "off" or (amp == "auto" and device.type == "cpu"):
+        return None
+    if amp == "fp16" and device.type == "cpu":
+        raise ValueError("amp: fp16 autocast is CUDA-only; use bf16 or off on CPU")
+    if amp == "bf16":
+        return torch.bfloat16
+    return torch.float16
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def step_modes(steps: int, crop_fraction: float, has_scene: bool, has_crop: bool) -> list[str]:
+    """Which mode each step of an epoch trains: crop steps spread evenly at the configured fraction."""
+    if not has_crop:
+        return ["scene"] * steps
+    if not has_scene:
+        return ["crop"] * steps
+    return ["crop" if math.floor((i + 1) * crop_fraction) > math.floor(i * crop_fraction) else "scene"
+            for i in range(steps)]
+
+
+class BatchStream:
+    """Batches of one mode, drawn with the sources' sampling weights; the draw depends only on (seed, epoch)."""
+
+    def __init__(self, dataset, data: ModeData, batch_size: int, collate, num_workers: int, seed: int, tag: int):
+        self.dataset, self.batch_size, self.collate = dataset, batch_size, collate
+        self.num_workers, self.seed, self.tag = num_workers, seed, tag
+        self.probabilities = np.asarray(data.weights, dtype=np.float64)
+        self.probabilities /= self.probabilities.sum()
+
+    def epoch(self, epoch: int, n_batches: int):
+        rng = np.random.default_rng([self.seed, epoch, self.tag])
+        indices = rng.choice(len(self.dataset), size=n_batches * self.batch_size, p=self.probabilities)
+        self.dataset.set_epoch(epoch)
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=indices.tolist(),
+                            collate_fn=self.collate, num_workers=self.num_workers, drop_last=True)
+        return iter(loader)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """No weight decay on biases and normalisation weights (standard practice for small CNNs)."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        (no_decay if param.ndim <= 1 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optim.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    total = cfg.optim.epochs * cfg.optim.steps_per_epoch
+    if cfg.optim.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.optim.lr, total_steps=total,
+                                                   pct_start=max(cfg.optim.warmup_fraction, 1e-3))
+    warmup = max(1, int(total * cfg.optim.warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class Trainer:
+    """Owns the model, optimizer state and data streams of one run."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path, data: TrainingData | None = None, progress: bool = True):
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+        self.progress = progress
+        seed_everything(cfg.seed)
+        self.device = resolve_device(cfg.device)
+        self.amp_dtype = resolve_amp(cfg.amp, self.device)
+        self.data = data or load_training_data(cfg.data, cfg.seed)
+        if not self.data.scene.samples and not self.data.crop.samples:
+            raise ValueError("the training config has no data sources (data.scene and data.crop are empty)")
+        self.model = build_model(cfg.model).to(self.device)
+        if cfg.pretrained:
+            self._load_pretrained(cfg.pretrained)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.loss = MultiTaskLoss(cfg.loss)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay), use_buffers=True)
+                    if cfg.optim.ema else None)
+        self.streams = self._streams()
+        self.epoch = 0  # next epoch to run
+        self.best_score = -math.inf
+        self.best_epoch = -1
+        self.history: dict[str, list[float]] = defaultdict(list)
+        self.run_id: str | None = None
+
+    def _load_pretrained(self, path: str) -> None:
+        state = load_checkpoint(path)
+        weights = state.get("ema") or state["model"]
+        self.model.load_state_dict(weights)
+
+    def _streams(self) -> dict[str, BatchStream]:
+        cfg, streams = self.cfg, {}
+        if self.data.scene.samples:
+            dataset = SceneDataset(self.data.scene.samples, cfg.model.scene_size, cfg.data.augment, cfg.seed)
+            streams["scene"] = BatchStream(dataset, self.data.scene, cfg.data.scene_batch_size, collate_scene,
+                                           cfg.data.num_workers, cfg.seed, 0)
+        if self.data.crop.samples:
+            dataset = CropDataset(self.data.crop.samples, cfg.model.crop_size, cfg.data.augment, cfg.seed)
+            streams["crop"] = BatchStream(dataset, self.data.crop, cfg.data.crop_batch_size, collate_crop,
+                                          cfg.data.num_workers, cfg.seed, 1)
+        return streams
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def bad_samples(self) -> int:
+        return sum(len(s.dataset.bad_samples) for s in self.streams.values())
+
+    # ---- one optimisation step -------------------------------------------------------------------------
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        moved = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        if self.cfg.channels_last:
+            moved["images"] = moved["images"].contiguous(memory_format=torch.channels_last)
+        return moved
+
+    def train_step(self, batch: dict[str, Any], mode: str) -> dict[str, float]:
+        batch = self._to_device(batch)
+        autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype
+                    else contextlib.nullcontext())
+        with autocast:
+            outputs = self.model(batch["images"], mode=mode)
+        total, terms = self.loss(outputs, batch)  # losses in fp32: the loss casts the head outputs
+        if not torch.isfinite(total):
+            values = {k: round(float(v), 4) for k, v in terms.items()}
+            raise FloatingPointError(f"non-finite {mode} loss at epoch {self.epoch + 1}: {values}")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.cfg.optim.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        return {"loss": total.item(), **{f"loss_{mode}_{k}": v.item() for k, v in terms.items()}}
+
+    def train_epoch(self) -> dict[str, float]:
+        """One epoch of ``steps_per_epoch`` steps; returns mean losses, LR and throughput."""
+        self.model.train()
+        steps = self.cfg.optim.steps_per_epoch
+        modes = step_modes(steps, self.cfg.data.crop_fraction, "scene" in self.streams, "crop" in self.streams)
+        iterators = {m: s.epoch(self.epoch, modes.count(m)) for m, s in self.streams.items() if m in modes}
+        sums: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+        images, start = 0, time.perf_counter()
+        bar = tqdm(modes, desc=f"epoch {self.epoch + 1}/{self.cfg.optim.epochs}", disable=not self.progress,
+                   unit="step", dynamic_ncols=True)
+        for mode in bar:
+            batch = next(iterators[mode])
+            for name, value in self.train_step(batch, mode).items():
+                sums[name] += value
+                counts[name] += 1
+            images += len(batch["images"])
+            rate = images / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{sums['loss'] / counts['loss']:.3f}", img_s=f"{rate:.1f}")
+        elapsed = time.perf_counter() - start
+        metrics = {name: sums[name] / counts[name] for name in sums}
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics["images_per_second"] = images / elapsed
+        return metrics
+
+    def validate(self) -> tuple[dict[str, float], list[EvalResult]]:
+        model = self.eval_model.eval()
+        results = evaluate_sets(model, self.data.eval_sets, self.cfg.model.scene_size, self.cfg.model.crop_size,
+                                str(self.device), self.cfg.score_threshold)
+        return flat_metrics(results), results
+
+    # ---- checkpoints -------------------------------------------------------------------------------------
+    def state(self, metrics: dict[str, float]) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "history": dict(self.history),
+            "metrics": metrics,
+            "rng": rng_state(),
+            "config": self.cfg.model_dump(),
+            "model_config": self.cfg.model.model_dump(),
+            "data_fingerprint": self.data.fingerprint,
+            "mlflow_run_id": self.run_id,
+        }
+
+    def restore(self, path: str | Path) -> None:
+        """Continue exactly where ``path`` (a last.pt) stopped: weights, optimizer, scheduler, scaler, RNG."""
+        state = load_checkpoint(path)
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.module.load_state_dict(state["ema"])
+            self.ema.n_averaged.fill_(max(1, state["epoch"] + 1))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch = state["epoch"] + 1
+        self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
+        self.history = defaultdict(list, {k: list(v) for k, v in state["history"].items()})
+        self.run_id = state.get("mlflow_run_id")
+        restore_rng_state(state["rng"])
+
+    def save(self, metrics: dict[str, float], score: float) -> bool:
+        """Write last.pt every epoch and best.pt when ``score`` improves; returns whether it improved."""
+        improved = score > self.best_score or (math.isnan(self.best_score) and not math.isnan(score))
+        if improved:
+            self.best_score, self.best_epoch = score, self.epoch
+        state = self.state(metrics)
+        atomic_save(state, self.out_dir / "last.pt")
+        if improved:
+            atomic_save(state, self.out_dir / "best.pt")
+        return improved
+
+
+def _log_plots(history: dict[str, list[float]], results: list[EvalResult]) -> None:
+    import mlflow
+
+    from mouaadnet import plots
+
+    mlflow.log_figure(plots.plot_training_curves(history), "plots/training_curves.png")
+    for result in results:
+        details, metrics = result.details, result.metrics
+        if result.mode == "scene" and details.get("pr_curve"):
+            pr = details["pr_curve"]
+            mlflow.log_figure(plots.plot_pr_curve(pr["recall"], pr["precision"], metrics.get("AP50", float("nan"))),
+                              f"plots/{result.name}_pr_curve.png")
+        if metrics.get("gender_count"):
+            mlflow.log_figure(plots.plot_gender_confusion(metrics["gender_confusion"]),
+                              f"plots/{result.name}_gender_confusion.png")
+        if details.get("true_age") and any(a >= 0 for a in details["true_age"]):
+            mlflow.log_figure(plots.plot_age_errors(details["pred_age"], details["true_age"]),
+                              f"plots/{result.name}_age_errors.png")
+        if metrics.get("age_group_count"):
+            mlflow.log_figure(plots.plot_age_group_confusion(metrics["age_group_confusion"]),
+                              f"plots/{result.name}_age_group_confusion.png")
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
+          data: TrainingData | None = None, run_name: str | None = None) -> TrainSummary:
+    """Train (or resume) one run, tracked as one MLflow run; returns the summary of the whole run."""
+    import mlflow
+
+    from mouaadnet.tracking import git_commit, log_params_safely, mlflow_run
+
+    trainer = Trainer(cfg, out_dir, data=data, progress=progress)
+    last = trainer.out_dir / "last.pt"
+    if resume:
+        if not last.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint to resume at {last}")
+        trainer.restore(last)
+    trainer.out_dir.mkdir(parents=True, exist_ok=True)
+    tags = {"git_commit": git_commit(), "data_fingerprint": trainer.data.fingerprint,
+            "device": str(trainer.device), "amp": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "fp32"}
+    results: list[EvalResult] = []
+    metrics: dict[str, float] = {}
+    with mlflow_run(cfg.experiment, run_name=run_name, run_id=trainer.run_id, tags=tags) as run:
+        if trainer.run_id is None:
+            trainer.run_id = run.info.run_id
+            log_params_safely(flatten(cfg.model_dump()))
+            (trainer.out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+            mlflow.log_artifact(str(trainer.out_dir / "config.yaml"))
+        for epoch in range(trainer.epoch, cfg.optim.epochs):
+            trainer.epoch = epoch
+            metrics = trainer.train_epoch()
+            val_metrics, results = trainer.validate()
+            metrics.update(val_metrics)
+            metrics["bad_samples"] = float(trainer.bad_samples())
+            for name, value in metrics.items():
+                trainer.history[name].append(value)
+            trainer.history["epoch"].append(epoch + 1)
+            score = val_metrics.get(cfg.best_metric, float("nan"))
+            improved = trainer.save(metrics, score)
+            mlflow.log_metrics(metrics, step=epoch + 1)
+            if progress:
+                print(f"epoch {epoch + 1}: loss {metrics['loss']:.4f}  {cfg.best_metric} {score:.4f}"
+                      f"{'  (best)' if improved else ''}  {metrics['images_per_second']:.1f} img/s", flush=True)
+        if results:
+            _log_plots(dict(trainer.history), results)
+        best = trainer.out_dir / "best.pt"
+        if best.is_file():
+            mlflow.log_artifact(str(best), artifact_path="checkpoints")
+        mlflow.set_tags({"best_epoch": str(trainer.best_epoch + 1), "bad_samples": str(trainer.bad_samples())})
+    rates = trainer.history.get("images_per_second") or [float("nan")]
+    return TrainSummary(trainer.out_dir, len(trainer.history.get("epoch", [])), trainer.best_score,
+                        trainer.best_epoch + 1, metrics, float(np.mean(rates)), trainer.bad_samples(),
+                        trainer.run_id, dict(trainer.history))

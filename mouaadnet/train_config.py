@@ -1,0 +1,108 @@
+"""Typed training configuration (one YAML file per run), logged to MLflow flattened."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from model.config import ModelConfig, StrictConfig, load_config
+from model.losses import LossConfig
+
+
+class SourceConfig(StrictConfig):
+    """One dataset: a source spec for ``mouaadnet.data.load_source`` and how to sample/validate it."""
+
+    path: str  # e.g. ../shared/data/utkface, data/train/annotations.json, synthetic:2000:0
+    weight: float = 1.0  # relative sampling weight among the sources of the same mode
+    val: str | None = None  # separate validation source; None = split `path` by identity
+    val_fraction: float = 0.1
+    max_samples: int | None = None  # cap (deterministic) on training samples read from this source
+    max_val: int | None = 200  # cap on validation samples, to keep per-epoch validation short
+
+    @field_validator("weight")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError(f"must be > 0, got {value}")
+        return value
+
+    @field_validator("val_fraction")
+    @classmethod
+    def _fraction(cls, value: float) -> float:
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"must be in [0, 1), got {value}")
+        return value
+
+
+class DataConfig(StrictConfig):
+    scene: list[SourceConfig] = []
+    crop: list[SourceConfig] = []
+    crop_fraction: float = 0.5  # share of steps that are crop batches when both modes have sources
+    scene_batch_size: int = 16
+    crop_batch_size: int = 32
+    augment: bool = True
+    num_workers: int = 0
+
+    @field_validator("crop_fraction")
+    @classmethod
+    def _fraction(cls, value: float) -> float:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"must be in [0, 1], got {value}")
+        return value
+
+
+class OptimConfig(StrictConfig):
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 3e-3  # peak learning rate
+    weight_decay: float = 0.05
+    momentum: float = 0.9  # SGD only
+    scheduler: Literal["onecycle", "cosine"] = "onecycle"
+    warmup_fraction: float = 0.1  # of all steps (One-Cycle pct_start, or linear warm-up before cosine)
+    epochs: int = 10
+    steps_per_epoch: int = 100
+    grad_clip: float = 10.0  # max global grad norm; 0 disables
+    ema: bool = True
+    ema_decay: float = 0.998
+
+    @field_validator("epochs", "steps_per_epoch")
+    @classmethod
+    def _positive_int(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"must be >= 1, got {value}")
+        return value
+
+
+class TrainConfig(StrictConfig):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: fp16 on CUDA, fp32 on CPU
+    channels_last: bool = True  # faster convolutions on CPU (oneDNN) and on tensor cores
+    experiment: str = "mouaadnet"
+    best_metric: str = "val/score"  # the checkpoint-selection metric (higher is better)
+    pretrained: str | None = None  # checkpoint to start from (weights only)
+    score_threshold: float = 0.3  # detection threshold for attribute metrics on scenes
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        return load_config(cls, path)
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {"a.b.c": value}; lists of dicts get their index in the key."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for i, item in enumerate(value):
+                flat.update(flatten(item, f"{name}.{i}."))
+        else:
+            flat[name] = value
+    return flat

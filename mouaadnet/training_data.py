@@ -1,0 +1,93 @@
+"""Turn a DataConfig into training samples (with sampling weights) and named validation sets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mouaadnet.data.readers import ReadResult
+from mouaadnet.data.sources import load_source
+from mouaadnet.data.splits import split_samples
+from mouaadnet.data.types import Sample
+from mouaadnet.evaluate import EvalSet
+from mouaadnet.fingerprint import data_fingerprint
+from mouaadnet.train_config import DataConfig, SourceConfig
+
+
+@dataclass
+class ModeData:
+    samples: list[Sample] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)  # per-sample sampling probability (sums to 1)
+
+
+@dataclass
+class TrainingData:
+    scene: ModeData
+    crop: ModeData
+    eval_sets: list[EvalSet]
+    problem_counts: dict[str, int]  # source -> labels/images the readers skipped or fixed
+    fingerprint: str
+
+
+def source_name(spec: str) -> str:
+    """Short readable name of a source spec (used in metric names)."""
+    if ":" in spec and not Path(spec).exists():
+        return spec.split(":")[0]
+    path = Path(spec)
+    return path.parent.name if path.suffix == ".json" else path.name
+
+
+def _subsample(samples: list[Sample], limit: int | None, seed: int) -> list[Sample]:
+    if limit is None or len(samples) <= limit:
+        return samples
+    order = np.random.default_rng(seed).permutation(len(samples))[:limit]
+    return [samples[i] for i in sorted(order)]
+
+
+def _read(spec: str) -> ReadResult:
+    result = load_source(spec)
+    if not result.samples:
+        raise ValueError(f"data source {spec} has no usable samples ({len(result.problems)} problems)")
+    return result
+
+
+def _split_source(source: SourceConfig, seed: int) -> tuple[list[Sample], list[Sample], int]:
+    result = _read(source.path)
+    problems = sum(not p.is_info for p in result.problems)
+    if source.val:
+        val_result = _read(source.val)
+        train, val = result.samples, val_result.samples
+        problems += sum(not p.is_info for p in val_result.problems)
+    else:
+        train, val = split_samples(result.samples, source.val_fraction, seed)
+    return _subsample(train, source.max_samples, seed), _subsample(val, source.max_val, seed), problems
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    candidate, i = name, 2
+    while candidate in taken:
+        candidate, i = f"{name}{i}", i + 1
+    taken.add(candidate)
+    return candidate
+
+
+def load_training_data(cfg: DataConfig, seed: int) -> TrainingData:
+    """Read every source once; split train/val by identity; weight sources by their configured ratio."""
+    modes = {"scene": ModeData(), "crop": ModeData()}
+    eval_sets: list[EvalSet] = []
+    problem_counts: dict[str, int] = {}
+    names: set[str] = set()
+    for mode, sources in (("scene", cfg.scene), ("crop", cfg.crop)):
+        total_weight = sum(s.weight for s in sources)
+        for source in sources:
+            train, val, problems = _split_source(source, seed)
+            problem_counts[source.path] = problems
+            share = source.weight / total_weight
+            modes[mode].samples += train
+            modes[mode].weights += [share / len(train)] * len(train) if train else []
+            if val:
+                eval_sets.append(EvalSet(_unique(source_name(source.path), names), mode, val))
+    specs = [s.path for s in cfg.scene + cfg.crop] + [s.val for s in cfg.scene + cfg.crop if s.val]
+    return TrainingData(modes["scene"], modes["crop"], eval_sets, problem_counts, data_fingerprint(specs))
