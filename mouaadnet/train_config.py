@@ -64,7 +64,8 @@ class OptimConfig(StrictConfig):
     steps_per_epoch: int = 100
     grad_clip: float = 10.0  # max global grad norm; 0 disables
     ema: bool = True
-    ema_decay: float = 0.998
+    ema_decay: float = 0.999
+    ema_ramp_steps: float = 500.0  # decay ramps in over about this many updates
 
     @field_validator("epochs", "steps_per_epoch")
     @classmethod

@@ -24,3 +24,7 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
 @pytest.fixture
 def rand_bn():
     return randomize_batchnorm
+
+
+# Real local services (SeaweedFS S3, mlflow server) for `integration` tests.
+from conftest_services import mlflow_server_uri, mlflow_tracking_server, s3_service  # noqa: E402, F401
