@@ -135,8 +135,21 @@ def evaluate(
                 typer.echo(f"  {key:<28} {value:.4f}")
 
 
+def bench_train(
+    steps: Annotated[int, typer.Option(help="Timed optimisation steps per mode and variant.")] = 10,
+    size: Annotated[int, typer.Option(help="Scene input size.")] = 320,
+    batch: Annotated[int, typer.Option(help="Scene batch size.")] = 16,
+    crop_batch: Annotated[int, typer.Option(help="Crop batch size (112 px).")] = 64,
+) -> None:
+    """Training throughput (images/s, full steps incl. data) in scene and crop mode: fp32/bf16, channels_last."""
+    from mouaadnet.train_bench import markdown, run_train_bench
+
+    typer.echo(markdown(run_train_bench(steps, size, batch=batch, crop_batch=crop_batch)))
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(data_app, name="data")
     app.command()(train)
     app.command()(evaluate)
+    app.command("bench-train")(bench_train)
 

@@ -24,15 +24,20 @@ HAIR_BASES = ((20, 20, 20), (60, 40, 25), (95, 60, 30), (40, 30, 20), (120, 80, 
 SCENE_SOURCE = "synthetic"
 
 
-def _hsv(rng: np.random.Generator, hue_deg: float) -> tuple[int, int, int]:
-    """An RGB colour of the given hue with random (but clearly coloured) saturation and value."""
-    r, g, b = colorsys.hsv_to_rgb((hue_deg % 360) / 360, rng.uniform(0.55, 0.95), rng.uniform(0.55, 0.95))
+def _hsv(rng: np.random.Generator, hue_deg: float, saturation: float) -> tuple[int, int, int]:
+    """An RGB colour of the given hue and saturation with a random (clearly visible) value."""
+    r, g, b = colorsys.hsv_to_rgb((hue_deg % 360) / 360, saturation, rng.uniform(0.6, 0.95))
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def _clothing_colour(rng: np.random.Generator, female: bool) -> tuple[int, int, int]:
-    """Warm hues (red/orange/pink) for women, cool hues (green/cyan/blue) for men: a clean colour cue."""
-    return _hsv(rng, rng.uniform(-35, 40) if female else rng.uniform(160, 250))
+def _clothing_colour(rng: np.random.Generator, female: bool, age: float) -> tuple[int, int, int]:
+    """Hue says gender: warm (red/orange/pink) for women, cool (green/cyan/blue) for men.
+
+    Saturation says age: vivid at 0, muted at MAX_AGE. Clothing covers most of a person, so this is the
+    large-area age cue a tiny network picks up early; grey hair and body proportions back it up.
+    """
+    saturation = float(np.clip(0.95 - 0.75 * age / MAX_AGE + rng.normal(0, 0.03), 0.12, 1.0))
+    return _hsv(rng, rng.uniform(-35, 40) if female else rng.uniform(160, 250), saturation)
 
 
 def _hair_colour(rng: np.random.Generator, age: float) -> tuple[int, int, int]:
@@ -59,7 +64,7 @@ def _person_patch(rng: np.random.Generator, height: int, female: bool, age: floa
     skin = tuple(
         int(np.clip(c + rng.integers(-12, 13), 0, 255)) for c in SKIN_TONES[rng.integers(len(SKIN_TONES))]
     )
-    cloth = _clothing_colour(rng, female)
+    cloth = _clothing_colour(rng, female, age)
     hair = _hair_colour(rng, age)
     head_x = cx + lean
     neck_y = top + head
@@ -123,7 +128,7 @@ def _draw_lower_body(
             fill=cloth,
         )
         return
-    trousers = tuple(int(c * 0.45) for c in _clothing_colour(rng, female=False))
+    trousers = tuple(int(c * 0.45) for c in cloth)  # darker shade of the shirt keeps the age cue
     for side in (-1, 1):
         x = cx + side * shoulder * 0.22
         draw.rectangle([x - leg_w / 2, hip_y, x + leg_w / 2, h - 1], fill=trousers)
