@@ -35,6 +35,7 @@ class ModelConfig(StrictConfig):
     head_width: int = 64
     head_convs: int = 2  # depthwise-separable convs in each head tower
     attr_dropout: float = 0.1
+    attr_window: int = 3  # scene-mode attention-pooling window (cells of the stride-8 map)
     heatmap_prior: float = 0.1  # initial sigmoid output of the center heatmap (focal-loss prior)
     scene_size: int = 320
     crop_size: int = 112
@@ -69,6 +70,13 @@ class ModelConfig(StrictConfig):
         if width <= 0 or width % 2:
             raise ValueError(f"must be a positive even channel count (CSP splits it in halves), got {width}")
         return width
+
+    @field_validator("attr_window")
+    @classmethod
+    def _odd_window(cls, window: int) -> int:
+        if window < 1 or window % 2 == 0:
+            raise ValueError(f"must be a positive odd number of cells, got {window}")
+        return window
 
     @field_validator("attr_dropout")
     @classmethod

@@ -12,10 +12,13 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .blocks import ConvBN, DWSeparable
 from .config import NUM_AGE_BINS
+
+GATE_EPS = 1e-4  # keeps the weighted average finite where the gate is ~0 everywhere
 
 
 def _tower(width: int, head_width: int, convs: int) -> nn.Sequential:
@@ -45,33 +48,47 @@ class DetectionHead(nn.Module):
 
 
 class AttributeHead(nn.Module):
-    """Spatial-attention-gated features and one linear decision layer (1 gender logit + 101 age logits).
+    """Spatial-attention-gated pooling and one linear decision layer (1 gender logit + 101 age logits).
 
-    The decision layer is a 1x1 conv. Scene mode applies it at every location and the decoder reads it at
-    each person's center; crop mode applies it to the global average of the gated features. A linear layer
-    commutes with averaging (W·mean(f) + b = mean(W·f + b)), so crop mode equals the average of the scene-mode
-    decision map: one set of weights serves both, and training either mode trains the other.
-    The attention gate is a sigmoid map: in crop mode it decides which cells the average listens to
-    (the face or body rather than the background); in scene mode it suppresses background responses.
+    A sigmoid gate g(x) scores how much each location belongs to the person. Features are pooled as an
+    attention-weighted average, pooled = avg(g * f) / avg(g): global average pooling of the gated features,
+    normalised by the average gate.
+    - crop mode: the average runs over the whole map (GAP), then the decision layer;
+    - scene mode: the same average over a small window around every location (a per-location 1x1 decision
+      read at each person's center by the decoder).
+    Why normalise instead of the plain GAP(g * f): plain GAP scales the features by the fraction of the image
+    the person covers, so crop logits would be a damped copy of the scene logits at a person's center and the
+    age softmax would flatten toward the bias. The normalised average is a weighted mean of features in both
+    modes, so both see the same scale. Because the decision layer is linear, it commutes with the weighted
+    average (W * sum(g f)/sum(g) + b = sum(g (W f + b))/sum(g)): crop mode equals the attention-weighted mean of
+    the per-location decision map, one set of weights serves both modes and training either trains the other.
     """
 
-    def __init__(self, width: int, head_width: int, convs: int, dropout: float):
+    def __init__(self, width: int, head_width: int, convs: int, dropout: float, window: int = 3):
         super().__init__()
         self.tower = _tower(width, head_width, convs)
         self.attention = nn.Sequential(ConvBN(head_width, head_width, 3, groups=head_width),
                                        nn.Conv2d(head_width, 1, 1), nn.Sigmoid())
+        self.window = window
         self.dropout = nn.Dropout(dropout)
         self.decision = nn.Conv2d(head_width, 1 + NUM_AGE_BINS, 1)
 
-    def gated_features(self, x: torch.Tensor) -> torch.Tensor:
+    def gate_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.tower(x)
-        return features * self.attention(features)
+        return self.attention(features), features
+
+    def pool(self, gate: torch.Tensor, features: torch.Tensor, crop: bool) -> torch.Tensor:
+        """Attention-weighted average: global in crop mode, over a window around each location in scene mode."""
+        gated = gate * features
+        if crop:
+            return gated.mean(dim=(2, 3), keepdim=True) / gate.mean(dim=(2, 3), keepdim=True).clamp_min(GATE_EPS)
+        pad = self.window // 2
+        return (F.avg_pool2d(gated, self.window, 1, pad) /
+                F.avg_pool2d(gate, self.window, 1, pad).clamp_min(GATE_EPS))
 
     def forward(self, x: torch.Tensor, crop: bool) -> dict[str, torch.Tensor]:
-        gated = self.gated_features(x)
-        if crop:
-            gated = gated.mean(dim=(2, 3), keepdim=True)
-        logits = self.decision(self.dropout(gated))
+        gate, features = self.gate_and_features(x)
+        logits = self.decision(self.dropout(self.pool(gate, features, crop)))
         if crop:
             logits = logits.flatten(1)
             return {"gender": logits[:, 0], "age": logits[:, 1:]}

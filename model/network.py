@@ -34,7 +34,8 @@ class MouaadNet(nn.Module):
         self.backbone = Backbone(cfg)
         self.neck = SlimPAN(self.backbone.out_channels, cfg.neck_width, cfg.neck_depth)
         self.detection = DetectionHead(cfg.neck_width, cfg.head_width, cfg.head_convs, cfg.heatmap_prior)
-        self.attributes = AttributeHead(cfg.neck_width, cfg.head_width, cfg.head_convs, cfg.attr_dropout)
+        self.attributes = AttributeHead(cfg.neck_width, cfg.head_width, cfg.head_convs, cfg.attr_dropout,
+                                        cfg.attr_window)
 
     def forward(self, images: torch.Tensor, mode: Mode = "scene") -> dict[str, torch.Tensor]:
         check_input(images, mode)

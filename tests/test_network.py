@@ -84,9 +84,16 @@ def test_crop_and_scene_share_one_state_dict():
     with torch.no_grad():
         crop = model(x, mode="crop")
         scene = clone(x, mode="scene")
-    # Linear decision commutes with averaging: crop logits = spatial mean of the scene decision map.
-    assert torch.allclose(crop["gender"], scene["gender"].mean(dim=(2, 3))[:, 0], atol=1e-5)
-    assert torch.allclose(crop["age"], scene["age"].mean(dim=(2, 3)), atol=1e-5)
+    # The linear decision commutes with the attention-weighted average: crop logits equal the gate-weighted
+    # mean of the per-location decision map (decision applied to the unpooled features).
+    head = model.attributes
+    with torch.no_grad():
+        gate, features = head.gate_and_features(model.neck(model.backbone(x)))
+        per_location = head.decision(features)
+        expected = (gate * per_location).sum(dim=(2, 3)) / gate.sum(dim=(2, 3))
+    assert torch.allclose(crop["gender"], expected[:, 0], atol=1e-4)
+    assert torch.allclose(crop["age"], expected[:, 1:], atol=1e-4)
+    assert torch.equal(scene["heatmap"], clone(x)["heatmap"])
 
 
 def test_gradients_reach_every_parameter_in_both_modes():
