@@ -132,8 +132,10 @@ def register(app: typer.Typer) -> None:
         concurrency: Annotated[list[int] | None, typer.Option(help="Concurrency levels (repeatable).")] = None,
         out: Annotated[Path | None, typer.Option(help="Update the '## Serving' section of this file.")] = None,
         json_out: Annotated[Path | None, typer.Option(help="Write raw results as JSON.")] = None,
+        rounds: Annotated[int, typer.Option(help="Windows per path and level, taken in turn across paths.")] = 4,
     ) -> None:
         """Benchmark Triton (ensemble with JPEG input, detector with tensors) vs in-process ONNX Runtime."""
         from mouaadnet.serving.bench import main as bench_main
 
-        bench_main(onnx=onnx, seconds=seconds, levels=concurrency or [1, 4, 8], out=out, json_out=json_out)
+        bench_main(onnx=onnx, seconds=seconds, levels=concurrency or [1, 4, 8], out=out, json_out=json_out,
+                   rounds=rounds)

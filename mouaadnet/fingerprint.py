@@ -10,7 +10,7 @@ import yaml
 
 def _dvc_md5(path: Path) -> str | None:
     """The md5 that a `<path>.dvc` file (or the root data.dvc of a parent folder) pins, if any."""
-    for candidate in [path.with_name(path.name + ".dvc"), *[p.with_name(p.name + ".dvc") for p in path.parents]]:
+    for candidate in [path.with_name(path.name + ".dvc"), *[p.with_name(p.name + ".dvc") for p in path.parents if p.name]]:
         if candidate.is_file():
             try:
                 outs = yaml.safe_load(candidate.read_text()).get("outs", [])

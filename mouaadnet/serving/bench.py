@@ -9,6 +9,7 @@ server plus its Python-backend stubs. `mouaadnet bench-serve --out docs/BENCHMAR
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import platform
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .prepost import preprocess_batch, postprocess
+from .prepost import postprocess, preprocess_batch
 
 SECTION = "## Serving"
 
@@ -42,7 +43,7 @@ def _summary(latencies: list[float], errors: int, seconds: float) -> dict:
             "p50_ms": round(float(np.percentile(lat, 50)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2)}
 
 
-def run_load(make_call, concurrency: int, seconds: float, max_requests: int = 1_000_000) -> dict:
+def run_load(make_call, concurrency: int, seconds: float, max_requests: int = 1_000_000, raw: bool = False) -> dict:
     """Run ``make_call()()`` from ``concurrency`` threads for ``seconds``; count latencies and failures."""
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     errors = [0] * concurrency
@@ -51,8 +52,14 @@ def run_load(make_call, concurrency: int, seconds: float, max_requests: int = 1_
     deadline = [0.0]
 
     def worker(i: int) -> None:
-        call = make_call()
-        call()  # warm the channel / session outside the measurement
+        try:
+            call = make_call()
+            call()  # warm the channel / session outside the measurement
+        except Exception as error:  # noqa: BLE001 - a worker that cannot start counts as one failure
+            errors[i] += 1
+            first_error.append(f"setup: {error!r}"[:300])
+            start_gate.wait()
+            return
         start_gate.wait()
         while time.perf_counter() < deadline[0] and len(latencies[i]) < max_requests:
             t0 = time.perf_counter()
@@ -78,7 +85,49 @@ def run_load(make_call, concurrency: int, seconds: float, max_requests: int = 1_
     out = _summary([x for lst in latencies for x in lst], sum(errors), elapsed)
     if first_error:
         out["first_error"] = first_error[0]
+    if raw:
+        out["_latencies"] = [x for lst in latencies for x in lst]
     return out
+
+
+def run_interleaved(paths: dict, levels: list[int], seconds: float, rounds: int, echo=print) -> dict:
+    """For each concurrency level, give every path ``seconds`` in total, as ``rounds`` windows taken in turn, so a
+    change in the load from other jobs on this shared machine hits every path alike."""
+    results: dict = {name: {} for name in paths}
+    for c in levels:
+        acc = {name: {"lat": [], "errors": 0, "seconds": 0.0, "first_error": None} for name in paths}
+        for _ in range(rounds):
+            for name, make_call in paths.items():
+                r = run_load(make_call, c, seconds / rounds, raw=True)
+                a = acc[name]
+                a["lat"] += r["_latencies"]
+                a["errors"] += r["errors"]
+                a["seconds"] += r["seconds"]
+                a["first_error"] = a["first_error"] or r.get("first_error")
+        for name, a in acc.items():
+            results[name][c] = _summary(a["lat"], a["errors"], a["seconds"])
+            if a["first_error"]:
+                results[name][c]["first_error"] = a["first_error"]
+            echo(f"{name:<13} concurrency {c}: {results[name][c]}")
+    return results
+
+
+def paired_overhead(calls: dict, reference: str, rounds: int = 300) -> dict:
+    """Interleave single calls of each path (so a load change from other jobs hits all paths alike) and report
+    per-path p50 and the median of the per-round difference to ``reference``."""
+    times = {name: [] for name in calls}
+    for _ in range(10):
+        for call in calls.values():
+            call()
+    for _ in range(rounds):
+        for name, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            times[name].append((time.perf_counter() - t0) * 1000)
+    ref = np.asarray(times[reference])
+    return {name: {"p50_ms": round(float(np.median(v)), 2), "min_ms": round(float(np.min(v)), 2),
+                   "overhead_p50_ms": round(float(np.median(np.asarray(v) - ref)), 2)}
+            for name, v in times.items()}
 
 
 def process_tree_rss(pid: int) -> dict:
@@ -112,7 +161,7 @@ def process_tree_rss(pid: int) -> dict:
 
 
 def main(onnx: Path | None = None, seconds: float = 20.0, levels: list[int] | None = None, out: Path | None = None,
-         json_out: Path | None = None, echo=print) -> dict:
+         json_out: Path | None = None, rounds: int = 4, echo=None) -> dict:
     import tritonclient.grpc as grpcclient
 
     from .onnx_model import OrtModel, export_standin_onnx
@@ -120,6 +169,7 @@ def main(onnx: Path | None = None, seconds: float = 20.0, levels: list[int] | No
     from .server import ServerConfig, TritonServer, free_port
 
     levels = levels or [1, 4, 8]
+    echo = echo or (lambda message: print(message, flush=True))
     work = Path(tempfile.mkdtemp(prefix="mouaadnet-bench-"))
     if onnx is None:
         onnx = export_standin_onnx(work / "standin" / "model.onnx")
@@ -140,8 +190,10 @@ def main(onnx: Path | None = None, seconds: float = 20.0, levels: list[int] | No
     photo = bench_photo()
     cfg = ServerConfig(repo=repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     results: dict = {"model": model_label, "photo_bytes": len(photo), "photo_px": "640x640 JPEG q90",
-                     "seconds_per_level": seconds, "machine": f"{os.cpu_count()} cores, {platform.machine()}",
-                     "ensemble": {}, "detector": {}, "ort_model": {}, "ort_pipeline": {}}
+                     "seconds_per_level": seconds, "rounds": rounds, "machine": f"{os.cpu_count()} cores, {platform.machine()}",
+                     "ensemble": {}, "detector": {}, "detector_shm": {}, "ort_model": {},
+                     "ort_pipeline": {}}
+    results["loadavg_start"] = [round(x, 2) for x in os.getloadavg()]
     tensor = preprocess_batch([photo], 320)[0]
     with TritonServer(cfg, log_path=work / "triton.log") as server:
         url = server.grpc_url
@@ -160,42 +212,65 @@ def main(onnx: Path | None = None, seconds: float = 20.0, levels: list[int] | No
             inp.set_data_from_numpy(tensor)
             return lambda: client.infer("detector", [inp], client_timeout=60)
 
-        for c in levels:
-            echo(f"ensemble    concurrency {c} ...")
-            results["ensemble"][c] = run_load(ensemble_call, c, seconds)
-            echo(f"  {results['ensemble'][c]}")
+        shm_regions: list = []
+        shm_ids = itertools.count()
+
+        def detector_shm_call():
+            """Same tensor through system shared memory (same-host clients): the request carries a reference."""
+            import tritonclient.utils.shared_memory as shm
+
+            client = grpcclient.InferenceServerClient(url)
+            name = f"mouaadnet_bench_{os.getpid()}_{next(shm_ids)}"
+            handle = shm.create_shared_memory_region(name, "/" + name, tensor.nbytes)
+            shm_regions.append((client, name, handle))
+            client.register_system_shared_memory(name, "/" + name, tensor.nbytes)
+            inp = grpcclient.InferInput("images", list(tensor.shape), "FP32")
+            inp.set_shared_memory(name, tensor.nbytes)
+
+            def call():
+                shm.set_shared_memory_region(handle, [tensor])  # the client's copy is part of the cost
+                return client.infer("detector", [inp], client_timeout=60)
+            return call
+
+        # in-process: two single-threaded sessions, as the two `detector` instances (intra_op_threads 1)
+        sessions = [OrtModel(onnx, threads=1), OrtModel(onnx, threads=1)]
+        ort = sessions[0]
+        picks = itertools.count()
+
+        def ort_model_call():
+            session = sessions[next(picks) % len(sessions)]
+            return lambda: session(tensor)
+
+        def ort_pipeline_call():
+            session = sessions[next(picks) % len(sessions)]
+
+            def call():
+                images, meta = preprocess_batch([photo], 320)
+                o = session(images)
+                postprocess(o["boxes"], o["scores"], o["gender"], o["age"], meta, 0.3)
+            return call
+
+        paths = {"ensemble": ensemble_call, "ort_pipeline": ort_pipeline_call, "detector": detector_call,
+                 "detector_shm": detector_shm_call, "ort_model": ort_model_call}
+        results.update(run_interleaved(paths, levels, seconds, rounds, echo))
         results["rss_loaded"] = process_tree_rss(server.pid)
-        for c in levels:
-            echo(f"detector    concurrency {c} ...")
-            results["detector"][c] = run_load(detector_call, c, seconds)
-            echo(f"  {results['detector'][c]}")
+        echo("paired single-request overhead (interleaved) ...")
+        results["paired"] = paired_overhead({"triton_grpc": detector_call(), "triton_shm": detector_shm_call(),
+                                             "ort": lambda: ort(tensor)}, "ort")
+        echo(f"  {results['paired']}")
         stats = grpcclient.InferenceServerClient(url).get_inference_statistics(as_json=True)
         results["triton_stats"] = {
             m["name"]: {k: round(int(m["inference_stats"][k].get("ns", 0)) / max(int(
                 m["inference_stats"][k].get("count", 0)), 1) / 1e6, 3)
                 for k in ("queue", "compute_input", "compute_infer", "compute_output")}
             for m in stats.get("model_stats", []) if "inference_stats" in m}
-    ort = OrtModel(onnx, threads=1)  # as each `detector` instance (config: intra_op_threads 1)
+        import tritonclient.utils.shared_memory as shm
 
-    def ort_model_call():
-        return lambda: ort(tensor)
+        for client, name, handle in shm_regions:
+            client.unregister_system_shared_memory(name)
+            shm.destroy_shared_memory_region(handle)
 
-    def ort_pipeline_call():
-        def call():
-            images, meta = preprocess_batch([photo], 320)
-            o = ort(images)
-            postprocess(o["boxes"], o["scores"], o["gender"], o["age"], meta, 0.3)
-        return call
-
-    for c in levels:
-        echo(f"in-process ORT model    concurrency {c} ...")
-        results["ort_model"][c] = run_load(ort_model_call, c, seconds)
-        echo(f"  {results['ort_model'][c]}")
-    for c in levels:
-        echo(f"in-process ORT pipeline concurrency {c} ...")
-        results["ort_pipeline"][c] = run_load(ort_pipeline_call, c, seconds)
-        echo(f"  {results['ort_pipeline'][c]}")
-    results["overhead_p50_ms"] = round(results["detector"][levels[0]]["p50_ms"] - results["ort_model"][levels[0]]["p50_ms"], 2)
+    results["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     shutil.rmtree(work, ignore_errors=True)
     if json_out:
         Path(json_out).write_text(json.dumps(results, indent=2) + "\n")
@@ -208,9 +283,10 @@ def main(onnx: Path | None = None, seconds: float = 20.0, levels: list[int] | No
 def render(r: dict, seconds: float, levels: list[int]) -> str:
     rows = []
     for key, label in (("ensemble", "Triton ensemble `mouaadnet` (JPEG bytes in, people out)"),
-                       ("ort_pipeline", "in-process: prepost + ONNX Runtime (same functions)"),
-                       ("detector", "Triton model step `detector` (tensor [1,3,320,320] in)"),
-                       ("ort_model", "in-process ONNX Runtime `session.run` (same tensor)")):
+                       ("ort_pipeline", "in-process: prepost + ONNX Runtime (same functions, threads)"),
+                       ("detector", "Triton model step `detector` (tensor [1,3,320,320] in the gRPC message)"),
+                       ("detector_shm", "Triton model step `detector` (same tensor via system shared memory)"),
+                       ("ort_model", "in-process ONNX Runtime `session.run` (same tensor, 2 sessions x 1 thread)")):
         for c in levels:
             x = r[key][c]
             rows.append(f"| {label} | {c} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} | {x['throughput']:.1f} | "
@@ -218,13 +294,17 @@ def render(r: dict, seconds: float, levels: list[int]) -> str:
     stats = "\n".join(f"| `{name}` | {v['queue']:.2f} | {v['compute_input']:.2f} | {v['compute_infer']:.2f} | "
                       f"{v['compute_output']:.2f} |" for name, v in sorted(r.get("triton_stats", {}).items()))
     best = r["ensemble"][levels[-1]]
+    pr = r["paired"]
     return f"""{SECTION}
 
 Command: `.venv/bin/mouaadnet bench-serve --out docs/BENCHMARKS.md` ({seconds:.0f} s per level; bounded load, 127.0.0.1
 only). Server: the `tritonserver` 2.51 of the `nvidia-pytriton` 0.7.0 wheel (CPU, Python backend; `detector` = ONNX
 Runtime inside a Python-backend model, 2 instances x 1 intra-op thread), started by `mouaadnet.serving.server`.
 Model: {r['model']}. Input: {r['photo_px']} ({r['photo_bytes']:,} bytes), one image per request, each
-client thread with its own gRPC channel. Machine: {r['machine']} (shared with other jobs while measured).
+client thread with its own gRPC channel. Every path gets {seconds:.0f} s per level as {r['rounds']} windows taken in
+turn with the other paths, so load changes from other jobs hit all paths alike. Machine: {r['machine']}, shared with other jobs while measured: load
+average (1/5/15 min) {r['loadavg_start']} at the start, {r['loadavg_end']} at the end; with a load above 2 on 2 cores
+every process hand-off (client -> server -> stub) waits for a time slice, which in-process calls never do.
 
 | path | concurrency | p50 ms | p99 ms | images/s | requests | failed |
 |---|---|---|---|---|---|---|
@@ -232,8 +312,11 @@ client thread with its own gRPC channel. Machine: {r['machine']} (shared with ot
 
 - Ensemble at concurrency {levels[-1]}: **{best['throughput']:.1f} images/s**, {best['errors']} failed requests
   (target >= 120 images/s, 0 failed).
-- Triton per-request overhead on the model step at concurrency {levels[0]}: p50 {r['detector'][levels[0]]['p50_ms']:.2f} ms
-  vs {r['ort_model'][levels[0]]['p50_ms']:.2f} ms in-process = **{r['overhead_p50_ms']:+.2f} ms** (target <= 1.5 ms).
+- Triton per-request overhead on the model step, single requests interleaved with in-process ORT (300 rounds,
+  median of the per-round difference; p50 ORT {pr['ort']['p50_ms']:.2f} ms): tensor in the gRPC message
+  **{pr['triton_grpc']['overhead_p50_ms']:+.2f} ms** (p50 {pr['triton_grpc']['p50_ms']:.2f} ms), tensor via system
+  shared memory **{pr['triton_shm']['overhead_p50_ms']:+.2f} ms** (p50 {pr['triton_shm']['p50_ms']:.2f} ms); best case
+  (min) {pr['triton_grpc']['min_ms']:.2f} / {pr['triton_shm']['min_ms']:.2f} / {pr['ort']['min_ms']:.2f} ms (target <= 1.5 ms).
 - Memory (RSS): idle server {r['rss_idle']['server_mib']} MiB + {r['rss_idle']['stub_processes']} stubs
   {r['rss_idle']['stubs_mib']} MiB = {r['rss_idle']['total_mib']} MiB; after the ensemble load
   {r['rss_loaded']['total_mib']} MiB.

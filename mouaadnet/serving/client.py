@@ -116,7 +116,10 @@ class LocalDetector:
 
         if not Path(onnx_path).is_file():
             raise ClientError(f"{onnx_path}: no such ONNX file")
-        self.model = OrtModel(onnx_path, threads)
+        try:
+            self.model = OrtModel(onnx_path, threads)
+        except Exception as error:  # noqa: BLE001 - ORT's own message says what is wrong
+            raise ClientError(f"{onnx_path}: cannot load with ONNX Runtime: {error}") from None
 
     def infer_raw(self, blobs: list[bytes], threshold: float = DEFAULT_THRESHOLD) -> dict[str, np.ndarray]:
         try:

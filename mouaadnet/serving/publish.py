@@ -7,7 +7,8 @@
 - The backend (python | onnxruntime | tensorrt) picks the artifact's file name and which `configs/<backend>.pbtxt`
   becomes `config.pbtxt` (replaced atomically too). Python-backend versions also get model.py, copied from the
   newest version that has one.
-- Only the newest ``keep`` versions stay; older ones are moved aside and deleted.
+- Only the newest ``keep`` published versions stay; older ones are moved aside and deleted. The tracked seed
+  folder `1/` (model.py, no binary) is kept, and its model.py is the one copied into new versions.
 - Concurrent publishes to the same model are serialised by a lock file.
 """
 
@@ -26,6 +27,7 @@ from pathlib import Path
 BACKENDS = {"python": "model.onnx", "onnxruntime": "model.onnx", "tensorrt": "model.plan"}
 DEFAULT_MODEL = "detector"
 DEFAULT_KEEP = 3
+SEED_VERSION = 1
 
 
 class PublishError(RuntimeError):
@@ -145,8 +147,9 @@ def publish(
             _copy_synced(artifact, target)
             if sha256_file(target) != digest:
                 raise PublishError(f"copy of {artifact} changed on the way (sha256 mismatch); nothing published")
-            if backend == "python":
-                source_py = next((model_dir / str(v) / "model.py" for v in reversed(versions)
+            if backend == "python":  # the seed's (tracked) model.py, else the newest version's
+                order = ([SEED_VERSION] if SEED_VERSION in versions else []) + list(reversed(versions))
+                source_py = next((model_dir / str(v) / "model.py" for v in order
                                   if (model_dir / str(v) / "model.py").is_file()), None)
                 if source_py is None:
                     raise PublishError(f"no model.py in any version of {model_dir} to copy (python backend)")
@@ -172,9 +175,14 @@ def publish(
     return Published(model, version, final, digest, backend, removed)
 
 
+def is_seed(version_dir: Path) -> bool:
+    """Version 1 without a model binary is the git-tracked seed (model.py only): never pruned, never served."""
+    return version_dir.name == str(SEED_VERSION) and not any((version_dir / f).exists() for f in set(BACKENDS.values()))
+
+
 def prune(model_dir: Path, keep: int) -> list[int]:
-    """Delete all but the newest ``keep`` numeric versions (renamed aside first, so none is half-deleted)."""
-    versions = numeric_versions(model_dir)
+    """Delete all but the newest ``keep`` published versions (renamed aside first, so none is half-deleted)."""
+    versions = [v for v in numeric_versions(model_dir) if not is_seed(model_dir / str(v))]
     old = versions[:-keep] if keep < len(versions) else []
     for v in old:
         trash = model_dir / f".trash-{v}-{os.getpid()}"

@@ -148,6 +148,16 @@ def server_env(install: TritonInstall) -> dict[str, str]:
     return env
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM the server if the process that started it dies (no orphaned servers)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - best effort (non-glibc)
+        pass
+
+
 def _http(url: str, method: str = "GET", body: bytes | None = None, timeout: float = 2.0) -> tuple[int, bytes]:
     request = urllib.request.Request(url, data=body, method=method)
     try:
@@ -194,7 +204,7 @@ class TritonServer:
         else:
             out = None  # inherit: the user sees Triton's own log lines
         self.process = subprocess.Popen(cmd, env=server_env(self.install), stdout=out, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=_die_with_parent)
         return self
 
     def live(self) -> bool:

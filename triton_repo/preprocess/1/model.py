@@ -1,0 +1,36 @@
+"""Triton Python model `preprocess`: reads requests, calls mouaadnet.serving.prepost, builds responses.
+
+One response per request; a bad image fails only its own request (the error names the problem).
+"""
+
+import json
+
+import triton_python_backend_utils as pb_utils
+
+from mouaadnet.serving.prepost import ImageError, preprocess_batch
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.size = int(params.get("input_size", "320"))
+        self.max_pixels = int(params.get("max_pixels", "50000000"))
+        self.max_side = int(params.get("max_side", "16384"))
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                blobs = pb_utils.get_input_tensor_by_name(request, "image").as_numpy().reshape(-1)
+                images, meta = preprocess_batch(list(blobs), self.size, max_pixels=self.max_pixels,
+                                                max_side=self.max_side)
+                responses.append(pb_utils.InferenceResponse(output_tensors=[
+                    pb_utils.Tensor("images", images), pb_utils.Tensor("meta", meta)]))
+            except ImageError as error:
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"preprocess: {error}", pb_utils.TritonError.INVALID_ARG)))
+            except Exception as error:  # never let one request take the whole batch down
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"preprocess: {type(error).__name__}: {error}")))
+        return responses
