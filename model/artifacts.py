@@ -66,7 +66,8 @@ def read_sidecar(artifact: str | Path, verify: bool = True) -> dict:
 def load_model_checkpoint(path: str | Path):
     """Checkpoint -> (eval-mode model, ModelConfig). Accepts {"model": state_dict, "model_config": dict, ...}
     (training, reparam and QAT checkpoints; ``"form": "deploy"`` marks a fused state dict) or a bare state dict
-    of the training form with the default config."""
+    of the training form with the default config. A training checkpoint's "ema" weights are used when present,
+    as ``evaluate`` and checkpoint selection do."""
     import torch
 
     from .config import ModelConfig
@@ -76,10 +77,13 @@ def load_model_checkpoint(path: str | Path):
     data = torch.load(str(path), map_location="cpu", weights_only=True)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a checkpoint dict, got {type(data).__name__}")
-    state = data.get("model", data)
+    state = data.get("ema") or data.get("model", data)  # EMA weights when present: what validation measured
     cfg = ModelConfig.model_validate(data["model_config"]) if data.get("model_config") else ModelConfig()
     model = build_model(cfg).eval()
     if data.get("form") == "deploy" or any(".fused." in k for k in state):
         model = reparameterize_model(model)
+        for name, module in model.named_modules():  # QAT folds a BN into bias-free convs (PConv): give them one
+            if isinstance(module, torch.nn.Conv2d) and module.bias is None and f"{name}.bias" in state:
+                module.bias = torch.nn.Parameter(torch.zeros(module.out_channels))
     model.load_state_dict(state)
     return model.eval(), cfg

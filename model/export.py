@@ -323,16 +323,26 @@ def body_nodes(proto) -> list[str]:
     return [n.name for n in proto.graph.node if n.name.startswith("/model/") and n.op_type in QUANT_OP_TYPES]
 
 
+def _int8_nodes(proto, float_stem: bool) -> list[str]:
+    nodes = body_nodes(proto)
+    if float_stem:
+        stem = next((n.name for n in proto.graph.node if n.op_type == "Conv" and n.name.startswith("/model/")), None)
+        nodes = [n for n in nodes if n != stem]
+    return nodes
+
+
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: torch.Tensor,
                   activation: Literal["u8", "s8"] = "u8", overrides: dict | None = None,
-                  calibrate_method: str = "MinMax") -> Path:
+                  calibrate_method: str = "MinMax", float_stem: bool = True) -> Path:
     """Static INT8 quantization with ONNX Runtime: QDQ format, per-channel symmetric INT8 weights.
 
     ``calibration``: float32 [N,3,S,S] real images (``load_images``). ``activation`` "u8" (QUInt8 activations:
     U8S8, the fast path of ONNX Runtime on x86 CPUs, ~2x FP32 here; S8S8 is slower than FP32 on this CPU) or
     "s8" (symmetric QInt8 activations, zero point 0: what TensorRT requires). ``overrides``: ORT
     ``TensorQuantOverrides`` (e.g. activation ranges learned by QAT). Only body nodes are quantized; the decode
-    tail stays float. The result is validated like every export.
+    tail stays float. ``float_stem``: keep the first conv (3 input channels) in FP32: ONNX Runtime's U8S8
+    QLinearConv is ~2x slower than its FP32 NCHWc kernel there (profiled on this CPU, docs/BENCHMARKS.md) and
+    the input is then quantized after it. The result is validated like every export.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -351,7 +361,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: torc
         quantize_static(
             str(pre), str(out_path), _Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
-            nodes_to_quantize=body_nodes(onnx.load(str(pre))), calibrate_method=CalibrationMethod[calibrate_method],
+            nodes_to_quantize=_int8_nodes(onnx.load(str(pre)), float_stem), calibrate_method=CalibrationMethod[calibrate_method],
             extra_options=extra)
     finally:
         pre.unlink(missing_ok=True)

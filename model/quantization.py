@@ -12,6 +12,11 @@ plain fused conv being hard to fine-tune; it is handled by
      pair is trained with folded-weight fake-quant (Krishnamoorthi 2018, the scheme of torch's ConvBn QAT);
   3. freezing the BatchNorm statistics for the last part of the schedule, then folding them back, so the
      result is again a plain conv network whose weights sit on the grid they were trained for.
+The alternative placement (QAT on the training form, branches on their own grids, fused afterwards) is kept as
+``placement="before_reparam"`` only to measure it: the FP32 / PTQ / QAT-after / QAT-before comparison on the
+synthetic validation sets (AP50, gender accuracy, age MAE, file size) and its command are in docs/BENCHMARKS.md,
+"Compression (issue 4)" (pending: the 200-step runs on the smoke checkpoint had not finished when this
+was written; see that section).
 Activations: per-tensor fake-quant at every conv input, range tracked by an EMA of min/max; asymmetric QUInt8
 ("u8", ONNX Runtime's fast U8S8 path on x86) or symmetric QInt8 with zero point 0 ("s8", what TensorRT requires).
 
@@ -43,6 +48,7 @@ from torch import nn
 from .reparam import reparameterize_model
 
 ActType = Literal["u8", "s8"]
+Placement = Literal["after_reparam", "before_reparam"]
 
 
 def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
@@ -127,15 +133,30 @@ def _qat_modules(model: nn.Module) -> dict[str, QATConv2d]:
     return {name: m for name, m in model.named_modules() if isinstance(m, QATConv2d)}
 
 
-def prepare_qat(model: nn.Module, act: ActType = "u8") -> nn.Module:
-    """Deep copy of the deploy form (re-parameterized here) with every Conv2d wrapped in ``QATConv2d``."""
-    qat = reparameterize_model(model)
+def prepare_qat(model: nn.Module, act: ActType = "u8", placement: Placement = "after_reparam") -> nn.Module:
+    """Deep copy of the deploy form (re-parameterized here) with every Conv2d wrapped in ``QATConv2d``.
+
+    ``placement="before_reparam"`` is the measured alternative (docs/BENCHMARKS.md, not the default): the training
+    form is wrapped instead (each RepVGG branch conv fake-quantized on its own grid, the model's own BatchNorms
+    frozen so each branch's folded kernel stays on its per-channel grid); ``save_qat_checkpoint`` fuses it after.
+    """
+    if placement not in ("after_reparam", "before_reparam"):
+        raise ValueError(f"placement must be 'after_reparam' or 'before_reparam', got {placement!r}")
+    qat = reparameterize_model(model) if placement == "after_reparam" else copy.deepcopy(model).eval()
     for module in list(qat.modules()):
         for child_name, child in list(module.named_children()):
             if type(child) is nn.Conv2d:
                 setattr(module, child_name, QATConv2d(child, act))
-    qat.qat_act = act
+    qat.qat_act, qat.qat_placement = act, placement
     return qat
+
+
+def _train_mode(qat: nn.Module) -> None:
+    """Train mode for the QAT modules; the model's own BatchNorms (before-reparam placement) stay frozen."""
+    qat.train()
+    for m in qat.modules():
+        if isinstance(m, nn.BatchNorm2d) and not any(m is q.bn for q in _qat_modules(qat).values()):
+            m.eval()
 
 
 def set_fake_quant(model: nn.Module, enabled: bool) -> None:
@@ -147,6 +168,11 @@ def _images(batch) -> torch.Tensor:
     return batch["images"] if isinstance(batch, dict) else batch
 
 
+def _mode(batch, default: str) -> str:
+    """A batch dict may carry its own "mode" (mixed scene/crop streams, as in training)."""
+    return batch.get("mode", default) if isinstance(batch, dict) else default
+
+
 @torch.no_grad()
 def calibrate_qat(qat: nn.Module, batches: Iterable, steps: int, mode: str = "scene") -> None:
     """Measure activation ranges and the re-inserted BN statistics on real batches, then make BN an identity."""
@@ -155,9 +181,9 @@ def calibrate_qat(qat: nn.Module, batches: Iterable, steps: int, mode: str = "sc
         m.quant, m.bn_ready, m.ema = False, False, 0.1
         m.bn.momentum = None  # cumulative average over the calibration batches
         m.bn.reset_running_stats()
-    qat.train()
+    _train_mode(qat)
     for batch in islice(batches, steps):
-        qat(_images(batch), mode=mode)
+        qat(_images(batch), mode=_mode(batch, mode))
     for m in mods:
         m.make_bn_identity()
         m.quant, m.ema, m.bn.momentum = True, 0.01, 0.1
@@ -167,34 +193,35 @@ def calibrate_qat(qat: nn.Module, batches: Iterable, steps: int, mode: str = "sc
 def qat_finetune(model: nn.Module, batches: Iterable[dict], loss_fn: Callable, steps: int = 200, lr: float = 1e-4,
                  act: ActType = "u8", calib_steps: int = 8, freeze_bn_fraction: float = 0.3,
                  weight_decay: float = 0.0, mode: str = "scene", log: Callable[[int, dict], None] | None = None,
-                 ) -> nn.Module:
+                 placement: Placement = "after_reparam") -> nn.Module:
     """Quantization-aware fine-tune; returns the QAT model (``QATConv2d`` modules, fake-quant on, eval mode).
 
     ``model``: training or deploy form. ``batches``: dicts with "images" float32 [N,3,S,S] plus the targets
-    ``loss_fn(outputs, batch) -> (total, terms)`` needs (re-iterated if shorter than ``calib_steps + steps``).
+    ``loss_fn(outputs, batch) -> (total, terms)`` needs (re-iterated if shorter than ``calib_steps + steps``),
+    and optionally "mode" ("scene"/"crop", overriding ``mode`` for that batch: mixed streams as in training).
     Schedule: ``calib_steps`` batches measure ranges and BN statistics (no gradient), then ``steps`` AdamW
     steps with cosine-decayed ``lr``, BatchNorm statistics frozen (eval BN, no more updates) for the last
     ``freeze_bn_fraction`` of them. Use ``convert_qat`` for the plain fused model and ``qat_overrides`` for
     the ranges the INT8 graph must use.
     """
-    qat = prepare_qat(model, act)
+    qat = prepare_qat(model, act, placement)
     source = cycle(batches) if isinstance(batches, (list, tuple)) else batches
     calibrate_qat(qat, source, calib_steps, mode)
     params = [p for p in qat.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
     freeze_at = int(round(steps * (1.0 - freeze_bn_fraction)))
-    qat.train()
+    _train_mode(qat)
     for step, batch in enumerate(islice(source, steps)):
         if step == freeze_at:
             freeze_batchnorm(qat)
-        total, terms = loss_fn(qat(_images(batch), mode=mode), batch)
+        total, terms = loss_fn(qat(_images(batch), mode=_mode(batch, mode)), batch)
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
         sched.step()
         if log is not None:
-            log(step, {"loss": float(total.detach()), **{k: float(v) for k, v in terms.items()}})
+            log(step, {"loss": float(total.detach()), **{k: float(torch.as_tensor(v).detach()) for k, v in terms.items()}})
     freeze_batchnorm(qat)
     return qat.eval()
 
@@ -213,14 +240,26 @@ def convert_qat(qat: nn.Module) -> nn.Module:
         for child_name, child in list(module.named_children()):
             if isinstance(child, QATConv2d):
                 setattr(module, child_name, child.folded())
-    if hasattr(plain, "qat_act"):
-        del plain.qat_act
+    for attr in ("qat_act", "qat_placement"):
+        if hasattr(plain, attr):
+            delattr(plain, attr)
+    if getattr(qat, "qat_placement", "after_reparam") == "before_reparam":
+        plain = reparameterize_model(plain)  # fuse the branches: the fused kernels leave the grid QAT trained on
     return plain
 
 
 def qat_ranges(qat: nn.Module) -> dict[str, tuple[float, float]]:
     """Learned activation range (min, max) of the input of every conv, by module name."""
-    return {name: (float(m.act_range[0]), float(m.act_range[1])) for name, m in _qat_modules(qat).items()}
+    ranges: dict[str, tuple[float, float]] = {}
+    for name, m in _qat_modules(qat).items():
+        lo, hi = float(m.act_range[0]), float(m.act_range[1])
+        for branch in (".branch_3x3.conv", ".branch_1x1.conv"):  # before-reparam: a RepVGG branch -> its fused conv
+            if name.endswith(branch):
+                name = name[: -len(branch)] + ".fused"
+        if name in ranges:  # both branches read the same tensor
+            lo, hi = min(lo, ranges[name][0]), max(hi, ranges[name][1])
+        ranges[name] = (lo, hi)
+    return ranges
 
 
 def qat_overrides(qat: nn.Module | dict, onnx_path: str | Path, scope: str = "/model/") -> dict:
@@ -254,7 +293,7 @@ def save_qat_checkpoint(qat: nn.Module, path: str | Path, model_config: dict | N
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": convert_qat(qat).state_dict(), "model_config": model_config, "form": "deploy",
-                "qat": {"act": getattr(qat, "qat_act", "u8"),
+                "qat": {"act": getattr(qat, "qat_act", "u8"), "placement": getattr(qat, "qat_placement", "after_reparam"),
                         "ranges": {k: list(v) for k, v in qat_ranges(qat).items()}}}, path)
     return path
 

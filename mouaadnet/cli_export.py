@@ -1,7 +1,7 @@
-"""`mouaadnet reparam | export | compile-trt | bench`: from a checkpoint to deployable engines.
+"""`mouaadnet reparam | qat | export | gates | compile-trt | bench`: from a checkpoint to deployable engines.
 
 Registered on the main app by ``register(app)``; the work is done by ``model.export``, ``model.quantization``,
-``model.tensorrt``, ``model.artifacts`` and ``mouaadnet.bench``.
+``model.tensorrt``, ``model.artifacts``, ``mouaadnet.qat``, ``mouaadnet.gates`` and ``mouaadnet.bench``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,11 @@ class Int8Opt(str, Enum):
 class ActOpt(str, Enum):
     u8 = "u8"
     s8 = "s8"
+
+
+class PlacementOpt(str, Enum):
+    after_reparam = "after_reparam"
+    before_reparam = "before_reparam"
 
 
 class PrecisionOpt(str, Enum):
@@ -69,6 +74,19 @@ def _images(source: Path | None, limit: int, size: int, what: str):
         typer.echo(f"warning: no --images given; {what} runs on random inputs", err=True)
         return torch.rand(min(limit, 4), 3, size, size, generator=torch.Generator().manual_seed(0)), 0
     return load_images(paths, size), len(paths)
+
+
+def _export_images(images: Path | None, specs: list[str] | None, limit: int, size: int, mode: str, what: str):
+    """Real images from --images (files), else from --calib-data source specs, else random (with a warning)."""
+    if images is None and specs:
+        from mouaadnet.onnx_eval import dataset_images
+
+        try:
+            x = dataset_images(specs, mode, size, limit)
+        except ValueError as error:
+            _fail(f"--calib-data: {error}", 2)
+        return x, len(x)
+    return _images(images, limit, size, what)
 
 
 def _load(checkpoint: Path):
@@ -129,8 +147,18 @@ def export(
     top_k: Annotated[int | None, typer.Option(help="Detections per image K (default: config top_k).")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (>= 17).")] = 17,
     batch: Annotated[str, typer.Option(help="Batch axis: 'dynamic' (the only supported value).")] = "dynamic",
+    calib_data: Annotated[list[str] | None, typer.Option(help="Data source specs (repeatable) to take parity and "
+                                                              "calibration images from when --images is not "
+                                                              "given, e.g. synthetic:64:0.")] = None,
+    val_data: Annotated[list[str] | None, typer.Option(help="Validation sources (repeatable, as for `evaluate "
+                                                            "--data`): evaluate and print the quality gates.")] = None,
+    val_limit: Annotated[int | None, typer.Option(help="At most this many validation samples per source.")] = None,
 ) -> None:
-    """Export to ONNX (decoding in the graph, BN folded, onnxslim), validate, optionally INT8 QDQ; write sidecars."""
+    """Export to ONNX (decoding in the graph, BN folded, onnxslim), validate, optionally INT8 QDQ; write sidecars.
+
+    With --val-data, PyTorch, FP32 ONNX and INT8 ONNX are evaluated on the sets of this mode and the quality gates
+    (``mouaadnet.gates``) are printed and stored in the sidecar; exit code 1 when an enforced gate fails.
+    """
     import torch
 
     from model.artifacts import write_sidecar
@@ -148,7 +176,7 @@ def export(
     size = size or (cfg.scene_size if mode == ModeOpt.scene else cfg.crop_size)
     if mode == ModeOpt.scene and size % 32:
         _fail(f"--size must be a multiple of 32 in scene mode, got {size}", 2)
-    check, n_real = _images(images, 8, size, "the ONNX Runtime parity check")
+    check, n_real = _export_images(images, calib_data, 8, size, mode.value, "the ONNX Runtime parity check")
     fp32 = out if int8 == Int8Opt.none else out.with_name(out.stem + ".fp32.onnx")
     try:
         parity = export_onnx(model, fp32, mode.value, size, top_k, opset, images=check)
@@ -159,6 +187,8 @@ def export(
     typer.echo(f"wrote {fp32}  parity vs PyTorch: " + ", ".join(f"{k} {v:.2e}" for k, v in parity.items()
                                                               if isinstance(v, float)))
     if int8 == Int8Opt.none:
+        if val_data:
+            _gate_and_report(val_data, val_limit, model, [fp32], {}, fp32)
         return
     overrides = None
     if int8 == Int8Opt.qat:
@@ -170,7 +200,7 @@ def export(
         overrides = qat_overrides(qat["ranges"], fp32)
         if qat.get("act") and qat["act"] != activation.value:
             typer.echo(f"warning: QAT was trained for {qat['act']} activations, exporting {activation.value}", err=True)
-    calib, n_calib = _images(images, num_calib, size, "INT8 calibration")
+    calib, n_calib = _export_images(images, calib_data, num_calib, size, mode.value, "INT8 calibration")
     try:
         quantize_int8(fp32, out, calib, activation.value, overrides)
     except OnnxValidationError as error:
@@ -181,6 +211,91 @@ def export(
                   extra={"mode": mode.value, "size": size, "fp32": fp32.name})
     typer.echo(f"wrote {out}  ({out.stat().st_size / 1e6:.3f} MB, {count_qdq(out)})  INT8 vs FP32: "
                + json.dumps(agreement))
+    if val_data:
+        variant = "int8_qat" if int8 == Int8Opt.qat else "int8_ptq"
+        _gate_and_report(val_data, val_limit, model, [fp32], {variant: [out]}, out, gated=variant)
+
+
+def _gate_and_report(val_data: list[str], limit: int | None, model, fp32: list[Path], int8: dict[str, list[Path]],
+                     sidecar_of: Path, gated: str = "int8_qat", as_json: bool = False) -> None:
+    """Evaluate and print the gates; add them to ``sidecar_of``'s JSON sidecar; exit 1 when one fails."""
+    from model.artifacts import sidecar_path
+    from mouaadnet.gates import load_eval_sets, run_gates
+
+    try:
+        report = run_gates(load_eval_sets(val_data, limit), model, fp32, int8, gated=gated)
+    except (ValueError, FileNotFoundError) as error:
+        _fail(f"gates: {error}", 2)
+    typer.echo(json.dumps(report.to_dict(), indent=2, default=float) if as_json else report.format())
+    if sidecar_of is not None and sidecar_path(sidecar_of).is_file():
+        data = json.loads(sidecar_path(sidecar_of).read_text())
+        data.setdefault("metrics", {})["gates"] = report.to_dict()
+        sidecar_path(sidecar_of).write_text(json.dumps(data, indent=2, default=float) + "\n")
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+def gates(
+    data: Annotated[list[str], typer.Option(help="Validation sources (repeatable): YOLO dir, COCO .json, UTKFace "
+                                                 "dir, PETA dir, synthetic:N[:SEED], synthetic-crops:N[:SEED].")],
+    fp32: Annotated[list[Path] | None, typer.Option(help="FP32 ONNX file(s), scene and/or crop (mode read from "
+                                                         "the graph).")] = None,
+    int8: Annotated[list[Path] | None, typer.Option(help="INT8 ONNX file(s) from QAT: the gated variant.")] = None,
+    ptq: Annotated[list[Path] | None, typer.Option(help="INT8 ONNX file(s) from PTQ: reported beside.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="The PyTorch model the FP32 graph must match.")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many validation samples per source.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Quality gates: FP32 ONNX == PyTorch, INT8 (QAT) drops <= 1 pt AP50 / gender acc, <= +0.3 y age MAE, <= 1 MB.
+
+    Exit code 1 when an enforced gate fails (PTQ rows are reported only).
+    """
+    model = _load(checkpoint)[0] if checkpoint is not None else None
+    variants = {"int8_qat": list(int8 or []), "int8_ptq": list(ptq or [])}
+    _gate_and_report(data, limit, model, list(fp32 or []), variants, None, as_json=as_json)
+
+
+def qat(
+    checkpoint: Annotated[Path, typer.Argument(help="Trained checkpoint (best.pt / last.pt; EMA weights used).")],
+    out: Annotated[Path, typer.Option(help="QAT checkpoint to write (folded deploy form + activation ranges).")],
+    data: Annotated[list[str] | None, typer.Option(help="Training sources (repeatable; scene or crop mode "
+                                                        "detected from the format); default: the config's.")] = None,
+    config: Annotated[Path | None, typer.Option(help="Training config YAML (data, batch sizes, loss weights).")] = None,
+    steps: Annotated[int, typer.Option(help="Fine-tuning steps (after the calibration batches).")] = 200,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine-decayed).")] = 1e-4,
+    calib_steps: Annotated[int, typer.Option(help="Batches measuring activation ranges and BN statistics.")] = 8,
+    activation: Annotated[ActOpt, typer.Option(help="Activation grid: u8 (ORT x86) or s8 (TensorRT).")] = ActOpt.u8,
+    placement: Annotated[PlacementOpt, typer.Option(help="after_reparam (the method) or before_reparam (the "
+                                                         "measured alternative, docs/BENCHMARKS.md).")
+                         ] = PlacementOpt.after_reparam,
+    quiet: Annotated[bool, typer.Option(help="No per-step log.")] = False,
+) -> None:
+    """Quantization-aware fine-tune (after re-parameterization) with the training loss; prints metrics before/after."""
+    from mouaadnet.checkpoint import CheckpointError
+    from mouaadnet.cli_train import _load_train_config, _sources_by_mode
+    from mouaadnet.qat import run_qat
+    from mouaadnet.train_config import SourceConfig, TrainConfig
+
+    if config is not None:
+        cfg = _load_train_config(config, data, None)
+    elif data:
+        cfg = TrainConfig()
+        scene, crop = _sources_by_mode(data)
+        cfg.data.scene = [SourceConfig(path=p) for p in scene]
+        cfg.data.crop = [SourceConfig(path=p) for p in crop]
+    else:
+        _fail("qat: give --data and/or --config", 2)
+    try:
+        summary = run_qat(checkpoint, cfg, out, steps=steps, lr=lr, calib_steps=calib_steps, act=activation.value,
+                          progress=not quiet, placement=placement.value)
+    except (CheckpointError, FileNotFoundError, ValueError) as error:
+        _fail(f"qat failed: {error}", 2)
+    typer.echo(f"QAT: {summary.steps} steps in {summary.seconds:.0f} s")
+    typer.echo(f"{'metric':<44} {'before (float)':>15} {'after (fake-quant)':>19}")
+    for key in sorted(set(summary.before) | set(summary.after)):
+        if any(k in key for k in ("AP50", "gender_accuracy", "age_mae", "score")):
+            typer.echo(f"{key:<44} {summary.before.get(key, float('nan')):>15.4f} {summary.after.get(key, float('nan')):>19.4f}")
+    typer.echo(f"wrote {summary.out}")
 
 
 def compile_trt_cmd(
@@ -248,8 +363,10 @@ def bench(
 
 
 def register(app: typer.Typer) -> None:
-    """Add reparam, export, compile-trt and bench to the `mouaadnet` app."""
+    """Add reparam, qat, export, gates, compile-trt and bench to the `mouaadnet` app."""
     app.command()(reparam)
+    app.command()(qat)
     app.command()(export)
+    app.command()(gates)
     app.command("compile-trt")(compile_trt_cmd)
     app.command()(bench)

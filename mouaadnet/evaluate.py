@@ -60,6 +60,22 @@ def match_attributes(gt_boxes: np.ndarray, det_boxes: np.ndarray, det_scores: np
     return matches
 
 
+def predict(model: Any, images: torch.Tensor, mode: str, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Decoded outputs of a batch: scene boxes/scores/gender/age [N,K(,4)] or crop gender/age [N].
+
+    ``model`` is a PyTorch model (raw head outputs, decoded here by ``model.decode_scene`` / ``decode_crop``), or
+    any object with ``predict_decoded(images, mode)`` returning the same dict, e.g. ``mouaadnet.onnx_eval.OnnxModel``
+    (an ONNX Runtime session whose graph already decodes). Every metric below is computed from this dict, so
+    PyTorch and ONNX (FP32 or INT8) models are measured by the same code.
+    """
+    if hasattr(model, "predict_decoded"):
+        return model.predict_decoded(images, mode)
+    outputs = model(images.to(device), mode=mode)
+    if mode == "crop":
+        return decode_crop(outputs)
+    return decode_scene(outputs, k=getattr(getattr(model, "cfg", None), "top_k", 100))  # K of the exported graph
+
+
 def _loader(dataset, batch_size: int, collate) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=0)
 
@@ -71,7 +87,7 @@ def evaluate_scene(model: torch.nn.Module, samples: list[Sample], size: int, bat
     predictions, ground_truths = [], []
     prob_female, gender_true, pred_age, age_true, matched, labelled = [], [], [], [], 0, 0
     for batch in _loader(SceneDataset(samples, size, augment=False), batch_size, collate_scene):
-        decoded = decode_scene(model(batch["images"].to(device)))
+        decoded = predict(model, batch["images"], "scene", device)
         decoded = {k: v.float().cpu().numpy() for k, v in decoded.items()}
         for i in range(len(batch["images"])):
             rows = batch["box_mask"][i].numpy()
@@ -106,7 +122,7 @@ def evaluate_crop(model: torch.nn.Module, samples: list[Sample], size: int, batc
     """Gender, exact-age and age-group metrics on crops."""
     prob_female, gender_true, pred_age, age_true, group_true = [], [], [], [], []
     for batch in _loader(CropDataset(samples, size, augment=False), batch_size, collate_crop):
-        decoded = decode_crop(model(batch["images"].to(device), mode="crop"))
+        decoded = predict(model, batch["images"], "crop", device)
         prob_female += decoded["gender"].float().cpu().tolist()
         pred_age += decoded["age"].float().cpu().tolist()
         gender_true += batch["gender"].tolist()

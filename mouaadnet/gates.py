@@ -1,0 +1,211 @@
+"""Quality gates for exported models (issue 4), printed by `export --val-data` / `gates`, used by the pipeline.
+
+Every model variant is measured on the validation sets by ``mouaadnet.evaluate.evaluate_sets`` (PyTorch models
+directly, ONNX files through ``mouaadnet.onnx_eval.OnnxModel``), so the gates compare numbers from one metric
+implementation. Gates (fractions: 1 point = 0.01):
+
+- ``fp32_vs_pytorch <metric>``: the FP32 ONNX graph gives the PyTorch model's AP50, gender accuracy and age MAE
+  (|diff| <= 0.005, i.e. one decision in 200, and <= 0.05 years: only float rounding may differ);
+- ``int8_ap50_drop``: person AP50 of INT8 at most 1 point below FP32 (scene sets);
+- ``int8_gender_drop``: gender accuracy at most 1 point below FP32;
+- ``int8_age_mae_rise``: age MAE at most 0.3 years above FP32;
+- ``int8_file_mb``: every INT8 ONNX file <= 1.0 MB (10^6 bytes).
+
+Gender and age gates read the crop sets when there are any (every crop is labelled and the number does not
+depend on which people were detected); otherwise the attributes of detected people on the scene sets. The INT8
+gates apply to the gated variant ("int8_qat" by default); other INT8 variants ("int8_ptq") get the same rows
+with ``enforced=False``: reported beside, never failing the report.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mouaadnet.evaluate import EvalSet, evaluate_sets
+
+FP32_TOLERANCE = {"AP50": 0.005, "gender_accuracy": 0.005, "age_mae": 0.05}
+INT8_MAX_AP50_DROP = 0.01
+INT8_MAX_GENDER_DROP = 0.01
+INT8_MAX_AGE_MAE_RISE = 0.3
+INT8_MAX_MB = 1.0
+GATED_METRICS = ("AP50", "gender_accuracy", "age_mae")
+
+Metrics = dict[str, dict[str, Any]]  # set name -> metric -> value
+
+
+@dataclass
+class Gate:
+    name: str
+    passed: bool
+    value: float | None  # the measured quantity (a drop, a rise, a size, a max abs diff)
+    limit: float
+    detail: str = ""
+    enforced: bool = True  # False: reported only (PTQ beside QAT)
+
+    @property
+    def status(self) -> str:
+        return ("PASS" if self.passed else "FAIL") if self.enforced else ("ok" if self.passed else "over")
+
+
+@dataclass
+class GateReport:
+    gates: list[Gate]
+    metrics: dict[str, Metrics] = field(default_factory=dict)  # variant -> set -> metrics
+    modes: dict[str, str] = field(default_factory=dict)  # set name -> scene / crop
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates if g.enforced)
+
+    @property
+    def failed(self) -> list[Gate]:
+        return [g for g in self.gates if g.enforced and not g.passed]
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, "gates": [asdict(g) | {"status": g.status} for g in self.gates],
+                "metrics": {variant: {name: {k: v for k, v in m.items() if k in GATED_METRICS or k == "count_images"}
+                                      for name, m in sets.items()} for variant, sets in self.metrics.items()},
+                "modes": self.modes}
+
+    def format(self) -> str:
+        lines = ["metrics:  variant         set               AP50   gender_acc  age_mae"]
+        for variant, sets in self.metrics.items():
+            for name, m in sets.items():
+                lines.append(f"          {variant:<15} {name:<16} {_fmt(m.get('AP50'))}  {_fmt(m.get('gender_accuracy'))}"
+                             f"      {_fmt(m.get('age_mae'), 3)}")
+        lines.append("gates:")
+        for g in self.gates:
+            value = "n/a" if g.value is None else f"{g.value:.4f}"
+            lines.append(f"  [{g.status:>4}] {g.name:<34} {value:>9}  (limit {g.limit:g})  {g.detail}")
+        lines.append(f"gates {'PASSED' if self.passed else 'FAILED: ' + ', '.join(g.name for g in self.failed)}")
+        return "\n".join(lines)
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and math.isfinite(value) else "   -  "
+
+
+def _value(metrics: Metrics, name: str, key: str) -> float:
+    v = metrics.get(name, {}).get(key)
+    return float(v) if isinstance(v, (int, float)) else math.nan
+
+
+def _compare(reference: Metrics, candidate: Metrics, key: str, sets: Sequence[str], sign: int) -> tuple[float | None, str]:
+    """Worst ``sign * (candidate - reference)`` over ``sets``; inf when one side has a number and the other not."""
+    worst, where = None, ""
+    for name in sets:
+        a, b = _value(reference, name, key), _value(candidate, name, key)
+        if math.isnan(a) and math.isnan(b):
+            continue
+        d = math.inf if math.isnan(a) or math.isnan(b) else sign * (b - a)
+        if worst is None or d > worst:
+            worst, where = d, name
+    return worst, where
+
+
+def attribute_sets(modes: dict[str, str]) -> list[str]:
+    """Sets whose gender/age metrics are gated: the crop sets if any, else the scene sets."""
+    crops = [n for n, m in modes.items() if m == "crop"]
+    return crops or [n for n, m in modes.items() if m == "scene"]
+
+
+def check_gates(metrics: dict[str, Metrics], modes: dict[str, str], int8_files: dict[str, Sequence[str | Path]] | None = None,
+                gated: str = "int8_qat") -> GateReport:
+    """Gates from measured metrics. ``metrics``: variant -> set -> metrics, variants among "pytorch", "fp32" and
+    INT8 ones whose names start with "int8" ("int8_qat", "int8_ptq"); ``modes``: set name -> "scene"/"crop";
+    ``int8_files``: variant -> its ONNX files (size gate). Gates whose inputs are missing are left out."""
+    gates: list[Gate] = []
+    scene_sets = [n for n, m in modes.items() if m == "scene"]
+    attr_sets = attribute_sets(modes)
+    fp32 = metrics.get("fp32")
+    if fp32 is not None and "pytorch" in metrics:
+        for key, tol in FP32_TOLERANCE.items():
+            diffs = [abs(_value(fp32, n, key) - _value(metrics["pytorch"], n, key)) for n in modes
+                     if not (math.isnan(_value(fp32, n, key)) and math.isnan(_value(metrics["pytorch"], n, key)))]
+            diffs = [math.inf if math.isnan(d) else d for d in diffs]
+            if diffs:
+                worst = max(diffs)
+                gates.append(Gate(f"fp32_vs_pytorch {key}", worst <= tol, worst, tol, "max |ONNX FP32 - PyTorch| over sets"))
+    int8_variants = sorted((v for v in metrics if v.startswith("int8")), key=lambda v: v != gated)
+    for variant in int8_variants:
+        enforced = variant == gated
+        if fp32 is not None:
+            checks = (("ap50_drop", "AP50", scene_sets, -1, INT8_MAX_AP50_DROP),
+                      ("gender_drop", "gender_accuracy", attr_sets, -1, INT8_MAX_GENDER_DROP),
+                      ("age_mae_rise", "age_mae", attr_sets, +1, INT8_MAX_AGE_MAE_RISE))
+            for suffix, key, sets, sign, limit in checks:
+                worst, where = _compare(fp32, metrics[variant], key, sets, sign)
+                if worst is not None:
+                    gates.append(Gate(f"{variant}_{suffix}", worst <= limit, worst, limit,
+                                      f"{key} vs FP32, worst set {where}", enforced))
+        files = (int8_files or {}).get(variant) or []
+        if files:
+            sizes = {Path(p).name: Path(p).stat().st_size / 1e6 for p in files}
+            biggest = max(sizes, key=sizes.get)
+            gates.append(Gate(f"{variant}_file_mb", sizes[biggest] <= INT8_MAX_MB, sizes[biggest], INT8_MAX_MB,
+                              f"largest: {biggest}", enforced))
+    return GateReport(gates, metrics, modes)
+
+
+def evaluate_variants(variants: dict[str, Any], eval_sets: list[EvalSet], scene_size: int, crop_size: int,
+                      threshold: float = 0.3, threads: int = 2) -> dict[str, Metrics]:
+    """Metrics of every variant on the sets it can run: a PyTorch model (all sets) or a list of ONNX files
+    (the sets of the modes it has, at the graph's input size)."""
+    from mouaadnet.onnx_eval import OnnxModel
+
+    models = {v: OnnxModel(m, threads=threads) if isinstance(m, (list, tuple)) else m.eval()
+              for v, m in variants.items() if m is not None}
+    sizes = {"scene": scene_size, "crop": crop_size}
+    for m in models.values():  # every variant at the exported input size, PyTorch included
+        sizes.update({mode: s for mode, s in getattr(m, "sizes", {}).items() if s})
+    results: dict[str, Metrics] = {}
+    for variant, model in models.items():
+        sets = [s for s in eval_sets if s.mode in model.modes] if isinstance(model, OnnxModel) else eval_sets
+        results[variant] = {r.name: r.metrics for r in evaluate_sets(model, sets, sizes["scene"], sizes["crop"],
+                                                                      threshold=threshold)}
+    return results
+
+
+def run_gates(eval_sets: list[EvalSet], pytorch=None, fp32: Sequence[str | Path] = (),
+              int8: dict[str, Sequence[str | Path]] | None = None, scene_size: int = 320, crop_size: int = 112,
+              threshold: float = 0.3, gated: str = "int8_qat") -> GateReport:
+    """Evaluate and gate. ``pytorch``: the model (any form); ``fp32``: FP32 ONNX files (scene and/or crop);
+    ``int8``: variant name ("int8_qat", "int8_ptq") -> its INT8 ONNX files. Sets are limited to the modes the
+    ONNX files cover, so a scene-only export is gated on the scene sets."""
+    int8 = {k: list(v) for k, v in (int8 or {}).items() if v}
+    variants: dict[str, Any] = {"pytorch": pytorch, "fp32": list(fp32) or None, **int8}
+    onnx_modes = _onnx_modes([*fp32, *(p for files in int8.values() for p in files)])
+    if onnx_modes:
+        eval_sets = [s for s in eval_sets if s.mode in onnx_modes]
+    if not eval_sets:
+        raise ValueError("no validation set matches the modes of the given models")
+    metrics = evaluate_variants(variants, eval_sets, scene_size, crop_size, threshold)
+    return check_gates(metrics, {s.name: s.mode for s in eval_sets}, int8, gated)
+
+
+def _onnx_modes(paths: Sequence[str | Path]) -> set[str]:
+    import onnx
+
+    return {"scene" if "boxes" in [o.name for o in onnx.load(str(p), load_external_data=False).graph.output] else "crop"
+            for p in paths}
+
+
+def load_eval_sets(specs: Sequence[str], limit: int | None = None) -> list[EvalSet]:
+    """Validation sets from source specs (as for `evaluate --data`): scene or crop mode detected per spec."""
+    from mouaadnet.cli_train import _sources_by_mode
+    from mouaadnet.data.sources import load_source
+    from mouaadnet.training_data import source_name
+
+    _, crop_specs = _sources_by_mode(list(specs))
+    sets, taken = [], set()
+    for spec in specs:
+        name = source_name(spec)
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        sets.append(EvalSet(name, "crop" if spec in crop_specs else "scene", load_source(spec).samples[:limit]))
+    return sets

@@ -1,0 +1,70 @@
+"""ONNX Runtime sessions that look like the model's decoded outputs, so ``mouaadnet.evaluate`` measures them.
+
+An exported graph already decodes (``model.export``): scene graphs return the final ``boxes``/``scores``/
+``gender``/``age`` [N,K(,4)], crop graphs ``gender``/``age`` [N]. ``OnnxModel.predict_decoded`` returns exactly the
+dict ``mouaadnet.evaluate.predict`` builds from a PyTorch model, so every metric has one implementation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.export import INPUT_NAME, ort_session, validate_onnx
+
+
+class OnnxModel:
+    """One ONNX file per mode (scene and/or crop), each run in a CPU ONNX Runtime session.
+
+    ``paths``: ONNX files; the mode of each is read from its outputs (``boxes`` present -> scene).
+    ``sizes``: the square input size per mode, from the graph's input shape when it is static.
+    """
+
+    def __init__(self, paths: list[str | Path] | tuple[str | Path, ...], threads: int = 2):
+        self.paths: dict[str, Path] = {}
+        self.sessions = {}
+        self.sizes: dict[str, int | None] = {}
+        for path in paths:
+            proto = validate_onnx(path)
+            outputs = [o.name for o in proto.graph.output]
+            mode = "scene" if "boxes" in outputs else "crop"
+            if mode in self.paths:
+                raise ValueError(f"two {mode}-mode ONNX files given: {self.paths[mode]} and {path}")
+            dims = proto.graph.input[0].type.tensor_type.shape.dim
+            self.sizes[mode] = dims[3].dim_value or None
+            self.paths[mode] = Path(path)
+            self.sessions[mode] = ort_session(path, threads=threads)
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return tuple(self.paths)
+
+    def eval(self) -> OnnxModel:  # duck-typing with nn.Module for callers that switch to eval mode
+        return self
+
+    def predict_decoded(self, images: torch.Tensor, mode: str) -> dict[str, torch.Tensor]:
+        if mode not in self.sessions:
+            raise ValueError(f"no {mode}-mode ONNX model loaded (have: {', '.join(self.modes) or 'none'})")
+        sess = self.sessions[mode]
+        names = [o.name for o in sess.get_outputs()]
+        x = np.ascontiguousarray(images.detach().cpu().numpy(), np.float32)
+        return {name: torch.from_numpy(v) for name, v in zip(names, sess.run(names, {INPUT_NAME: x}))}
+
+
+def dataset_images(specs: list[str], mode: str, size: int, count: int, seed: int = 0) -> torch.Tensor:
+    """``count`` images of ``mode`` from data source specs, preprocessed exactly as for evaluation (letterbox,
+    RGB/255, no augmentation): float32 [N,3,size,size] for INT8 calibration and parity checks. Sources of the
+    other mode are ignored; images are drawn evenly across the sources' samples with a fixed seed."""
+    from mouaadnet.cli_train import _sources_by_mode
+    from mouaadnet.data.dataset import CropDataset, SceneDataset
+    from mouaadnet.data.sources import load_source
+
+    scene, crop = _sources_by_mode(list(specs))
+    samples = [s for spec in (scene if mode == "scene" else crop) for s in load_source(spec).samples]
+    if not samples:
+        raise ValueError(f"no {mode}-mode samples in {specs}")
+    dataset = (SceneDataset if mode == "scene" else CropDataset)(samples, size, augment=False)
+    order = np.random.default_rng(seed).permutation(len(samples))[:count]
+    return torch.stack([dataset[int(i)][0] for i in sorted(order)])

@@ -1,0 +1,100 @@
+"""`mouaadnet qat`: quantization-aware fine-tuning of a trained checkpoint on the training data and loss.
+
+The method (placement after re-parameterization, re-inserted BN, per-channel weights, frozen BN at the end) is
+``model.quantization.qat_finetune``; this module feeds it what training uses: the checkpoint's (EMA) weights,
+mixed scene/crop batches from ``mouaadnet.train.BatchStream`` over ``load_training_data`` (crop steps at the
+config's ``crop_fraction``), and ``model.losses.MultiTaskLoss``. Validation metrics (``evaluate_sets``) are
+measured before (float model) and after (QAT model with fake-quant on, i.e. simulated INT8) and saved in the
+checkpoint's sidecar.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from model.losses import MultiTaskLoss
+from model.quantization import qat_finetune, save_qat_checkpoint
+from mouaadnet.checkpoint import model_from_checkpoint
+from mouaadnet.evaluate import evaluate_sets, flat_metrics
+from mouaadnet.train import BatchStream, seed_everything, step_modes
+from mouaadnet.train_config import TrainConfig
+from mouaadnet.training_data import TrainingData, load_training_data
+
+
+@dataclass
+class QATSummary:
+    out: Path
+    steps: int
+    seconds: float
+    before: dict[str, float]  # flat validation metrics of the float model ("val/<set>/<metric>")
+    after: dict[str, float]  # same, QAT model with fake-quant on (simulated INT8)
+    losses: list[float] = field(default_factory=list)
+
+
+def qat_batches(cfg: TrainConfig, data: TrainingData, total: int, epoch: int = 0):
+    """``total`` training batches mixing scene and crop steps like one training epoch, each tagged with "mode"."""
+    from mouaadnet.data.dataset import CropDataset, SceneDataset, collate_crop, collate_scene
+
+    streams = {}
+    if data.scene.samples:
+        dataset = SceneDataset(data.scene.samples, cfg.model.scene_size, cfg.data.augment, cfg.seed)
+        streams["scene"] = BatchStream(dataset, data.scene, cfg.data.scene_batch_size, collate_scene,
+                                       cfg.data.num_workers, cfg.seed, 0)
+    if data.crop.samples:
+        dataset = CropDataset(data.crop.samples, cfg.model.crop_size, cfg.data.augment, cfg.seed)
+        streams["crop"] = BatchStream(dataset, data.crop, cfg.data.crop_batch_size, collate_crop,
+                                      cfg.data.num_workers, cfg.seed, 1)
+    if not streams:
+        raise ValueError("no training data for QAT (data.scene and data.crop are empty)")
+    modes = step_modes(total, cfg.data.crop_fraction, "scene" in streams, "crop" in streams)
+    iterators = {m: s.epoch(epoch, modes.count(m)) for m, s in streams.items() if m in modes}
+    for mode in modes:
+        batch = next(iterators[mode])
+        batch["mode"] = mode
+        yield batch
+
+
+def run_qat(checkpoint: str | Path, cfg: TrainConfig, out: str | Path, steps: int = 200, lr: float = 1e-4,
+            calib_steps: int = 8, act: Literal["u8", "s8"] = "u8", freeze_bn_fraction: float = 0.3,
+            data: TrainingData | None = None, progress: bool = True,
+            placement: Literal["after_reparam", "before_reparam"] = "after_reparam") -> QATSummary:
+    """QAT fine-tune ``checkpoint`` on ``cfg.data`` with ``cfg.loss``; writes ``out`` (+ sidecar). ``cfg.model``
+    is replaced by the checkpoint's model config (the data pipeline must produce the sizes the model expects)."""
+    from model.artifacts import write_sidecar
+
+    model, state = model_from_checkpoint(checkpoint)
+    cfg = cfg.model_copy(deep=True)
+    cfg.model = model.cfg
+    seed_everything(cfg.seed)
+    data = data or load_training_data(cfg.data, cfg.seed)
+    sizes = (cfg.model.scene_size, cfg.model.crop_size)
+
+    def measure(m) -> dict[str, float]:
+        if not data.eval_sets:
+            return {}
+        return flat_metrics(evaluate_sets(m.eval(), data.eval_sets, *sizes, threshold=cfg.score_threshold))
+
+    before = measure(model)
+    loss = MultiTaskLoss(cfg.loss)
+    losses: list[float] = []
+
+    def log(step: int, terms: dict) -> None:
+        losses.append(terms["loss"])
+        if progress and (step % 10 == 0 or step == steps - 1):
+            print(f"qat step {step + 1}/{steps}: loss {terms['loss']:.4f}", flush=True)
+
+    start = time.perf_counter()
+    qat = qat_finetune(model, qat_batches(cfg, data, calib_steps + steps), loss, steps=steps, lr=lr, act=act,
+                       calib_steps=calib_steps, freeze_bn_fraction=freeze_bn_fraction, log=log, placement=placement)
+    seconds = time.perf_counter() - start
+    after = measure(qat)
+    out = save_qat_checkpoint(qat, out, cfg.model.model_dump())
+    write_sidecar(out, f"fp32-folded-qat-{act}", source=checkpoint,
+                  metrics={"before": before, "after_fake_quant": after},
+                  extra={"form": "deploy", "steps": steps, "lr": lr, "calib_steps": calib_steps, "act": act,
+                         "freeze_bn_fraction": freeze_bn_fraction, "placement": placement, "seconds": round(seconds, 1),
+                         "data_fingerprint": data.fingerprint, "source_epoch": state.get("epoch")})
+    return QATSummary(Path(out), steps, seconds, before, after, losses)
