@@ -58,9 +58,9 @@ def info(
 
 def _register_commands() -> None:
     """Each area wires its own commands; their modules import heavy libraries only inside commands."""
-    from mouaadnet import cli_export, cli_serve, cli_train
+    from mouaadnet import cli_export, cli_pipeline, cli_serve, cli_train
 
-    for module in (cli_train, cli_export, cli_serve):
+    for module in (cli_train, cli_export, cli_serve, cli_pipeline):
         module.register(app)
 
 

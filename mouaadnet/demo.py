@@ -1,0 +1,138 @@
+"""`mouaadnet demo` (what `make run` calls): the whole system on the embedded default, end to end.
+
+1. data: build the default dataset if missing and verify it against `data.dvc` (`python -m mouaadnet.dvc_data ensure`);
+2. pipeline: `mouaadnet pipeline run` (kfp.local) with short epochs -> MLflow runs, registry version, a new
+   version in `triton_repo/`; its full log goes to `<pipeline root>/pipeline.log`, progress lines to the terminal;
+3. serve: the real Triton server (`mouaadnet serve`) on free loopback ports;
+4. detect: validation images through gRPC (`mouaadnet detect`), people found printed beside the ground truth;
+5. stop the server and print where to look.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mouaadnet.tracking import PROJECT_ROOT
+
+PROGRESS = re.compile(r"Executing task|finished with status|^\s*epoch \d|gates (PASSED|FAILED)|^\s*\[(PASS|FAIL)|"
+                      r"^pipeline |^  \S.*  |Pipeline .* finished")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _elapsed(start: float) -> str:
+    return f"{time.monotonic() - start:6.0f} s"
+
+
+def run_pipeline_streamed(args: list[str], log_path: Path) -> int:
+    """`mouaadnet pipeline run ARGS` in a child process: everything to log_path, progress lines to stdout."""
+    cmd = [sys.executable, "-m", "mouaadnet.cli", "pipeline", "run", *args]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                      text=True, bufsize=1, cwd=PROJECT_ROOT) as proc:
+        for line in proc.stdout:
+            log.write(line)
+            clean = ANSI.sub("", line.rstrip())
+            if PROGRESS.search(clean):
+                _say("    " + clean.strip())
+        return proc.wait()
+
+
+def ground_truth(annotations: Path) -> dict[str, list[dict]]:
+    data = json.loads(annotations.read_text())
+    by_id = {img["id"]: img["file_name"] for img in data["images"]}
+    people: dict[str, list[dict]] = {name: [] for name in by_id.values()}
+    for ann in data["annotations"]:
+        x, y, w, h = ann["bbox"]
+        people[by_id[ann["image_id"]]].append({"box": [x, y, x + w, y + h], "gender": ann.get("gender"),
+                                               "age": ann.get("age")})
+    return people
+
+
+def _iou(a: list[float], b: list[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def format_comparison(name: str, found: list[dict], truth: list[dict]) -> list[str]:
+    """One image: predicted people beside the labelled ones (matched at IoU >= 0.5)."""
+    matched = sum(1 for t in truth if any(_iou(t["box"], p["box"]) >= 0.5 for p in found))
+    lines = [f"  {name}: found {len(found)}, ground truth {len(truth)}, matched {matched}"]
+    for i in range(max(len(found), len(truth))):
+        left = right = ""
+        if i < len(found):
+            p = found[i]
+            left = (f"{p['gender']:<6} age {p['age']:4.0f}  score {p['score']:.2f}  "
+                    f"[{', '.join(f'{v:.0f}' for v in p['box'])}]")
+        if i < len(truth):
+            t = truth[i]
+            right = f"{t['gender'] or '?':<6} age {t['age'] if t['age'] is not None else '?':>4}  " \
+                    f"[{', '.join(f'{v:.0f}' for v in t['box'])}]"
+        lines.append(f"    {left:<52} | {right}")
+    return lines
+
+
+def demo(config: Path | None = None, images: int = 4, threshold: float = 0.3, pipeline_root: Path | None = None,
+         extra_args: list[str] | None = None) -> int:
+    from mouaadnet import dvc_data
+
+    start = time.monotonic()
+    root = Path(pipeline_root or PROJECT_ROOT / "runs" / "pipeline")
+    repo = PROJECT_ROOT / "triton_repo"
+    _say(f"[1/5] {_elapsed(start)}  data: build the default dataset if missing, verify it against data.dvc")
+    fingerprint = dvc_data.ensure_data(PROJECT_ROOT)
+    _say(f"      data.dvc pins {fingerprint}: verified")
+
+    _say(f"[2/5] {_elapsed(start)}  pipeline: kfp.local (prepare_data -> train -> reparameterize -> qat -> "
+         f"export_onnx -> evaluate -> publish); full log {root / 'pipeline.log'}")
+    args = ["--config", str(config or PROJECT_ROOT / "configs" / "pipeline.yaml"), "--pipeline-root", str(root),
+            "--triton-repo", str(repo), *(extra_args or [])]
+    code = run_pipeline_streamed(args, root / "pipeline.log")
+    if code != 0:
+        _say(f"pipeline FAILED (exit {code}); see {root / 'pipeline.log'}")
+        return code
+    from mouaadnet.serving.publish import numeric_versions
+
+    version = max(numeric_versions(repo / "detector"), default=0)
+    if not (repo / "detector" / str(version) / "model.onnx").is_file():
+        _say("nothing published (the quality gates failed?): no model to serve; see the gates in the log")
+        return 1
+
+    from mouaadnet.serving.client import TritonDetector, read_images
+    from mouaadnet.serving.server import ServerConfig, TritonServer, free_port
+
+    _say(f"[3/5] {_elapsed(start)}  serve: tritonserver on 127.0.0.1 (model repository {repo}, detector "
+         f"version {version}); same as `mouaadnet serve`")
+    log = root / "triton.log"
+    cfg = ServerConfig(repo=repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    val = PROJECT_ROOT / "data" / "val"
+    truth = ground_truth(val / "annotations.json")
+    names = sorted(truth)[:images]
+    with TritonServer(cfg, log_path=log) as server:
+        _say(f"[4/5] {_elapsed(start)}  detect: {len(names)} validation images through gRPC {server.grpc_url} "
+             f"(same as `mouaadnet detect --url {server.grpc_url} data/val/images/...`)")
+        detector = TritonDetector(server.grpc_url)
+        found = detector.detect(read_images([val / "images" / n for n in names]), threshold)
+        for name, people in zip(names, found):
+            for line in format_comparison(name, people, truth[name]):
+                _say(line)
+        _say(f"[5/5] {_elapsed(start)}  stop the server")
+    _say(f"done in {_elapsed(start).strip()}. Where to look:\n"
+         f"  MLflow UI       .venv/bin/mlflow ui --backend-store-uri sqlite:///{PROJECT_ROOT / 'mlflow.db'}  "
+         f"(experiment mouaadnet-pipeline; registry model mouaadnet-detector)\n"
+         f"  compare runs    .venv/bin/mouaadnet runs compare\n"
+         f"  Triton repo     {repo} (detector version {version}, sidecar model.onnx.json with sha256)\n"
+         f"  artifacts       {root} (one folder per pipeline run and task; pipeline.log, triton.log)\n"
+         f"  serve again     .venv/bin/mouaadnet serve --repo {repo}")
+    return 0

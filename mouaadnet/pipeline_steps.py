@@ -1,0 +1,577 @@
+"""The pipeline's steps as plain functions: what each Kubeflow component in `components/` calls.
+
+Every step takes paths and small values and returns a dict of small values, so it runs the same under
+`kfp.local`, on a Kubeflow cluster and in a unit test. The work itself is done by the library (`dvc_data`,
+`data.check`, `train`, `qat`, `model.export`, `gates`, `serving.publish`); this module adds the MLflow lineage:
+
+- ``start_pipeline_run`` opens the **parent run** (pipeline params, git commit, KFP run id, tag
+  ``pipeline.kfp_run_id``); ``finish_pipeline_run`` (the exit handler) ends it FINISHED or FAILED.
+- Each step logs a **child run** (``pipeline.step`` tag). Steps that Kubeflow may cache (prepare_data, train,
+  reparameterize, qat, export_onnx) take no run-specific input, so that their cache key is the data version,
+  the config and their upstream artifacts only; their child runs are adopted by the parent run afterwards
+  (``adopt_runs``, called by evaluate; a reused cached run is recorded on the parent as ``reused.<step>``).
+  Steps that never cache (evaluate, compile_tensorrt, publish) open their child run under the parent directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PARENT_TAG = "mlflow.parentRunId"
+STEP_TAG = "pipeline.step"
+KFP_RUN_TAG = "pipeline.kfp_run_id"
+PIPELINE_TAG = "pipeline.name"
+PIPELINE_NAME = "mouaadnet"
+DEFAULT_EXPERIMENT = "mouaadnet-pipeline"
+DEFAULT_REGISTERED_MODEL = "mouaadnet-detector"
+PRIMARY_METRIC = "fp32_AP50"  # higher is better; champion is moved only when a candidate beats it on this
+DATA_PREFIX = "data/"  # source paths in a pipeline config that point into the versioned dataset
+
+
+class PipelineStepError(RuntimeError):
+    """A step refuses to go on (dirty data, failed check); the message says why."""
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+def load_config_text(config: str, repo_dir: str | os.PathLike = ".") -> str:
+    """The pipeline's `config` parameter is YAML text (what the CLI passes, so the cache key sees the content)
+    or a path (relative to ``repo_dir``: the default in the compiled spec, a file in the image)."""
+    if "\n" in config or ":" in config.split("/", 1)[0] and not Path(config).exists():
+        return config
+    path = Path(config)
+    if not path.is_absolute():
+        path = Path(repo_dir) / path
+    if not path.is_file():
+        raise PipelineStepError(f"pipeline config {path} does not exist")
+    return path.read_text(encoding="utf-8")
+
+
+def config_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def train_config(config_text: str, dataset_dir: str | os.PathLike | None = None, epochs: int = 0,
+                 steps_per_epoch: int = 0):
+    """TrainConfig from YAML text; source paths under ``data/`` are re-rooted at the dataset artifact."""
+    from model.config import ConfigError
+    from mouaadnet.train_config import TrainConfig
+
+    try:
+        cfg = TrainConfig.model_validate(yaml.safe_load(config_text) or {})
+    except Exception as error:  # pydantic ValidationError / YAML errors -> one message
+        raise ConfigError(f"invalid pipeline config: {error}") from None
+    if dataset_dir is not None:
+        root = Path(dataset_dir)
+        for source in [*cfg.data.scene, *cfg.data.crop]:
+            for attr in ("path", "val"):
+                value = getattr(source, attr)
+                if value and value.startswith(DATA_PREFIX):
+                    setattr(source, attr, str(root / value[len(DATA_PREFIX):]))
+    if epochs:
+        cfg.optim.epochs = int(epochs)
+    if steps_per_epoch:
+        cfg.optim.steps_per_epoch = int(steps_per_epoch)
+    return cfg
+
+
+def val_specs(cfg) -> list[str]:
+    return [s.val or s.path for s in [*cfg.data.scene, *cfg.data.crop]]
+
+
+# ------------------------------------------------------------------------------------------------ MLflow
+
+
+def _mlflow():
+    import mlflow
+
+    from mouaadnet.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    return mlflow
+
+
+def _client():
+    return _mlflow().MlflowClient()
+
+
+def start_pipeline_run(experiment: str, params: dict[str, Any], kfp_run_id: str = "",
+                       run_name: str | None = None) -> str:
+    """Open the parent run (left RUNNING for the steps; the exit handler ends it) and return its id."""
+    from mlflow.entities import Param
+
+    from mouaadnet.tracking import git_commit
+
+    validate_params(params)
+    mlflow = _mlflow()
+    client = _client()
+    exp = mlflow.set_experiment(experiment)
+    tags = {PIPELINE_TAG: PIPELINE_NAME, KFP_RUN_TAG: kfp_run_id, "git_commit": git_commit(), STEP_TAG: "pipeline"}
+    run = client.create_run(exp.experiment_id, tags=tags,
+                            run_name=run_name or f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_id = run.info.run_id
+    values = {k: str(v)[:6000] for k, v in params.items() if k != "config"}
+    if "config" in params:
+        values["config_sha"] = config_digest(str(params["config"]))
+        client.log_text(run_id, str(params["config"]), "pipeline/config.yaml")
+    items = [Param(k, v) for k, v in values.items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[start:start + 100])
+    return run_id
+
+
+SERVE_PRECISIONS = ("fp32", "int8")
+SERVE_BACKENDS = ("python", "onnxruntime")
+
+
+def validate_params(params: dict[str, Any]) -> None:
+    """Fail the pipeline at its first step on parameter values the later steps cannot honour."""
+    if params.get("serve_precision", "fp32") not in SERVE_PRECISIONS:
+        raise PipelineStepError(f"serve_precision must be one of {SERVE_PRECISIONS}, got {params['serve_precision']!r}")
+    if params.get("target_backend", "python") not in SERVE_BACKENDS:
+        raise PipelineStepError(f"target_backend must be one of {SERVE_BACKENDS} (a TensorRT engine is built with "
+                                f"build_tensorrt and logged, not published yet), got {params['target_backend']!r}")
+
+
+def find_pipeline_run(experiment: str, kfp_run_id: str) -> str | None:
+    client = _client()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None or not kfp_run_id:
+        return None
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{KFP_RUN_TAG}` = '{kfp_run_id}' "
+                              f"and tags.`{STEP_TAG}` = 'pipeline'", max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def adopt_runs(parent_run_id: str, runs: dict[str, str]) -> dict[str, str]:
+    """Make each step run (step -> run id) a child of the parent; runs that already belong to another
+    pipeline run (a Kubeflow cache hit) are recorded on the parent as ``reused.<step>`` instead."""
+    if not parent_run_id:
+        return {}
+    client = _client()
+    outcome = {}
+    for step, run_id in runs.items():
+        if not run_id:
+            continue
+        run = client.get_run(run_id)
+        owner = run.data.tags.get(PARENT_TAG)
+        if owner in (None, "", parent_run_id):
+            client.set_tag(run_id, PARENT_TAG, parent_run_id)
+            client.set_tag(parent_run_id, f"run.{step}", run_id)
+            outcome[step] = "child"
+        else:
+            client.set_tag(parent_run_id, f"reused.{step}", run_id)
+            outcome[step] = "reused"
+        if step == "prepare_data" and run.data.tags.get("data_fingerprint"):
+            client.set_tag(parent_run_id, "data_fingerprint", run.data.tags["data_fingerprint"])
+    return outcome
+
+
+def finish_pipeline_run(experiment: str, kfp_run_id: str, state: str, error: str = "",
+                        since_ms: int | None = None) -> str | None:
+    """Exit handler: end the parent run FINISHED (state SUCCEEDED) or FAILED (anything else). Step runs of this
+    pipeline run left without a parent (a step that failed before evaluate adopted it) are adopted, and any
+    still RUNNING is ended FAILED. Creates a FAILED parent if the pipeline failed before it was opened."""
+    client = _client()
+    parent = find_pipeline_run(experiment, kfp_run_id)
+    ok = state == "SUCCEEDED"
+    if parent is None:
+        if ok:
+            return None
+        parent = start_pipeline_run(experiment, {}, kfp_run_id, run_name="pipeline-failed-early")
+    run = client.get_run(parent)
+    start = since_ms if since_ms is not None else run.info.start_time
+    orphans = client.search_runs([run.info.experiment_id], filter_string=f"attributes.start_time >= {start}",
+                                 max_results=200)
+    for orphan in orphans:
+        tags = orphan.data.tags
+        if orphan.info.run_id == parent or tags.get(STEP_TAG) in (None, "pipeline"):
+            continue
+        if not tags.get(PARENT_TAG):
+            client.set_tag(orphan.info.run_id, PARENT_TAG, parent)
+        if tags.get(PARENT_TAG, parent) == parent and orphan.info.status == "RUNNING":
+            client.set_terminated(orphan.info.run_id, "FAILED")
+    client.set_tag(parent, "pipeline.state", state)
+    if error:
+        client.set_tag(parent, "pipeline.error", error[:4000])
+    client.set_terminated(parent, "FINISHED" if ok else "FAILED")
+    return parent
+
+
+@contextlib.contextmanager
+def step_run(step: str, parent_run_id: str = "", experiment: str = DEFAULT_EXPERIMENT,
+             tags: dict[str, str] | None = None) -> Iterator[Any]:
+    """A child run of ``parent_run_id`` (or a plain run in ``experiment``): FAILED when the step raises."""
+    from mouaadnet.tracking import mlflow_run
+
+    mlflow = _mlflow()
+    if parent_run_id:
+        parent = _client().get_run(parent_run_id)
+        experiment = _client().get_experiment(parent.info.experiment_id).name
+    all_tags = {STEP_TAG: step, **({PARENT_TAG: parent_run_id} if parent_run_id else {}), **(tags or {})}
+    while mlflow.active_run() is not None:  # a leftover run of this process must not become the parent
+        mlflow.end_run()
+    with mlflow_run(experiment, run_name=step, tags=all_tags) as run:
+        yield run
+
+
+def _finite(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+# ------------------------------------------------------------------------------------------------ steps
+
+
+def prepare_data(out_dir: str | os.PathLike, repo_dir: str | os.PathLike = ".", data_version: str = "",
+                 experiment: str = DEFAULT_EXPERIMENT, use_remote: bool | None = None) -> dict[str, Any]:
+    """Pull (when a DVC remote is configured) or build the pinned dataset, verify it (DVC md5 of every file +
+    `mouaadnet data check`), refuse a dirty/unverifiable one, and copy it to ``out_dir``.
+
+    Returns {"fingerprint": pinned md5, "files": n, "run_id": ...}."""
+    from mouaadnet import dvc_data
+    from mouaadnet.data.check import check_sources, format_report
+
+    repo = Path(repo_dir).resolve()
+    with step_run("prepare_data", experiment=experiment) as run:
+        mlflow = _mlflow()
+        pinned = dvc_data.pinned_md5(repo)
+        if data_version and data_version not in (pinned, pinned.removesuffix(".dir")):
+            raise PipelineStepError(f"data_version {data_version} asked for, but {repo / dvc_data.DVC_FILE} pins "
+                                    f"{pinned}: check out the commit that pins it")
+        env_remote = bool(os.environ.get("AWS_ACCESS_KEY_ID")) or (repo / ".dvc" / "config.local").is_file()
+        remote = env_remote if use_remote is None else use_remote
+        if remote:
+            fingerprint = dvc_data.pull(repo)  # dvc pull, then verify_data
+            how = "dvc pull"
+        else:
+            fingerprint = dvc_data.ensure_data(repo, use_remote=False)  # rebuild the embedded default if missing
+            how = "local"
+        fingerprint = dvc_data.verify_data(repo)  # dvc status clean and every file's md5 == the pinned manifest
+        data = repo / dvc_data.DATA_DIR
+        specs = sorted(str(p) for p in data.glob("*/annotations.json"))
+        if not specs:
+            raise PipelineStepError(f"{data} has no <split>/annotations.json")
+        report = check_sources(specs)
+        if not report.ok:
+            raise PipelineStepError(f"`mouaadnet data check` found problems in {data}:\n{format_report(report)}")
+        out = Path(out_dir)
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(data, out)
+        files = sum(1 for p in out.rglob("*") if p.is_file())
+        mlflow.log_params({"data_version": fingerprint, "source": how, "repo": str(repo)})
+        mlflow.log_metrics({"files": files, **{f"{Path(s.spec).parent.name}_{k}": getattr(s, k)
+                                               for s in report.sources for k in ("samples", "persons")}})
+        mlflow.log_dict(report.to_dict(), "data_check.json")
+        mlflow.set_tag("data_fingerprint", fingerprint)
+        return {"fingerprint": fingerprint, "files": files, "run_id": run.info.run_id}
+
+
+def train_step(dataset_dir: str | os.PathLike, config: str, out_dir: str | os.PathLike, epochs: int = 0,
+               steps_per_epoch: int = 0, data_fingerprint: str = "", experiment: str = DEFAULT_EXPERIMENT,
+               progress: bool = False) -> dict[str, Any]:
+    """Train on the dataset artifact; ``out_dir`` gets best.pt and config.yaml. Returns the summary values."""
+    from mouaadnet.train import train
+
+    cfg = train_config(config, dataset_dir, epochs, steps_per_epoch)
+    cfg.experiment = experiment
+    work = Path(out_dir).parent / (Path(out_dir).name + ".work")
+    summary = train(cfg, work, progress=progress, run_name="train")
+    client = _client()
+    client.set_tag(summary.run_id, STEP_TAG, "train")
+    client.set_tag(summary.run_id, "pipeline.data_version", data_fingerprint)
+    client.set_tag(summary.run_id, "config_sha", config_digest(config))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    best = work / "best.pt"
+    if not best.is_file():
+        raise PipelineStepError(f"training wrote no best.pt in {work}")
+    shutil.copyfile(best, out / "best.pt")
+    shutil.copyfile(work / "config.yaml", out / "config.yaml")
+    shutil.rmtree(work, ignore_errors=True)
+    metrics = _finite(summary.last_metrics)
+    return {"run_id": summary.run_id, "best_score": summary.best_score if math.isfinite(summary.best_score) else -1.0,
+            "best_epoch": summary.best_epoch, "metrics": metrics}
+
+
+def _val_images(dataset_dir: str | os.PathLike, size: int, count: int):
+    """Real validation images for parity checks and calibration (letterboxed like serving)."""
+    from model.export import load_images
+
+    images = sorted(p for p in Path(dataset_dir).glob("val/images/*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if not images:
+        images = sorted(p for p in Path(dataset_dir).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    return load_images(images[:count], size), len(images[:count])
+
+
+REPARAM_TOLERANCE = 1e-3
+
+
+def reparameterize_step(checkpoint: str | os.PathLike, dataset_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                        experiment: str = DEFAULT_EXPERIMENT) -> dict[str, Any]:
+    """Fuse RepVGG branches and Conv+BN; check fused == training form (max abs diff <= 1e-3); out_dir/deploy.pt."""
+    import torch
+
+    from model import reparameterize_model
+    from model.artifacts import load_model_checkpoint, write_sidecar
+
+    with step_run("reparameterize", experiment=experiment) as run:
+        mlflow = _mlflow()
+        model, cfg = load_model_checkpoint(checkpoint)
+        deploy = reparameterize_model(model)
+        diffs = {}
+        for mode, size in (("scene", cfg.scene_size), ("crop", cfg.crop_size)):
+            x, _ = _val_images(dataset_dir, size, 4)
+            with torch.no_grad():
+                a, b = model(x, mode=mode), deploy(x, mode=mode)
+            diffs[mode] = max(float((a[k] - b[k]).abs().max()) for k in a)
+        mlflow.log_metrics({f"max_abs_diff_{m}": v for m, v in diffs.items()})
+        if not max(diffs.values()) <= REPARAM_TOLERANCE:
+            raise PipelineStepError(f"reparameterization changed the outputs: {diffs} > {REPARAM_TOLERANCE}")
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "deploy.pt"
+        torch.save({"model": deploy.state_dict(), "model_config": cfg.model_dump(), "form": "deploy"}, path)
+        params = sum(p.numel() for p in deploy.parameters())
+        write_sidecar(path, "fp32", source=checkpoint, metrics={"reparam_max_abs_diff": diffs},
+                      extra={"form": "deploy", "params": params})
+        mlflow.log_metric("params_deploy", params)
+        return {"run_id": run.info.run_id, "params": params, "max_abs_diff": max(diffs.values())}
+
+
+def qat_step(checkpoint: str | os.PathLike, dataset_dir: str | os.PathLike, config: str, out_dir: str | os.PathLike,
+             steps: int = 50, experiment: str = DEFAULT_EXPERIMENT) -> dict[str, Any]:
+    """Quantization-aware fine-tune (``mouaadnet.qat.run_qat``) of the trained checkpoint: out_dir/qat.pt."""
+    from mouaadnet.qat import run_qat
+
+    cfg = train_config(config, dataset_dir)
+    with step_run("qat", experiment=experiment) as run:
+        mlflow = _mlflow()
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        mlflow.log_params({"steps": steps})
+        summary = run_qat(checkpoint, cfg, out / "qat.pt", steps=max(1, int(steps)), progress=False)
+        mlflow.log_metrics({f"before/{k}": v for k, v in _finite(summary.before).items()})
+        mlflow.log_metrics({f"after/{k}": v for k, v in _finite(summary.after).items()})
+        mlflow.log_metric("seconds", summary.seconds)
+        return {"run_id": run.info.run_id, "seconds": summary.seconds}
+
+
+def export_step(deploy_checkpoint: str | os.PathLike, dataset_dir: str | os.PathLike, fp32_dir: str | os.PathLike,
+                int8_dir: str | os.PathLike, qat_checkpoint: str | os.PathLike | None = None, size: int = 320,
+                experiment: str = DEFAULT_EXPERIMENT, log_models: bool = True) -> dict[str, Any]:
+    """FP32 ONNX (validated, parity with PyTorch) and INT8 QDQ ONNX (QAT ranges when a QAT checkpoint is given,
+    else PTQ calibration on validation images), each with its sha256 sidecar; both logged with
+    ``mlflow.onnx.log_model`` (signature + input example). Files: fp32_dir/model.onnx, int8_dir/model.onnx."""
+    import torch
+
+    from model.artifacts import load_model_checkpoint, write_sidecar
+    from model.export import count_qdq, export_onnx, int8_agreement, quantize_int8
+
+    with step_run("export_onnx", experiment=experiment) as run:
+        mlflow = _mlflow()
+        model, cfg = load_model_checkpoint(deploy_checkpoint)
+        check, n_real = _val_images(dataset_dir, size, 8)
+        fp32 = Path(fp32_dir) / "model.onnx"
+        parity = export_onnx(model, fp32, "scene", size, images=check)
+        write_sidecar(fp32, "fp32", source=deploy_checkpoint, metrics={"parity_fp32_vs_torch": parity},
+                      extra={"mode": "scene", "size": size})
+        overrides, variant = None, "int8_ptq"
+        if qat_checkpoint:
+            from model.quantization import qat_overrides
+
+            qat = torch.load(str(qat_checkpoint), map_location="cpu", weights_only=True).get("qat")
+            if qat:
+                overrides, variant = qat_overrides(qat["ranges"], fp32), "int8_qat"
+        calib, n_calib = _val_images(dataset_dir, size, 32)
+        int8 = Path(int8_dir) / "model.onnx"
+        quantize_int8(fp32, int8, calib, "u8", overrides)
+        agreement = int8_agreement(fp32, int8, check)
+        write_sidecar(int8, f"{variant.replace('_', '-')}-u8", source=deploy_checkpoint,
+                      metrics={"int8_vs_fp32": agreement, "calibration_images": n_calib, **count_qdq(int8)},
+                      extra={"mode": "scene", "size": size, "variant": variant})
+        mlflow.log_params({"size": size, "int8_variant": variant, "parity_images": n_real})
+        mlflow.log_metrics({"fp32_mb": fp32.stat().st_size / 1e6, "int8_mb": int8.stat().st_size / 1e6,
+                            **{f"parity_{k}": v for k, v in _finite(parity).items()},
+                            **{f"int8_vs_fp32_{k}": v for k, v in _finite(agreement).items()}})
+        model_ids = {}
+        if log_models:
+            model_ids = {name: log_onnx_model(path, name, check[:1].numpy())
+                         for name, path in (("onnx_fp32", fp32), ("onnx_int8", int8))}
+        return {"run_id": run.info.run_id, "int8_variant": variant, "fp32_model_id": model_ids.get("onnx_fp32", ""),
+                "int8_model_id": model_ids.get("onnx_int8", ""), "fp32_mb": fp32.stat().st_size / 1e6,
+                "int8_mb": int8.stat().st_size / 1e6}
+
+
+def log_onnx_model(path: Path, name: str, example) -> str:
+    """mlflow.onnx.log_model with a signature inferred from a real run and an input example; returns model id."""
+    import onnx
+    from mlflow.models import infer_signature
+
+    from model.export import run_onnx
+
+    mlflow = _mlflow()
+    outputs = run_onnx(path, example)
+    info = mlflow.onnx.log_model(onnx.load(str(path)), name=name, input_example=example,
+                                 signature=infer_signature(example, outputs))
+    mlflow.log_artifact(str(path) + ".json", artifact_path=f"sidecars/{name}")
+    return getattr(info, "model_id", None) or info.model_uri
+
+
+def compile_tensorrt_step(onnx_dir: str | os.PathLike, out_dir: str | os.PathLike, precision: str = "fp16",
+                          parent_run_id: str = "", experiment: str = DEFAULT_EXPERIMENT) -> dict[str, Any]:
+    """Build a TensorRT engine (needs TensorRT + an NVIDIA GPU; raises TensorRTUnavailable otherwise)."""
+    from model.artifacts import write_sidecar
+    from model.tensorrt import compile_trt, engine_io
+
+    with step_run("compile_tensorrt", parent_run_id, experiment) as run:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        plan = compile_trt(Path(onnx_dir) / "model.onnx", out / "model.plan", precision)
+        write_sidecar(plan, precision, source=Path(onnx_dir) / "model.onnx", io=engine_io(plan))
+        _mlflow().log_metric("plan_mb", plan.stat().st_size / 1e6)
+        return {"run_id": run.info.run_id}
+
+
+def _latency_ms(onnx_path: Path, size: int, runs: int = 20) -> float:
+    import numpy as np
+
+    from model.export import ort_session
+
+    session = ort_session(onnx_path, threads=1)
+    x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
+    session.run(None, {"images": x})
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, {"images": x})
+        times.append((time.perf_counter() - start) * 1e3)
+    return float(np.median(times))
+
+
+def evaluate_step(checkpoint: str | os.PathLike, fp32_dir: str | os.PathLike, int8_dir: str | os.PathLike,
+                  dataset_dir: str | os.PathLike, config: str, int8_variant: str = "int8_qat", min_ap50: float = 0.0,
+                  max_model_mb: float = 5.0, max_latency_ms: float = 250.0, serve_precision: str = "fp32",
+                  val_limit: int = 0, parent_run_id: str = "", step_runs: dict[str, str] | None = None,
+                  experiment: str = DEFAULT_EXPERIMENT, report_path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Quality gates: ``mouaadnet.gates.run_gates`` (FP32 ONNX == PyTorch, INT8 drops within limits, INT8 size)
+    plus the pipeline's own: FP32 AP50 >= ``min_ap50``, served file <= ``max_model_mb``, ORT batch-1 latency of
+    the served file <= ``max_latency_ms``. Returns {"passed", "primary_metric", "metrics", "failed"}."""
+    from model.artifacts import load_model_checkpoint
+    from mouaadnet.gates import Gate, load_eval_sets, run_gates
+
+    adopted = adopt_runs(parent_run_id, step_runs or {})
+    cfg = train_config(config, dataset_dir)
+    with step_run("evaluate", parent_run_id, experiment) as run:
+        mlflow = _mlflow()
+        model, mcfg = load_model_checkpoint(checkpoint)
+        fp32, int8 = Path(fp32_dir) / "model.onnx", Path(int8_dir) / "model.onnx"
+        caps = [s.max_val for s in [*cfg.data.scene, *cfg.data.crop] if s.max_val]
+        sets = load_eval_sets(val_specs(cfg), val_limit or (max(caps) if caps else None))
+        report = run_gates(sets, model, [fp32], {int8_variant: [int8]}, mcfg.scene_size, mcfg.crop_size,
+                           threshold=cfg.score_threshold, gated=int8_variant)
+        scene_sets = [n for n, m in report.modes.items() if m == "scene"]
+        ap50 = min((float(report.metrics["fp32"][n].get("AP50", float("nan"))) for n in scene_sets), default=float("nan"))
+        served = int8 if serve_precision == "int8" else fp32
+        size_mb = served.stat().st_size / 1e6
+        latency = _latency_ms(served, int(_onnx_size(served)))
+        report.gates += [
+            Gate("fp32_ap50_min", math.isfinite(ap50) and ap50 >= min_ap50, ap50, min_ap50, "FP32 ONNX person AP50"),
+            Gate("served_file_mb", size_mb <= max_model_mb, size_mb, max_model_mb, served.parent.name),
+            Gate("served_latency_ms", latency <= max_latency_ms, latency, max_latency_ms, "ORT batch 1, 1 thread, p50"),
+        ]
+        flat = {f"{variant}_{key}": float(value)
+                for variant, by_set in report.metrics.items() for name, metrics in by_set.items()
+                for key, value in metrics.items() if name in scene_sets and key in ("AP50", "AP50_95", "gender_accuracy",
+                                                                                    "age_mae")
+                and isinstance(value, (int, float)) and math.isfinite(value)}
+        flat.update({"served_mb": size_mb, "latency_ms": latency, "gates_passed": float(report.passed)})
+        mlflow.log_metrics(flat)
+        mlflow.log_dict(report.to_dict(), "gates.json")
+        mlflow.set_tags({"gates_passed": str(report.passed).lower(), "adopted": json.dumps(adopted)})
+        text = report.format()
+        mlflow.log_text(text, "gates.txt")
+        if report_path:
+            Path(report_path).write_text(text + "\n")
+        print(text, flush=True)
+        primary = flat.get(PRIMARY_METRIC, ap50 if math.isfinite(ap50) else -1.0)
+        if parent_run_id:
+            client = _client()
+            for key in ("fp32_AP50", "int8_qat_AP50", "int8_ptq_AP50", "served_mb", "latency_ms", "gates_passed"):
+                if key in flat:
+                    client.log_metric(parent_run_id, key, flat[key])
+            client.set_tag(parent_run_id, "gates_passed", str(report.passed).lower())
+        return {"passed": report.passed, "primary_metric": float(primary), "metrics": flat,
+                "failed": [g.name for g in report.failed], "run_id": run.info.run_id}
+
+
+def _onnx_size(path: Path) -> int:
+    import onnx
+
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return dims[3].dim_value or 320
+
+
+def publish_step(onnx_dir: str | os.PathLike, triton_repo: str | os.PathLike, model_id: str = "",
+                 primary_metric: float = float("nan"), backend: str = "python", registered_model: str = DEFAULT_REGISTERED_MODEL,
+                 triton_model: str = "detector", parent_run_id: str = "", kfp_run_id: str = "",
+                 experiment: str = DEFAULT_EXPERIMENT) -> dict[str, Any]:
+    """Publish to the Triton repository (next version, sha256-checked), register the logged ONNX model in the
+    MLflow Model Registry, alias it ``candidate`` and move ``champion`` when it beats the current champion on
+    the primary metric. Tags link registry version <-> Triton version and sha256."""
+    from mouaadnet.serving.publish import publish
+
+    artifact = Path(onnx_dir) / ("model.plan" if backend == "tensorrt" else "model.onnx")
+    with step_run("publish", parent_run_id, experiment) as run:
+        mlflow = _mlflow()
+        client = _client()
+        published = publish(artifact, triton_repo, model=triton_model, backend=backend)
+        uri = model_id if "/" in model_id or ":" in model_id else f"models:/{model_id}"
+        version = mlflow.register_model(uri, registered_model, tags={
+            "triton_model": triton_model, "triton_version": str(published.version), "sha256": published.sha256,
+            "triton_repo": str(Path(triton_repo).resolve()), "backend": backend, PRIMARY_METRIC: f"{primary_metric}",
+            "pipeline_run_id": parent_run_id, KFP_RUN_TAG: kfp_run_id})
+        client.set_registered_model_alias(registered_model, "candidate", version.version)
+        champion = _champion(client, registered_model)
+        promote = champion is None or (math.isfinite(primary_metric) and primary_metric > champion[1])
+        if promote:
+            client.set_registered_model_alias(registered_model, "champion", version.version)
+        mlflow.log_params({"registered_model": registered_model, "registry_version": version.version,
+                           "triton_version": published.version, "backend": backend})
+        mlflow.set_tags({"sha256": published.sha256, "champion": str(promote).lower(),
+                         "previous_champion": "" if champion is None else champion[0]})
+        # the published version's own sidecar points back at the registry
+        meta_path = published.path / f"{artifact.name}.json"
+        meta = json.loads(meta_path.read_text())
+        meta["registry"] = {"model": registered_model, "version": str(version.version), "uri": uri}
+        meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+        if parent_run_id:
+            client.set_tag(parent_run_id, "registry_version", str(version.version))
+            client.set_tag(parent_run_id, "triton_version", str(published.version))
+        return {"registry_version": str(version.version), "triton_version": published.version,
+                "sha256": published.sha256, "champion": promote, "path": str(published.path),
+                "run_id": run.info.run_id}
+
+
+def _champion(client, name: str) -> tuple[str, float] | None:
+    try:
+        current = client.get_model_version_by_alias(name, "champion")
+    except Exception:  # noqa: BLE001 - MlflowException when the alias does not exist
+        return None
+    try:
+        return current.version, float(current.tags.get(PRIMARY_METRIC, "nan"))
+    except ValueError:
+        return current.version, float("nan")

@@ -1,0 +1,1 @@
+"""Kubeflow pipeline definitions (`mouaadnet.py`) and their compiled specs (`mouaadnet.yaml`)."""

@@ -1,0 +1,98 @@
+"""The pipeline's MLflow lineage against a real `mlflow server` (sqlite + SeaweedFS S3 artifacts, 127.0.0.1).
+
+Calls the same step functions the Kubeflow components call (mouaadnet.pipeline_steps), on a random-weight
+64 px model, so it checks the tracking/registry/artifact path without paying for training:
+parent run + child runs, the ONNX models logged with mlflow.onnx.log_model landing in S3 under
+mlflow/<exp>/models/<model_id>/artifacts/, a registry version with aliases candidate/champion and tags linking it
+to the Triton version and sha256, and the exit handler ending the parent FAILED after a failing step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("kfp")
+
+from _serving_utils import copy_repo  # noqa: E402
+
+from mouaadnet.tracking import PROJECT_ROOT  # noqa: E402
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path) -> Path:
+    import torch
+
+    from model import ModelConfig, build_model
+
+    cfg = ModelConfig(scene_size=64, crop_size=32)
+    from conftest import randomize_batchnorm
+
+    torch.manual_seed(0)
+    model = randomize_batchnorm(build_model(cfg).eval())  # distinct scores: no ties in the top-K parity check
+    path = tmp_path / "train" / "best.pt"
+    path.parent.mkdir()
+    torch.save({"model": model.state_dict(), "model_config": cfg.model_dump()}, path)
+    return path
+
+
+def test_lineage_registry_and_s3_artifacts(mlflow_server_uri, s3_service, tiny_checkpoint, tmp_path):
+    from mlflow import MlflowClient
+
+    from model.artifacts import sha256_file
+    from mouaadnet import dvc_data
+    from mouaadnet import pipeline_steps as steps
+
+    dvc_data.ensure_data(PROJECT_ROOT)
+    data = PROJECT_ROOT / "data"
+    exp = "pipeline-server-test"
+    parent = steps.start_pipeline_run(exp, {"epochs": 1, "config": "model: {}\n", "data_version": "x.dir"}, "kfp-1")
+    fused = steps.reparameterize_step(tiny_checkpoint, data, tmp_path / "deploy", exp)
+    exported = steps.export_step(tmp_path / "deploy" / "deploy.pt", data, tmp_path / "fp32", tmp_path / "int8",
+                                 None, size=320, experiment=exp)
+    adopted = steps.adopt_runs(parent, {"reparameterize": fused["run_id"], "export_onnx": exported["run_id"]})
+    from mlflow import MlflowClient as _C
+
+    assert adopted == {"reparameterize": "child", "export_onnx": "child"}, (parent, _C().get_run(fused["run_id"]).data.tags)
+    triton = copy_repo(tmp_path / "triton_repo")
+    published = steps.publish_step(tmp_path / "fp32", triton, exported["fp32_model_id"], 0.25,
+                                   registered_model="mouaadnet-server-test", parent_run_id=parent,
+                                   kfp_run_id="kfp-1", experiment=exp)
+    assert steps.finish_pipeline_run(exp, "kfp-1", "SUCCEEDED") == parent
+
+    client = MlflowClient(mlflow_server_uri)
+    run = client.get_run(parent)
+    assert run.info.status == "FINISHED" and run.data.tags["pipeline.kfp_run_id"] == "kfp-1"
+    assert run.data.params["epochs"] == "1" and run.data.tags["git_commit"]
+    kids = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert {k.data.tags["pipeline.step"] for k in kids} == {"reparameterize", "export_onnx", "publish"}
+    # the ONNX models went through the server's artifact proxy into SeaweedFS
+    keys = s3_service.list_keys("mlflow/")
+    model_id = exported["fp32_model_id"]
+    assert any(k.endswith(f"models/{model_id}/artifacts/model.onnx") for k in keys), keys[:20]
+    # registry: version + aliases + tags that link it to Triton
+    version = client.get_model_version_by_alias("mouaadnet-server-test", "candidate")
+    assert client.get_model_version_by_alias("mouaadnet-server-test", "champion").version == version.version
+    onnx = triton / "detector" / str(published["triton_version"]) / "model.onnx"
+    assert version.tags["sha256"] == sha256_file(onnx) == published["sha256"]
+    assert version.tags["triton_version"] == str(published["triton_version"])
+
+    # a second candidate with a worse primary metric stays candidate; champion does not move
+    second = steps.publish_step(tmp_path / "fp32", triton, exported["fp32_model_id"], 0.1,
+                                registered_model="mouaadnet-server-test", experiment=exp)
+    assert second["champion"] is False
+    assert client.get_model_version_by_alias("mouaadnet-server-test", "candidate").version == second["registry_version"]
+    assert client.get_model_version_by_alias("mouaadnet-server-test", "champion").version == version.version
+
+    # a failing step: its child run ends FAILED, and the exit handler ends the parent FAILED
+    parent2 = steps.start_pipeline_run(exp, {}, "kfp-2")
+    with pytest.raises(steps.PipelineStepError):
+        steps.prepare_data(tmp_path / "ds", PROJECT_ROOT, data_version="0" * 32 + ".dir", experiment=exp)
+    assert steps.finish_pipeline_run(exp, "kfp-2", "FAILED", "prepare-data: refused") == parent2
+    failed = client.get_run(parent2)
+    assert failed.info.status == "FAILED" and failed.data.tags["pipeline.error"] == "prepare-data: refused"
+    orphans = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent2}'")
+    assert [o.info.status for o in orphans] == ["FAILED"]

@@ -1,0 +1,121 @@
+"""The compiled pipeline spec (golden file, no credentials) and the request `pipeline submit` sends."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+
+pytest.importorskip("kfp")
+
+from mouaadnet.cli_pipeline import PIPELINE_SPEC, compile_pipeline, pipeline_arguments, submit  # noqa: E402
+
+
+def test_compiled_spec_matches_golden_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("MOUAADNET_IMAGE", raising=False)
+    import components.image as image
+
+    monkeypatch.setattr(image, "IMAGE", image.DEFAULT_IMAGE)
+    fresh = compile_pipeline(tmp_path / "mouaadnet.yaml").read_text()
+    assert fresh == PIPELINE_SPEC.read_text(), (
+        "pipelines/mouaadnet.yaml is stale: run `mouaadnet pipeline compile` and commit it")
+
+
+def test_spec_has_no_credentials_and_the_expected_structure():
+    text = PIPELINE_SPEC.read_text()
+    for needle in ("AWS_SECRET_ACCESS_KEY=", "aws_secret_access_key", "password:", "BEGIN PRIVATE KEY"):
+        assert needle not in text
+    assert not re.search(r"AKIA[0-9A-Z]{16}", text)
+    docs = list(yaml.safe_load_all(text))
+    spec, platform = docs[0], docs[1]
+    assert spec["sdkVersion"] == "kfp-2"
+    executors = spec["deploymentSpec"]["executors"]
+    assert {"exec-prepare-data", "exec-train", "exec-reparameterize", "exec-qat", "exec-export-onnx",
+            "exec-compile-tensorrt", "exec-evaluate", "exec-publish", "exec-start-run", "exec-finish-run"} <= set(executors)
+    for executor in executors.values():
+        assert executor["container"]["image"] == "ghcr.io/mouaadnet/mouaadnet-ultra:0.1.0"
+        assert "pip install" not in json.dumps(executor["container"]["command"])  # install_kfp_package=False
+    gpu = executors["exec-compile-tensorrt"]["container"]["resources"]["accelerator"]
+    assert gpu["resourceType"] == "nvidia.com/gpu" and gpu["resourceCount"] == "1"
+    # credentials come from a Kubernetes Secret by name, for every task
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(k8s) == set(executors)
+    for conf in k8s.values():
+        assert conf["secretAsEnv"][0]["secretName"] == "mouaadnet-credentials"
+        assert conf["secretAsEnv"][0]["optional"] is True
+    tasks = {**spec["root"]["dag"]["tasks"]}
+    exit_dag = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    assert tasks["finish-run"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert exit_dag["prepare-data"]["retryPolicy"]["maxRetryCount"] == 3
+    assert exit_dag["train"]["cachingOptions"].get("enableCache") is True
+    assert not exit_dag["evaluate"]["cachingOptions"].get("enableCache")
+    conditions = [t["triggerPolicy"]["condition"] for t in exit_dag.values() if "triggerPolicy" in t]
+    assert any("build_tensorrt" in c for c in conditions)
+    assert any("gate-decision" in c and "fp32" in c for c in conditions)  # publish only when the gates pass
+
+
+class _FakeUrllib3Response:
+    def __init__(self, status: int, payload: dict):
+        self.status, self.reason = status, "OK"
+        self.data = json.dumps(payload).encode()
+        self.headers = {"Content-Type": "application/json"}
+
+    def getheaders(self):
+        return self.headers
+
+    def getheader(self, name, default=None):
+        return self.headers.get(name, default)
+
+
+def test_submit_builds_the_run_request(monkeypatch, tmp_path):
+    """kfp.Client against a fake HTTP layer: the run request carries the spec, the arguments and the experiment."""
+    from kfp_server_api import rest
+
+    calls = []
+
+    def fake_request(self, method, url, query_params=None, headers=None, body=None, post_params=None,
+                     _preload_content=True, _request_timeout=None):
+        calls.append({"method": method, "url": url, "query": query_params, "body": body, "headers": headers})
+        if url.endswith("/healthz"):
+            payload = {"multi_user": False}
+        elif url.endswith("/experiments") and method == "GET":
+            payload = {"experiments": []}
+        elif url.endswith("/experiments") and method == "POST":
+            payload = {"experiment_id": "exp-123", "display_name": body["display_name"]}
+        elif url.endswith("/runs") and method == "POST":
+            payload = {"run_id": "run-456", "display_name": body["display_name"], "experiment_id": "exp-123"}
+        else:
+            raise AssertionError(f"unexpected request {method} {url}")
+        return rest.RESTResponse(_FakeUrllib3Response(200, payload))
+
+    monkeypatch.setattr(rest.RESTClientObject, "request", fake_request)
+    args = pipeline_arguments(epochs=2, build_tensorrt=True)
+    result = submit("http://kfp.example:8080", args, experiment="mouaadnet-tests", run_name="r1")
+    assert result == {"run_id": "run-456", "url": "http://kfp.example:8080/#/runs/details/run-456"}
+    posts = [c for c in calls if c["method"] == "POST"]
+    assert posts[0]["url"] == "http://kfp.example:8080/apis/v2beta1/experiments"
+    assert posts[0]["body"]["display_name"] == "mouaadnet-tests"
+    run = posts[-1]
+    assert run["url"] == "http://kfp.example:8080/apis/v2beta1/runs"
+    body = run["body"]
+    assert body["display_name"] == "r1" and body["experiment_id"] == "exp-123"
+    spec = body["pipeline_spec"]  # {"pipeline_spec": ..., "platform_spec": ...} when a platform spec exists
+    assert spec["pipeline_spec"]["pipelineInfo"]["name"] == "mouaadnet-ultra"
+    assert spec["platform_spec"]["platforms"]["kubernetes"]  # the Kubernetes Secret wiring travels with it
+    params = body["runtime_config"]["parameters"]
+    assert params["epochs"] == 2 and params["build_tensorrt"] is True
+    assert params["data_version"].endswith(".dir") and "scene_size" in params["config"]
+    assert "AWS_SECRET_ACCESS_KEY" not in json.dumps(params)
+
+
+def test_config_paths_are_rerooted_at_the_dataset(tmp_path):
+    from mouaadnet.pipeline_steps import load_config_text, train_config
+
+    text = load_config_text("configs/pipeline.yaml", repo_dir=PIPELINE_SPEC.parents[1])
+    cfg = train_config(text, tmp_path / "ds", epochs=2, steps_per_epoch=7)
+    assert cfg.data.scene[0].path == str(tmp_path / "ds" / "train" / "annotations.json")
+    assert cfg.data.scene[0].val == str(tmp_path / "ds" / "val" / "annotations.json")
+    assert (cfg.optim.epochs, cfg.optim.steps_per_epoch) == (2, 7)
+    assert load_config_text(text) == text
