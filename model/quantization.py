@@ -15,8 +15,9 @@ plain fused conv being hard to fine-tune; it is handled by
 The alternative placement (QAT on the training form, branches on their own grids, fused afterwards) is kept as
 ``placement="before_reparam"`` only to measure it: the FP32 / PTQ / QAT-after / QAT-before comparison on the
 synthetic validation sets (AP50, gender accuracy, age MAE, file size) and its command are in docs/BENCHMARKS.md,
-"Compression (issue 4)" (pending: the 200-step runs on the smoke checkpoint had not finished when this
-was written; see that section).
+"Compression (issue 4)". Measured on the smoke checkpoint (200 QAT steps each): QAT after re-parameterization
+keeps person AP50 at 0.775 (FP32 0.796) and crop age MAE at 6.7 years (FP32 6.2); QAT before it collapses to
+AP50 0.001 and MAE 26 years once the fused kernels are quantized.
 Activations: per-tensor fake-quant at every conv input, range tracked by an EMA of min/max; asymmetric QUInt8
 ("u8", ONNX Runtime's fast U8S8 path on x86) or symmetric QInt8 with zero point 0 ("s8", what TensorRT requires).
 
