@@ -15,6 +15,8 @@ from mouaadnet.evaluate import EvalSet
 from mouaadnet.fingerprint import data_fingerprint
 from mouaadnet.train_config import DataConfig, SourceConfig
 
+SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
+
 
 @dataclass
 class ModeData:
@@ -36,7 +38,10 @@ def source_name(spec: str) -> str:
     if ":" in spec and not Path(spec).exists():
         return spec.split(":")[0]
     path = Path(spec)
-    return path.parent.name if path.suffix == ".json" else path.name
+    if path.suffix == ".json":
+        path = path.parent
+    # coco_person/train -> coco_person: a split folder's name says nothing about the dataset
+    return path.parent.name if path.name in SPLIT_NAMES and path.parent.name else path.name
 
 
 def _subsample(samples: list[Sample], limit: int | None, seed: int) -> list[Sample]:

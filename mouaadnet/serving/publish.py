@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -23,6 +22,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from model.artifacts import sha256_file
 
 BACKENDS = {"python": "model.onnx", "onnxruntime": "model.onnx", "tensorrt": "model.plan"}
 DEFAULT_MODEL = "detector"
@@ -42,14 +43,6 @@ class Published:
     sha256: str
     backend: str
     removed: list[int]
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def find_sidecar(artifact: Path) -> Path | None:
