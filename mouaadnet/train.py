@@ -301,6 +301,19 @@ class Trainer:
         return improved
 
 
+def append_history(history: dict[str, list[float]], metrics: dict[str, float], epoch: int) -> None:
+    """Add one epoch; a metric absent this epoch (NaN, e.g. no matched person yet) is NaN, so every list stays
+    aligned with history["epoch"]."""
+    done = len(history.get("epoch", []))
+    for name in set(history) | set(metrics):
+        if name == "epoch":
+            continue
+        series = history.setdefault(name, [])
+        series.extend([float("nan")] * (done - len(series)))
+        series.append(metrics.get(name, float("nan")))
+    history.setdefault("epoch", []).append(epoch)
+
+
 def _log_plots(history: dict[str, list[float]], results: list[EvalResult]) -> None:
     import mlflow
 
@@ -354,9 +367,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
             val_metrics, results = trainer.validate()
             metrics.update(val_metrics)
             metrics["bad_samples"] = float(trainer.bad_samples())
-            for name, value in metrics.items():
-                trainer.history[name].append(value)
-            trainer.history["epoch"].append(epoch + 1)
+            append_history(trainer.history, metrics, epoch + 1)
             score = val_metrics.get(cfg.best_metric, float("nan"))
             improved = trainer.save(metrics, score)
             mlflow.log_metrics(metrics, step=epoch + 1)

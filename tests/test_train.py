@@ -136,6 +136,19 @@ def test_failure_mid_run_leaves_run_failed_or_killed(tmp_path, tracking, monkeyp
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 0  # the finished epoch is kept
 
 
+def test_history_stays_aligned_when_a_metric_appears_late():
+    from mouaadnet.train import append_history
+
+    history: dict[str, list[float]] = {}
+    append_history(history, {"loss": 3.0}, 1)
+    append_history(history, {"loss": 2.0, "val/x/gender_accuracy": 0.9}, 2)
+    append_history(history, {"loss": 1.0}, 3)
+    assert history["epoch"] == [1, 2, 3]
+    assert history["loss"] == [3.0, 2.0, 1.0]
+    acc = history["val/x/gender_accuracy"]
+    assert len(acc) == 3 and math.isnan(acc[0]) and acc[1] == 0.9 and math.isnan(acc[2])
+
+
 def test_flatten_config_for_mlflow():
     flat = flatten(tiny_config().model_dump())
     assert flat["model.scene_size"] == 64 and flat["data.crop.0.path"] == "synthetic-crops:24:1"
