@@ -89,6 +89,8 @@ def run_bench(cfg: ModelConfig | None = None, model: torch.nn.Module | None = No
     """
     cfg = cfg or ModelConfig()
     sizes = sizes or {"scene": cfg.scene_size, "crop": cfg.crop_size}
+    if model is None:
+        torch.manual_seed(0)  # reproducible random weights: export's parity check then sees the same graph every run
     train = (model or build_model(cfg)).eval()
     deploy = reparameterize_model(train)
     tmp = tempfile.TemporaryDirectory() if workdir is None else None

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from mouaadnet.tracking import PROJECT_ROOT
 
 PROGRESS = re.compile(r"Executing task|finished with status|^\s*epoch \d|gates (PASSED|FAILED)|^\s*\[(PASS|FAIL)|"
@@ -57,17 +59,13 @@ def ground_truth(annotations: Path) -> dict[str, list[dict]]:
     return people
 
 
-def _iou(a: list[float], b: list[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def format_comparison(name: str, found: list[dict], truth: list[dict]) -> list[str]:
     """One image: predicted people beside the labelled ones (matched at IoU >= 0.5)."""
-    matched = sum(1 for t in truth if any(_iou(t["box"], p["box"]) >= 0.5 for p in found))
+    from mouaadnet.evaluate import MATCH_IOU, box_iou
+
+    iou = box_iou(np.array([t["box"] for t in truth], np.float32).reshape(-1, 4),
+                  np.array([p["box"] for p in found], np.float32).reshape(-1, 4))
+    matched = int((iou >= MATCH_IOU).any(axis=1).sum()) if iou.size else 0
     lines = [f"  {name}: found {len(found)}, ground truth {len(truth)}, matched {matched}"]
     for i in range(max(len(found), len(truth))):
         left = right = ""
