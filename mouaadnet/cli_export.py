@@ -264,6 +264,9 @@ def qat(
     steps: Annotated[int, typer.Option(help="Fine-tuning steps (after the calibration batches).")] = 200,
     lr: Annotated[float, typer.Option(help="Peak learning rate (cosine-decayed).")] = 1e-4,
     calib_steps: Annotated[int, typer.Option(help="Batches measuring activation ranges and BN statistics.")] = 8,
+    freeze_bn_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="Last fraction of the steps with the "
+                                                      "re-inserted BN statistics frozen; 1.0 = all steps (the default, "
+                                                      "why: model/quantization.py).")] = 1.0,
     activation: Annotated[ActOpt, typer.Option(help="Activation grid: u8 (ORT x86) or s8 (TensorRT).")] = ActOpt.u8,
     placement: Annotated[PlacementOpt, typer.Option(help="after_reparam (the method) or before_reparam (the "
                                                          "measured alternative, docs/BENCHMARKS.md).")
@@ -287,14 +290,17 @@ def qat(
         _fail("qat: give --data and/or --config", 2)
     try:
         summary = run_qat(checkpoint, cfg, out, steps=steps, lr=lr, calib_steps=calib_steps, act=activation.value,
+                          freeze_bn_fraction=freeze_bn_fraction,
                           progress=not quiet, placement=placement.value)
     except (CheckpointError, FileNotFoundError, ValueError) as error:
         _fail(f"qat failed: {error}", 2)
     typer.echo(f"QAT: {summary.steps} steps in {summary.seconds:.0f} s")
-    typer.echo(f"{'metric':<44} {'before (float)':>15} {'after (fake-quant)':>19}")
+    typer.echo(f"{'metric':<44} {'before (float)':>15} {'QAT weights, float':>19} {'after (fake-quant)':>19}")
     for key in sorted(set(summary.before) | set(summary.after)):
         if any(k in key for k in ("AP50", "gender_accuracy", "age_mae", "score")):
-            typer.echo(f"{key:<44} {summary.before.get(key, float('nan')):>15.4f} {summary.after.get(key, float('nan')):>19.4f}")
+            values = (summary.before, summary.after_float, summary.after)
+            typer.echo(f"{key:<44} {values[0].get(key, float('nan')):>15.4f} {values[1].get(key, float('nan')):>19.4f}"
+                       f" {values[2].get(key, float('nan')):>19.4f}")
     typer.echo(f"wrote {summary.out}")
 
 

@@ -4,8 +4,10 @@ The method (placement after re-parameterization, re-inserted BN, per-channel wei
 ``model.quantization.qat_finetune``; this module feeds it what training uses: the checkpoint's (EMA) weights,
 mixed scene/crop batches from ``mouaadnet.train.BatchStream`` over ``load_training_data`` (crop steps at the
 config's ``crop_fraction``), and ``model.losses.MultiTaskLoss``. Validation metrics (``evaluate_sets``) are
-measured before (float model) and after (QAT model with fake-quant on, i.e. simulated INT8) and saved in the
-checkpoint's sidecar.
+measured before (float model), after (QAT model with fake-quant on, i.e. simulated INT8) and on the QAT weights
+with fake-quant off, and saved in the checkpoint's sidecar. The last one separates the two effects a gate
+"INT8 vs FP32" sees: what the extra fine-tuning steps changed (float before -> QAT weights in float) and what
+quantization costs on those weights (QAT weights in float -> fake-quant on).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from model.losses import MultiTaskLoss
-from model.quantization import qat_finetune, save_qat_checkpoint
+from model.quantization import qat_finetune, save_qat_checkpoint, set_fake_quant
 from mouaadnet.checkpoint import model_from_checkpoint
 from mouaadnet.evaluate import evaluate_sets, flat_metrics
 from mouaadnet.train import BatchStream, seed_everything, step_modes
@@ -31,6 +33,7 @@ class QATSummary:
     seconds: float
     before: dict[str, float]  # flat validation metrics of the float model ("val/<set>/<metric>")
     after: dict[str, float]  # same, QAT model with fake-quant on (simulated INT8)
+    after_float: dict[str, float] = field(default_factory=dict)  # same, QAT weights with fake-quant off
     losses: list[float] = field(default_factory=list)
 
 
@@ -58,7 +61,7 @@ def qat_batches(cfg: TrainConfig, data: TrainingData, total: int, epoch: int = 0
 
 
 def run_qat(checkpoint: str | Path, cfg: TrainConfig, out: str | Path, steps: int = 200, lr: float = 1e-4,
-            calib_steps: int = 8, act: Literal["u8", "s8"] = "u8", freeze_bn_fraction: float = 0.3,
+            calib_steps: int = 8, act: Literal["u8", "s8"] = "u8", freeze_bn_fraction: float = 1.0,
             data: TrainingData | None = None, progress: bool = True,
             placement: Literal["after_reparam", "before_reparam"] = "after_reparam") -> QATSummary:
     """QAT fine-tune ``checkpoint`` on ``cfg.data`` with ``cfg.loss``; writes ``out`` (+ sidecar). ``cfg.model``
@@ -91,10 +94,13 @@ def run_qat(checkpoint: str | Path, cfg: TrainConfig, out: str | Path, steps: in
                        calib_steps=calib_steps, freeze_bn_fraction=freeze_bn_fraction, log=log, placement=placement)
     seconds = time.perf_counter() - start
     after = measure(qat)
+    set_fake_quant(qat, False)
+    after_float = measure(qat)
+    set_fake_quant(qat, True)
     out = save_qat_checkpoint(qat, out, cfg.model.model_dump())
     write_sidecar(out, f"fp32-folded-qat-{act}", source=checkpoint,
-                  metrics={"before": before, "after_fake_quant": after},
+                  metrics={"before": before, "after_fake_quant": after, "after_float": after_float},
                   extra={"form": "deploy", "steps": steps, "lr": lr, "calib_steps": calib_steps, "act": act,
                          "freeze_bn_fraction": freeze_bn_fraction, "placement": placement, "seconds": round(seconds, 1),
                          "data_fingerprint": data.fingerprint, "source_epoch": state.get("epoch")})
-    return QATSummary(Path(out), steps, seconds, before, after, losses)
+    return QATSummary(Path(out), steps, seconds, before, after, after_float, losses)

@@ -126,7 +126,8 @@ def test_qat_command_on_synthetic_data(exported):
     data = torch.load(out, weights_only=True)
     assert data["form"] == "deploy" and data["qat"]["ranges"]
     sidecar = json.loads((tmp / "qat.pt.json").read_text())
-    assert set(sidecar["metrics"]) == {"before", "after_fake_quant"}
+    assert set(sidecar["metrics"]) == {"before", "after_fake_quant", "after_float"}
+    assert "QAT weights, float" in res.output
     res = CliRunner().invoke(app, ["export", str(out), "--out", str(tmp / "qat.crop.int8.onnx"), "--mode", "crop",
                                    "--int8", "qat", "--calib-data", "synthetic-crops:8:1", "--num-calib", "8",
                                    "--val-data", VAL[1]])

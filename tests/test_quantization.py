@@ -62,6 +62,46 @@ def test_qat_finetune_runs_and_folds(tmp_path):
         assert _max_diff(loaded(x), plain(x)) <= 1e-5
 
 
+def test_calibration_measures_the_inputs_the_deploy_form_sees():
+    torch.manual_seed(0)
+    model = randomize_batchnorm(build_model(SMALL).eval())
+    deploy = reparameterize_model(model)
+    batch = {"images": torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))}
+    seen = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: seen.setdefault(name, args[0].detach()))
+             for name, m in deploy.named_modules() if type(m) is torch.nn.Conv2d]
+    with torch.no_grad():
+        deploy(batch["images"])
+    for hook in hooks:
+        hook.remove()
+    qat = qat_finetune(model, [batch], distillation_loss(deploy), steps=0, calib_steps=1)
+    ranges = {name: m.act_range for name, m in qat.named_modules() if isinstance(m, QATConv2d)}
+    assert len(seen) == len(ranges) > 10
+    for name, x in seen.items():  # one batch: the range is exactly its min / max
+        torch.testing.assert_close(ranges[name], torch.stack([x.min(), x.max()]), rtol=1e-4, atol=1e-5)
+
+
+def test_default_finetune_keeps_bn_statistics_from_calibration():
+    # Batch statistics of small mixed scene/crop batches differ from the running ones used at inference; the
+    # default schedule therefore freezes the re-inserted BNs for all steps (model/quantization.py).
+    torch.manual_seed(0)
+    model = randomize_batchnorm(build_model(SMALL).eval())
+    gen = torch.Generator().manual_seed(1)
+    calib = [{"images": torch.rand(2, 3, 64, 64, generator=gen)} for _ in range(2)]
+    shifted = [{"images": torch.rand(2, 3, 64, 64, generator=gen) * 4.0} for _ in range(3)]
+    stats = {}
+    for fraction in (1.0, 0.0):
+        torch.manual_seed(2)  # the attribute head's dropout is active in train mode
+        qat = qat_finetune(model, calib + shifted, distillation_loss(reparameterize_model(model)), steps=3,
+                           lr=1e-4, calib_steps=2, freeze_bn_fraction=fraction)
+        stats[fraction] = torch.cat([m.bn.running_var for m in qat.modules() if isinstance(m, QATConv2d)])
+    torch.manual_seed(2)
+    reference = qat_finetune(model, calib, distillation_loss(reparameterize_model(model)), steps=0, calib_steps=2)
+    calibrated = torch.cat([m.bn.running_var for m in reference.modules() if isinstance(m, QATConv2d)])
+    assert torch.equal(stats[1.0], calibrated)
+    assert not torch.allclose(stats[0.0], calibrated)  # unfrozen, the shifted batches move them
+
+
 def test_qat_int8_export_has_qdq_and_agrees_with_fake_quant_model(tmp_path):
     _, _, qat = _setup(steps=4)
     fp32 = tmp_path / "qat.fp32.onnx"
