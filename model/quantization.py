@@ -14,16 +14,18 @@ plain fused conv being hard to fine-tune; it is handled by
      back, so the result is again a plain conv network whose weights sit on the grid they were trained for.
      Why from the start: training batches here are small and alternate between scene images and person crops,
      whose activation statistics differ a lot, so a train-mode BN normalises each batch with statistics unlike
-     the running ones used at inference. Measured on the smoke checkpoint (200 steps, fake-quant model): BN
-     statistics updated for the first 70 % of the steps took person AP50 from 0.796 to 0.775 at lr 1e-4 and to
-     0.528 at lr 2e-5 with a distillation loss; frozen throughout, the same task-loss fine-tune reaches 0.812.
-     The BN then acts as a trainable per-channel scale and shift around the fake-quantized folded kernel.
-The alternative placement (QAT on the training form, branches on their own grids, fused afterwards) is kept as
-``placement="before_reparam"`` only to measure it: the FP32 / PTQ / QAT-after / QAT-before comparison on the
-synthetic validation sets (AP50, gender accuracy, age MAE, file size) and its command are in docs/BENCHMARKS.md,
-"Compression (issue 4)". Measured on the smoke checkpoint (200 QAT steps each): QAT after re-parameterization
-keeps person AP50 at 0.775 (FP32 0.796) and crop age MAE at 6.7 years (FP32 6.2); QAT before it collapses to
-AP50 0.001 and MAE 26 years once the fused kernels are quantized.
+     the running ones used at inference. Measured on the smoke checkpoint (200 steps, lr 1e-4, ORT INT8):
+     statistics updated for the first 70 % of the steps give person AP50 0.781 and crop age MAE 5.16 y; frozen
+     throughout, 0.800 and 4.29 y. The BN then acts as a trainable per-channel scale and shift around the
+     fake-quantized folded kernel.
+Calibration (``calibrate_qat``) runs the plain convs on real batches with dropout off, so every range and
+statistic is that of an activation inference sees.
+Placement, measured (docs/BENCHMARKS.md, "Compression (issue 4)", two seeds, ORT INT8 on the synthetic validation
+sets): after re-parameterization AP50 0.800 / 0.789, crop age MAE 4.29 / 3.97 y; before it 0.813 / 0.789 and
+4.40 / 4.02 y. On this small network with per-channel weight scales the two are within noise of each other;
+after is kept because it trains exactly the kernels the INT8 graph runs (before, the branches are trained on
+their own grids and the fused sum is re-quantized at export, which the fine-tune never saw), and it needs no
+second fusion. ``placement="before_reparam"`` is kept to measure the alternative.
 Activations: per-tensor fake-quant at every conv input, range tracked by an EMA of min/max; asymmetric QUInt8
 ("u8", ONNX Runtime's fast U8S8 path on x86) or symmetric QInt8 with zero point 0 ("s8", what TensorRT requires).
 
