@@ -130,8 +130,26 @@ def paired_overhead(calls: dict, reference: str, rounds: int = 300) -> dict:
             for name, v in times.items()}
 
 
-def process_tree_rss(pid: int) -> dict:
-    """RSS (MiB) of ``pid`` and of its descendants (the Python-backend stubs)."""
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def add_floor_model(repo: Path, source: str = "detector", name: str = "floor") -> Path:
+    """Model ``name``: ``source``'s config (same I/O, batching, instances) served by ``floor_model.py`` (no work)."""
+    config = (repo / source / "config.pbtxt").read_text().replace(f'name: "{source}"', f'name: "{name}"', 1)
+    version = repo / name / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    (repo / name / "config.pbtxt").write_text(config)
+    (version / "model.py").write_text((Path(__file__).parent / "floor_model.py").read_text())
+    return repo / name
+
+
+def process_tree_rss(pid: int, exclude: str | None = None) -> dict:
+    """RSS (MiB) of ``pid`` and of its descendants (the Python-backend stubs), leaving out descendants whose
+    command line contains ``exclude`` (the benchmark's own `floor` model)."""
     parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -144,6 +162,8 @@ def process_tree_rss(pid: int) -> dict:
     while frontier:
         frontier = [c for c, p in parents.items() if p in frontier]
         tree += frontier
+    if exclude:
+        tree = [tree[0]] + [p for p in tree[1:] if exclude not in _cmdline(p)]
 
     def rss(p: int) -> float:
         try:
@@ -161,7 +181,7 @@ def process_tree_rss(pid: int) -> dict:
 
 
 def main(onnx: Path | None = None, seconds: float = 20.0, levels: list[int] | None = None, out: Path | None = None,
-         json_out: Path | None = None, rounds: int = 4, echo=None) -> dict:
+         json_out: Path | None = None, rounds: int = 4, echo=None, paired_rounds: int = 300) -> dict:
     import tritonclient.grpc as grpcclient
 
     from .onnx_model import OrtModel, export_standin_onnx
@@ -187,6 +207,7 @@ def main(onnx: Path | None = None, seconds: float = 20.0, levels: list[int] | No
         if version.name != "1":
             shutil.rmtree(version)
     publish(onnx, repo)
+    add_floor_model(repo)
     photo = bench_photo()
     cfg = ServerConfig(repo=repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     results: dict = {"model": model_label, "photo_bytes": len(photo), "photo_px": "640x640 JPEG q90",
@@ -197,7 +218,7 @@ def main(onnx: Path | None = None, seconds: float = 20.0, levels: list[int] | No
     tensor = preprocess_batch([photo], 320)[0]
     with TritonServer(cfg, log_path=work / "triton.log") as server:
         url = server.grpc_url
-        results["rss_idle"] = process_tree_rss(server.pid)
+        results["rss_idle"] = process_tree_rss(server.pid, exclude="/floor/")
 
         def ensemble_call():
             client = grpcclient.InferenceServerClient(url)
@@ -206,16 +227,16 @@ def main(onnx: Path | None = None, seconds: float = 20.0, levels: list[int] | No
             outs = [grpcclient.InferRequestedOutput(n) for n in ("boxes", "scores", "gender", "age", "count")]
             return lambda: client.infer("mouaadnet", [inp], outputs=outs, client_timeout=60)
 
-        def detector_call():
+        def detector_call(model: str = "detector"):
             client = grpcclient.InferenceServerClient(url)
             inp = grpcclient.InferInput("images", list(tensor.shape), "FP32")
             inp.set_data_from_numpy(tensor)
-            return lambda: client.infer("detector", [inp], client_timeout=60)
+            return lambda: client.infer(model, [inp], client_timeout=60)
 
         shm_regions: list = []
         shm_ids = itertools.count()
 
-        def detector_shm_call():
+        def detector_shm_call(model: str = "detector"):
             """Same tensor through system shared memory (same-host clients): the request carries a reference."""
             import tritonclient.utils.shared_memory as shm
 
@@ -229,7 +250,7 @@ def main(onnx: Path | None = None, seconds: float = 20.0, levels: list[int] | No
 
             def call():
                 shm.set_shared_memory_region(handle, [tensor])  # the client's copy is part of the cost
-                return client.infer("detector", [inp], client_timeout=60)
+                return client.infer(model, [inp], client_timeout=60)
             return call
 
         # in-process: two single-threaded sessions, as the two `detector` instances (intra_op_threads 1)
@@ -253,10 +274,13 @@ def main(onnx: Path | None = None, seconds: float = 20.0, levels: list[int] | No
         paths = {"ensemble": ensemble_call, "ort_pipeline": ort_pipeline_call, "detector": detector_call,
                  "detector_shm": detector_shm_call, "ort_model": ort_model_call}
         results.update(run_interleaved(paths, levels, seconds, rounds, echo))
-        results["rss_loaded"] = process_tree_rss(server.pid)
+        results["rss_loaded"] = process_tree_rss(server.pid, exclude="/floor/")
         echo("paired single-request overhead (interleaved) ...")
+        ping = grpcclient.InferenceServerClient(url)
         results["paired"] = paired_overhead({"triton_grpc": detector_call(), "triton_shm": detector_shm_call(),
-                                             "ort": lambda: ort(tensor)}, "ort")
+                                             "floor_grpc": detector_call("floor"), "floor_shm": detector_shm_call("floor"),
+                                             "grpc_ping": lambda: ping.is_server_live(), "ort": lambda: ort(tensor)},
+                                            "ort", paired_rounds)
         echo(f"  {results['paired']}")
         stats = grpcclient.InferenceServerClient(url).get_inference_statistics(as_json=True)
         results["triton_stats"] = {
@@ -294,16 +318,18 @@ def render(r: dict, seconds: float, levels: list[int]) -> str:
     stats = "\n".join(f"| `{name}` | {v['queue']:.2f} | {v['compute_input']:.2f} | {v['compute_infer']:.2f} | "
                       f"{v['compute_output']:.2f} |" for name, v in sorted(r.get("triton_stats", {}).items()))
     best = r["ensemble"][levels[-1]]
+    onnx_arg = f" --onnx {r['model']}" if str(r["model"]).endswith(".onnx") else ""
     pr = r["paired"]
     return f"""{SECTION}
 
-Command: `.venv/bin/mouaadnet bench-serve --out docs/BENCHMARKS.md` ({seconds:.0f} s per level; bounded load, 127.0.0.1
+Command: `.venv/bin/mouaadnet bench-serve{onnx_arg} --out docs/BENCHMARKS.md` ({seconds:.0f} s per level; bounded load, 127.0.0.1
 only). Server: the `tritonserver` 2.51 of the `nvidia-pytriton` 0.7.0 wheel (CPU, Python backend; `detector` = ONNX
 Runtime inside a Python-backend model, 2 instances x 1 intra-op thread), started by `mouaadnet.serving.server`.
 Model: {r['model']}. Input: {r['photo_px']} ({r['photo_bytes']:,} bytes), one image per request, each
 client thread with its own gRPC channel. Every path gets {seconds:.0f} s per level as {r['rounds']} windows taken in
-turn with the other paths, so load changes from other jobs hit all paths alike. Machine: {r['machine']}, shared with other jobs while measured: load
-average (1/5/15 min) {r['loadavg_start']} at the start, {r['loadavg_end']} at the end; with a load above 2 on 2 cores
+turn with the other paths, so load changes from other jobs hit all paths alike. Machine: {r['machine']}; load
+average (1/5/15 min) {r['loadavg_start']} at the start, {r['loadavg_end']} at the end (the benchmark's own client
+threads and server included; a start below 1 means no other job was running); with a load above 2 on 2 cores
 every process hand-off (client -> server -> stub) waits for a time slice, which in-process calls never do.
 
 | path | concurrency | p50 ms | p99 ms | images/s | requests | failed |
@@ -317,6 +343,13 @@ every process hand-off (client -> server -> stub) waits for a time slice, which 
   **{pr['triton_grpc']['overhead_p50_ms']:+.2f} ms** (p50 {pr['triton_grpc']['p50_ms']:.2f} ms), tensor via system
   shared memory **{pr['triton_shm']['overhead_p50_ms']:+.2f} ms** (p50 {pr['triton_shm']['p50_ms']:.2f} ms); best case
   (min) {pr['triton_grpc']['min_ms']:.2f} / {pr['triton_shm']['min_ms']:.2f} / {pr['ort']['min_ms']:.2f} ms (target <= 1.5 ms).
+- Floor, same rounds: model `floor` has the detector's config (same I/O, batching, instances) and does no work
+  (`mouaadnet/serving/floor_model.py` returns zeros), so its latency is what Triton, the Python backend and this
+  Python client cost by themselves: p50 **{pr['floor_grpc']['p50_ms']:.2f} ms** (tensor in gRPC) /
+  **{pr['floor_shm']['p50_ms']:.2f} ms** (shared memory); a gRPC `ServerLive` ping from the same client:
+  {pr['grpc_ping']['p50_ms']:.2f} ms. The model-step overhead cannot go below the floor with this server (Python
+  backend only); the native `onnxruntime` backend (`triton_repo/detector/configs/`) is what would remove the
+  stub hop.
 - Memory (RSS): idle server {r['rss_idle']['server_mib']} MiB + {r['rss_idle']['stub_processes']} stubs
   {r['rss_idle']['stubs_mib']} MiB = {r['rss_idle']['total_mib']} MiB; after the ensemble load
   {r['rss_loaded']['total_mib']} MiB.
