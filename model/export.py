@@ -169,11 +169,12 @@ def _load(path: Path):
                                   f"{type(error).__name__}: {error}") from None
 
 
-def validate_onnx(path: str | Path, mode: Mode | None = None):
+def validate_onnx(path: str | Path, mode: Mode | None = None, contract: bool = True):
     """Load and check an ONNX file: full checker, strict shape inference, and the documented I/O contract.
 
-    ``mode`` None infers it from the outputs. Returns the ModelProto; raises ``OnnxValidationError`` naming
-    the file on a truncated, corrupt or non-conforming model.
+    ``mode`` None infers it from the outputs. ``contract=False`` skips the I/O contract (a benchmark peer's
+    graph). Returns the ModelProto; raises ``OnnxValidationError`` naming the file on a truncated, corrupt or
+    non-conforming model.
     """
     import onnx
 
@@ -189,6 +190,8 @@ def validate_onnx(path: str | Path, mode: Mode | None = None):
     opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
     if opset < MIN_OPSET:
         raise OnnxValidationError(f"{path}: opset {opset} is below {MIN_OPSET}")
+    if not contract:
+        return proto
     io = describe_io(proto)
     outs = [o["name"] for o in io["outputs"]]
     if mode is None:
@@ -336,7 +339,7 @@ def _int8_nodes(proto, float_stem: bool) -> list[str]:
 
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: torch.Tensor,
                   activation: Literal["u8", "s8"] = "u8", overrides: dict | None = None,
-                  calibrate_method: str = "MinMax", float_stem: bool = True) -> Path:
+                  calibrate_method: str = "MinMax", float_stem: bool = True, contract: bool = True) -> Path:
     """Static INT8 quantization with ONNX Runtime: QDQ format, per-channel symmetric INT8 weights.
 
     ``calibration``: float32 [N,3,S,S] real images (``load_images``). ``activation`` "u8" (QUInt8 activations:
@@ -345,14 +348,15 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: torc
     ``TensorQuantOverrides`` (e.g. activation ranges learned by QAT). Only body nodes are quantized; the decode
     tail stays float. ``float_stem``: keep the first conv (3 input channels) in FP32: ONNX Runtime's U8S8
     QLinearConv is ~2x slower than its FP32 NCHWc kernel there (profiled on this CPU, docs/BENCHMARKS.md) and
-    the input is then quantized after it. The result is validated like every export.
+    the input is then quantized after it. The result is validated like every export (``contract=False``: without
+    the I/O contract, for the benchmark's peer graph).
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
-    proto = validate_onnx(fp32_path)
+    proto = validate_onnx(fp32_path, contract=contract)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     pre = out_path.with_name(out_path.stem + ".pre.onnx")
     try:
@@ -369,7 +373,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: torc
     finally:
         pre.unlink(missing_ok=True)
     _copy_io_shapes(proto, out_path)
-    validate_onnx(out_path)
+    validate_onnx(out_path, contract=contract)
     return out_path
 
 

@@ -1,6 +1,8 @@
 """`mouaadnet bench`: latency / throughput of every form of the model on this CPU, and the INT8 process RSS.
 
-Backends: PyTorch eager (training form, deploy form), ONNX Runtime FP32 and INT8 QDQ (U8S8). Each setting is
+Backends: PyTorch eager (training form, deploy form), ONNX Runtime FP32 and INT8 QDQ (U8S8), and a peer in the
+same run: the YOLOv8n architecture (``mouaadnet.peers``) in ONNX Runtime FP32 and INT8, exported and quantized
+the same way (scene size only). Each setting is
 timed after warm-up; ORT sessions run with idle-thread spinning off so sessions timed in turn don't steal
 each other's cores. Peak RSS is measured in a fresh subprocess that only loads the INT8 model and runs it.
 """
@@ -81,7 +83,7 @@ def run_bench(cfg: ModelConfig | None = None, model: torch.nn.Module | None = No
               threads: tuple[int, ...] = (1, 2), runs: int = 200, warmup: int = 20,
               calibration: torch.Tensor | None = None, workdir: str | Path | None = None,
               backends: tuple[str, ...] = ("torch-train", "torch-deploy", "ort-fp32", "ort-int8"),
-              ) -> dict:
+              peer: bool = True) -> dict:
     """Benchmark every backend x mode x batch x threads; returns {"rows": [...], "rss_mb": ..., "files": ...}.
 
     ``model``: training form (random weights from ``cfg`` when None: speed does not depend on the weights).
@@ -135,12 +137,36 @@ def run_bench(cfg: ModelConfig | None = None, model: torch.nn.Module | None = No
                         rows.append(Row(backend, mode, size, batch, n, p50, p90, batch / mean * 1e3, size_mb))
         if "ort-int8" in backends and "scene" in sizes:
             rss = process_peak_rss_mb(work / f"scene{sizes['scene']}.int8.onnx", sizes["scene"])
+        if peer and "scene" in sizes:
+            peer_rows, peer_files, peer_rss = _bench_peer(work, sizes["scene"], batches, threads, runs, warmup)
+            rows += peer_rows
+            files.update(peer_files)
     finally:
         torch.set_num_threads(old_threads)
         if tmp:
             tmp.cleanup()
     return {"rows": [asdict(r) for r in rows], "rss_mb": rss, "files_mb": files, "runs": runs, "warmup": warmup,
-            "cpu": _cpu_name(), "cores": os.cpu_count()}
+            "cpu": _cpu_name(), "cores": os.cpu_count(), "peer_rss_mb": peer_rss if peer and "scene" in sizes else None}
+
+
+def _bench_peer(work: Path, size: int, batches: tuple[int, ...], threads: tuple[int, ...], runs: int,
+                warmup: int) -> tuple[list[Row], dict[str, float], float]:
+    """Rows, file sizes and INT8 process peak RSS of the YOLOv8n-architecture peer at ``size`` (scene input)."""
+    from mouaadnet.peers import export_yolov8n_like
+
+    fp32, int8 = work / f"peer{size}.onnx", work / f"peer{size}.int8.onnx"
+    export_yolov8n_like(fp32, size)
+    quantize_int8(fp32, int8, torch.rand(8, 3, size, size, generator=torch.Generator().manual_seed(0)), contract=False)
+    rows = []
+    for batch in batches:
+        x = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
+        for n in threads:
+            for name, path in (("peer-yolov8n-ort-fp32", fp32), ("peer-yolov8n-ort-int8", int8)):
+                sess = ort_session(path, threads=n)
+                p50, p90, mean = time_fn(lambda sess=sess: sess.run(None, {"images": x}), runs, warmup)
+                rows.append(Row(name, "scene", size, batch, n, p50, p90, batch / mean * 1e3, path.stat().st_size / 1e6))
+    files = {"peer yolov8n fp32": fp32.stat().st_size / 1e6, "peer yolov8n int8": int8.stat().st_size / 1e6}
+    return rows, files, process_peak_rss_mb(int8, size)
 
 
 def _cpu_name() -> str:
@@ -165,6 +191,8 @@ def markdown(result: dict) -> str:
                      f"{r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['images_per_s']:.1f} | {mb} |")
     if result["rss_mb"] is not None:
         lines += ["", f"Peak RSS of an ORT INT8 inference process (scene, batch 1, 1 thread): {result['rss_mb']:.1f} MiB"]
+    if result.get("peer_rss_mb") is not None:
+        lines.append(f"Same for the peer (YOLOv8n architecture, INT8): {result['peer_rss_mb']:.1f} MiB")
     if result["files_mb"]:
         lines.append("Files: " + ", ".join(f"{k} {v:.3f} MB" for k, v in result["files_mb"].items()))
     return "\n".join(lines)
