@@ -15,14 +15,14 @@ plain fused conv being hard to fine-tune; it is handled by
      Why from the start: training batches here are small and alternate between scene images and person crops,
      whose activation statistics differ a lot, so a train-mode BN normalises each batch with statistics unlike
      the running ones used at inference. Measured on the smoke checkpoint (200 steps, lr 1e-4, ORT INT8):
-     statistics updated for the first 70 % of the steps give person AP50 0.781 and crop age MAE 5.16 y; frozen
-     throughout, 0.800 and 4.29 y. The BN then acts as a trainable per-channel scale and shift around the
+     statistics updated for the first 70 % of the steps give person AP50 0.810 and crop age MAE 5.15 y; frozen
+     throughout, 0.810 and 4.28 y. The BN then acts as a trainable per-channel scale and shift around the
      fake-quantized folded kernel.
 Calibration (``calibrate_qat``) runs the plain convs on real batches with dropout off, so every range and
 statistic is that of an activation inference sees.
 Placement, measured (docs/BENCHMARKS.md, "Compression (issue 4)", two seeds, ORT INT8 on the synthetic validation
-sets): after re-parameterization AP50 0.800 / 0.789, crop age MAE 4.29 / 3.97 y; before it 0.813 / 0.789 and
-4.40 / 4.02 y. On this small network with per-channel weight scales the two are within noise of each other;
+sets): after re-parameterization AP50 0.810 / 0.810, crop age MAE 4.28 / 3.98 y; before it 0.819 / 0.801 and
+4.38 / 4.02 y. On this small network with per-channel weight scales the two are within noise of each other;
 after is kept because it trains exactly the kernels the INT8 graph runs (before, the branches are trained on
 their own grids and the fused sum is re-quantized at export, which the fine-tune never saw), and it needs no
 second fusion. ``placement="before_reparam"`` is kept to measure the alternative.

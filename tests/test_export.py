@@ -104,6 +104,16 @@ def test_int8_ptq_qdq_runs_and_is_small(scene_onnx, tmp_path):
     for node in proto.graph.node:
         if node.op_type in ("TopK", "Exp", "Softmax"):
             assert producers[node.input[0]].op_type != "DequantizeLinear", node.name
+    # the head's last convs (logits the decode reads) stay float; the body's other convs read INT8 weights
+    tail = {n.name for n in proto.graph.node if n.op_type == "Conv" and n.name.startswith("/model/detection/")
+            and n.name.rsplit("/", 2)[-2] in ("heatmap", "size", "offset")}
+    assert len(tail) == 3
+    for node in proto.graph.node:
+        if node.op_type == "Conv" and node.name.startswith("/model/"):
+            weight_from = producers.get(node.input[1])
+            quantized = weight_from is not None and weight_from.op_type == "DequantizeLinear"
+            stem = node.input[0] == "images"  # the first conv stays FP32 too (float_stem)
+            assert quantized == (node.name not in tail and not stem), node.name
 
 
 def test_sidecar_roundtrip(scene_onnx, tmp_path):
