@@ -329,16 +329,39 @@ def body_nodes(proto) -> list[str]:
     return [n.name for n in proto.graph.node if n.name.startswith("/model/") and n.op_type in QUANT_OP_TYPES]
 
 
-def tail_convs(proto) -> list[str]:
-    """Body convs whose output leaves the body: the head logits the decode tail reads (heatmap, sizes, ...)."""
+PASS_THROUGH_OPS = ("Slice", "Split", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")
+
+
+def tail_nodes(proto) -> list[str]:
+    """Body convs whose output leaves the body, directly or through shape-only ops (``PASS_THROUGH_OPS``, e.g.
+    the Slice splitting the attribute logits into gender and age), and those ops: the head logits the decode
+    tail reads (heatmap, sizes, offsets, attribute logits)."""
     body = set(body_nodes(proto))
     graph_outputs = {o.name for o in proto.graph.output}
-    consumers: dict[str, list[str]] = {}
+    consumers: dict[str, list] = {}
     for node in proto.graph.node:
         for name in node.input:
-            consumers.setdefault(name, []).append(node.name)
-    return [n.name for n in proto.graph.node if n.name in body and n.op_type == "Conv" and (
-        n.output[0] in graph_outputs or any(c not in body for c in consumers.get(n.output[0], [])))]
+            consumers.setdefault(name, []).append(node)
+
+    def reaches_tail(node, path: list[str]) -> bool:
+        leaves = False
+        for output in node.output:
+            if output in graph_outputs:
+                leaves = True
+            for consumer in consumers.get(output, []):
+                if consumer.name not in body:
+                    leaves = True
+                elif consumer.op_type in PASS_THROUGH_OPS and reaches_tail(consumer, path):
+                    path.append(consumer.name)
+                    leaves = True
+        return leaves
+
+    tail: list[str] = []
+    for node in proto.graph.node:
+        path: list[str] = []
+        if node.name in body and node.op_type == "Conv" and reaches_tail(node, path):
+            tail += [node.name, *path]
+    return tail
 
 
 def _int8_nodes(proto, float_stem: bool, float_tail: bool) -> list[str]:
@@ -347,7 +370,7 @@ def _int8_nodes(proto, float_stem: bool, float_tail: bool) -> list[str]:
         stem = next((n.name for n in proto.graph.node if n.op_type == "Conv" and n.name.startswith("/model/")), None)
         nodes = [n for n in nodes if n != stem]
     if float_tail:
-        tail = set(tail_convs(proto))
+        tail = set(tail_nodes(proto))
         nodes = [n for n in nodes if n not in tail]
     return nodes
 
@@ -364,10 +387,10 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: torc
     ``TensorQuantOverrides`` (e.g. activation ranges learned by QAT). Only body nodes are quantized; the decode
     tail stays float. ``float_stem``: keep the first conv (3 input channels) in FP32: ONNX Runtime's U8S8
     QLinearConv is ~2x slower than its FP32 NCHWc kernel there (profiled on this CPU, docs/BENCHMARKS.md) and
-    the input is then quantized after it. ``float_tail``: keep the head's last convs (``tail_convs``: heatmap,
-    size, offset and attribute logits) in FP32: ORT would put their outputs, the logits the decode ranks and
-    exponentiates, on an 8-bit grid; on the smoke QAT checkpoint that cost 1.0 pt AP50 (0.810 -> 0.800), for
-    convs with 1-2 output channels that take no measurable time. The result is validated like every export
+    the input is then quantized after it. ``float_tail``: keep the head's last convs (``tail_nodes``: heatmap,
+    size, offset and attribute logits, 1 to 102 output channels) in FP32: ORT would put their outputs, the
+    logits the decode ranks and exponentiates, on an 8-bit grid; on the smoke QAT checkpoint that cost 1.0 pt
+    AP50 (0.810 -> 0.800) for no measurable latency (docs/BENCHMARKS.md). The result is validated like every export
     (``contract=False``: without the I/O contract, for the benchmark's peer graph).
     """
     import onnx

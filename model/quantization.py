@@ -26,7 +26,9 @@ sets): after re-parameterization AP50 0.810 / 0.810, crop age MAE 4.28 / 3.98 y;
 after is kept because it trains exactly the kernels the INT8 graph runs (before, the branches are trained on
 their own grids and the fused sum is re-quantized at export, which the fine-tune never saw), and it needs no
 second fusion. ``placement="before_reparam"`` is kept to measure the alternative.
-Activations: per-tensor fake-quant at every conv input, range tracked by an EMA of min/max; asymmetric QUInt8
+Activations: per-tensor fake-quant at every conv input, range measured during calibration and tracked by an EMA
+of min/max for as long as the BN statistics are updated; freezing BN freezes the ranges with it (the two are
+one schedule: with the default, the ranges are the calibrated ones and the weights learn to fit them); asymmetric QUInt8
 ("u8", ONNX Runtime's fast U8S8 path on x86) or symmetric QInt8 with zero point 0 ("s8", what TensorRT requires).
 
 Library: core ops only (``torch.fake_quantize_per_channel_affine`` / ``torch.fake_quantize_per_tensor_affine``
@@ -241,7 +243,7 @@ def qat_finetune(model: nn.Module, batches: Iterable[dict], loss_fn: Callable, s
 
 
 def freeze_batchnorm(model: nn.Module) -> None:
-    """Stop updating BN statistics: the BNs use (and keep) their running mean/var from now on."""
+    """Stop updating BN statistics and activation ranges: both keep their current values from now on."""
     for m in _qat_modules(model).values():
         m.bn_frozen, m.observe = True, False
 

@@ -265,8 +265,8 @@ def qat(
     lr: Annotated[float, typer.Option(help="Peak learning rate (cosine-decayed).")] = 1e-4,
     calib_steps: Annotated[int, typer.Option(help="Batches measuring activation ranges and BN statistics.")] = 8,
     freeze_bn_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="Last fraction of the steps with the "
-                                                      "re-inserted BN statistics frozen; 1.0 = all steps (the default, "
-                                                      "why: model/quantization.py).")] = 1.0,
+                                                      "re-inserted BN statistics and the activation ranges frozen; 1.0 "
+                                                      "= all steps (the default, why: model/quantization.py).")] = 1.0,
     activation: Annotated[ActOpt, typer.Option(help="Activation grid: u8 (ORT x86) or s8 (TensorRT).")] = ActOpt.u8,
     placement: Annotated[PlacementOpt, typer.Option(help="after_reparam (the method) or before_reparam (the "
                                                          "measured alternative, docs/BENCHMARKS.md).")

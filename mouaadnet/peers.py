@@ -6,7 +6,8 @@ conv+BN+SiLU, C2f, SPPF, PAN-FPN with nearest upsampling, decoupled anchor-free 
 classes), no code taken from Ultralytics. Its parameter count (3.16 M) matches the published 3.2 M, which is
 the check that the layers are the same. Weights are random: speed does not depend on them. The export ends like
 an Ultralytics ONNX export, one tensor ``output0`` [N, 84, anchors] (xywh in input pixels + class
-probabilities, no NMS), so its decode cost is comparable to the decode in MouaadNet's graph.
+probabilities, no NMS). INT8 treats it like MouaadNet: the body is quantized, the decode and the head's last
+convs (the logits) stay FP32.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def _branch(c_in: int, c_mid: int, c_out: int) -> nn.Sequential:
 
 
 class YoloV8nLike(nn.Module):
-    """Backbone (P3..P5), PAN neck and head of YOLOv8n; forward returns ``output0`` [N, 4 + 80, anchors]."""
+    """Backbone (P3..P5), PAN neck and head of YOLOv8n; ``decode`` turns its raw maps into ``output0``."""
 
     def __init__(self):
         super().__init__()
@@ -99,34 +100,41 @@ class YoloV8nLike(nn.Module):
         n5 = self.bottom_up5(torch.cat([self.down4(n4), p5], 1))
         return [n3, n4, n5]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        boxes, classes, centres, strides = [], [], [], []
-        for level, (feature, stride) in enumerate(zip(self.features(x), STRIDES)):
-            n, _, h, w = feature.shape
-            boxes.append(self.box[level](feature).reshape(n, 4 * REG_MAX, h * w))
-            classes.append(self.cls[level](feature).reshape(n, NUM_CLASSES, h * w))
-            ys, xs = torch.meshgrid(torch.arange(h, dtype=x.dtype), torch.arange(w, dtype=x.dtype), indexing="ij")
-            centres.append(torch.stack([xs.reshape(-1), ys.reshape(-1)]) + 0.5)
-            strides.append(torch.full((1, h * w), float(stride)))
-        box, cls = torch.cat(boxes, 2), torch.cat(classes, 2)
-        n, _, anchors = box.shape
-        # DFL: expected distance from a softmax over 16 bins, per side (left, top, right, bottom)
-        dist = (box.reshape(n, 4, REG_MAX, anchors).softmax(2) * self.bins).sum(2)
-        centre, stride = torch.cat(centres, 1), torch.cat(strides, 1)
-        lt, rb = dist[:, :2], dist[:, 2:]
-        xywh = torch.cat([centre + (rb - lt) / 2, lt + rb], 1) * stride
-        return torch.cat([xywh, cls.sigmoid()], 1)
+    def forward(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Raw head maps per level: box distribution logits [N, 64, H, W] and class logits [N, 80, H, W]."""
+        return [(self.box[i](f), self.cls[i](f)) for i, f in enumerate(self.features(x))]
+
+
+def decode(levels: list[tuple[torch.Tensor, torch.Tensor]], bins: torch.Tensor) -> torch.Tensor:
+    """``output0`` [N, 4 + 80, anchors]: DFL box decoding to xywh in input pixels, class probabilities."""
+    boxes, classes, centres, strides = [], [], [], []
+    for (box, cls), stride in zip(levels, STRIDES):
+        n, _, h, w = box.shape
+        boxes.append(box.reshape(n, 4 * REG_MAX, h * w))
+        classes.append(cls.reshape(n, NUM_CLASSES, h * w))
+        ys, xs = torch.meshgrid(torch.arange(h, dtype=box.dtype), torch.arange(w, dtype=box.dtype), indexing="ij")
+        centres.append(torch.stack([xs.reshape(-1), ys.reshape(-1)]) + 0.5)
+        strides.append(torch.full((1, h * w), float(stride)))
+    box, cls = torch.cat(boxes, 2), torch.cat(classes, 2)
+    n, _, anchors = box.shape
+    # DFL: expected distance from a softmax over 16 bins, per side (left, top, right, bottom)
+    dist = (box.reshape(n, 4, REG_MAX, anchors).softmax(2) * bins).sum(2)
+    centre, stride = torch.cat(centres, 1), torch.cat(strides, 1)
+    lt, rb = dist[:, :2], dist[:, 2:]
+    xywh = torch.cat([centre + (rb - lt) / 2, lt + rb], 1) * stride
+    return torch.cat([xywh, cls.sigmoid()], 1)
 
 
 class _Graph(nn.Module):
-    """Wrapper so the exported node names start with '/model/' like MouaadNet's (same INT8 node selection)."""
+    """The network under the '/model/' scope and the decode outside it, as in MouaadNet's export: INT8 then
+    quantizes the same kind of nodes in both graphs (the body), and both decode tails and head logits stay FP32."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: YoloV8nLike):
         super().__init__()
         self.model = net
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)
+        return decode(self.model(images), self.model.bins)
 
 
 def build_yolov8n_like(seed: int = 0) -> YoloV8nLike:

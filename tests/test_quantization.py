@@ -90,15 +90,16 @@ def test_default_finetune_keeps_bn_statistics_from_calibration():
     calib = [{"images": torch.rand(2, 3, 64, 64, generator=gen)} for _ in range(2)]
     shifted = [{"images": torch.rand(2, 3, 64, 64, generator=gen) * 4.0} for _ in range(3)]
     stats = {}
-    for fraction in (1.0, 0.0):
+    for fraction in (None, 0.0):  # None: the default schedule
         torch.manual_seed(2)  # the attribute head's dropout is active in train mode
+        kwargs = {} if fraction is None else {"freeze_bn_fraction": fraction}
         qat = qat_finetune(model, calib + shifted, distillation_loss(reparameterize_model(model)), steps=3,
-                           lr=1e-4, calib_steps=2, freeze_bn_fraction=fraction)
+                           lr=1e-4, calib_steps=2, **kwargs)
         stats[fraction] = torch.cat([m.bn.running_var for m in qat.modules() if isinstance(m, QATConv2d)])
     torch.manual_seed(2)
     reference = qat_finetune(model, calib, distillation_loss(reparameterize_model(model)), steps=0, calib_steps=2)
     calibrated = torch.cat([m.bn.running_var for m in reference.modules() if isinstance(m, QATConv2d)])
-    assert torch.equal(stats[1.0], calibrated)
+    assert torch.equal(stats[None], calibrated)
     assert not torch.allclose(stats[0.0], calibrated)  # unfrozen, the shifted batches move them
 
 
