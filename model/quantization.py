@@ -26,10 +26,11 @@ sets): after re-parameterization AP50 0.810 / 0.810, crop age MAE 4.28 / 3.98 y;
 after is kept because it trains exactly the kernels the INT8 graph runs (before, the branches are trained on
 their own grids and the fused sum is re-quantized at export, which the fine-tune never saw), and it needs no
 second fusion. ``placement="before_reparam"`` is kept to measure the alternative.
-Activations: per-tensor fake-quant at every conv input, range measured during calibration and tracked by an EMA
-of min/max for as long as the BN statistics are updated; freezing BN freezes the ranges with it (the two are
-one schedule: with the default, the ranges are the calibrated ones and the weights learn to fit them); asymmetric QUInt8
-("u8", ONNX Runtime's fast U8S8 path on x86) or symmetric QInt8 with zero point 0 ("s8", what TensorRT requires).
+Activations: per-tensor fake-quant at every conv input, range measured during calibration and tracked by an
+EMA of min/max for as long as the BN statistics are updated; freezing BN freezes the ranges with it (one
+schedule: with the default, the ranges are the calibrated ones and the weights learn to fit them). Asymmetric
+QUInt8 ("u8", ONNX Runtime's fast U8S8 path on x86) or symmetric QInt8 with zero point 0 ("s8", what TensorRT
+requires).
 
 Library: core ops only (``torch.fake_quantize_per_channel_affine`` / ``torch.fake_quantize_per_tensor_affine``
 with straight-through gradients), not a QAT framework. Eager ``torch.ao.quantization`` is deprecated in torch
@@ -217,8 +218,8 @@ def qat_finetune(model: nn.Module, batches: Iterable[dict], loss_fn: Callable, s
     and optionally "mode" ("scene"/"crop", overriding ``mode`` for that batch: mixed streams as in training).
     Schedule: ``calib_steps`` batches measure ranges and BN statistics (no gradient), then ``steps`` AdamW
     steps with cosine-decayed ``lr``, BatchNorm statistics frozen (eval BN, no more updates) for the last
-    ``freeze_bn_fraction`` of them (default: all; see the module docstring). Use ``convert_qat`` for the plain fused model and ``qat_overrides`` for
-    the ranges the INT8 graph must use.
+    ``freeze_bn_fraction`` of them (default: all; see the module docstring). Use ``convert_qat`` for the plain
+    fused model and ``qat_overrides`` for the ranges the INT8 graph must use.
     """
     qat = prepare_qat(model, act, placement)
     source = cycle(batches) if isinstance(batches, (list, tuple)) else batches

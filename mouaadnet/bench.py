@@ -100,7 +100,7 @@ def run_bench(cfg: ModelConfig | None = None, model: torch.nn.Module | None = No
     work.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
     files: dict[str, float] = {}
-    rss = None
+    rss = peer_rss = None
     old_threads = torch.get_num_threads()
     try:
         for mode, size in sizes.items():
@@ -118,23 +118,18 @@ def run_bench(cfg: ModelConfig | None = None, model: torch.nn.Module | None = No
                 xn = x.numpy()
                 for n in threads:
                     for backend in backends:
-                        size_mb = None
-                        if backend.startswith("torch"):
-                            torch.set_num_threads(n)
-                            net = train if backend == "torch-train" else deploy
-
-                            def fn(net=net, x=x, mode=mode):
-                                with torch.inference_mode():
-                                    return net(x, mode=mode)
-                        else:
+                        if backend.startswith("ort"):
                             path = fp32 if backend == "ort-fp32" else int8
-                            size_mb = path.stat().st_size / 1e6
-                            sess = ort_session(path, threads=n)
+                            rows.append(_time_ort(backend, path, mode, xn, n, runs, warmup))
+                            continue
+                        torch.set_num_threads(n)
+                        net = train if backend == "torch-train" else deploy
 
-                            def fn(sess=sess, xn=xn):
-                                return sess.run(None, {"images": xn})
+                        def fn(net=net, x=x, mode=mode):
+                            with torch.inference_mode():
+                                return net(x, mode=mode)
                         p50, p90, mean = time_fn(fn, runs, warmup)
-                        rows.append(Row(backend, mode, size, batch, n, p50, p90, batch / mean * 1e3, size_mb))
+                        rows.append(Row(backend, mode, size, batch, n, p50, p90, batch / mean * 1e3))
         if "ort-int8" in backends and "scene" in sizes:
             rss = process_peak_rss_mb(work / f"scene{sizes['scene']}.int8.onnx", sizes["scene"])
         if peer and "scene" in sizes:
@@ -146,7 +141,15 @@ def run_bench(cfg: ModelConfig | None = None, model: torch.nn.Module | None = No
         if tmp:
             tmp.cleanup()
     return {"rows": [asdict(r) for r in rows], "rss_mb": rss, "files_mb": files, "runs": runs, "warmup": warmup,
-            "cpu": _cpu_name(), "cores": os.cpu_count(), "peer_rss_mb": peer_rss if peer and "scene" in sizes else None}
+            "cpu": _cpu_name(), "cores": os.cpu_count(), "peer_rss_mb": peer_rss}
+
+
+def _time_ort(backend: str, path: Path, mode: str, images: np.ndarray, threads: int, runs: int, warmup: int) -> Row:
+    """One ONNX Runtime row: a session with ``threads`` intra-op threads timed on ``images``."""
+    sess = ort_session(path, threads=threads)
+    p50, p90, mean = time_fn(lambda: sess.run(None, {"images": images}), runs, warmup)
+    batch, size = images.shape[0], images.shape[-1]
+    return Row(backend, mode, size, batch, threads, p50, p90, batch / mean * 1e3, path.stat().st_size / 1e6)
 
 
 def _bench_peer(work: Path, size: int, batches: tuple[int, ...], threads: tuple[int, ...], runs: int,
@@ -162,9 +165,7 @@ def _bench_peer(work: Path, size: int, batches: tuple[int, ...], threads: tuple[
         x = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
         for n in threads:
             for name, path in (("peer-yolov8n-ort-fp32", fp32), ("peer-yolov8n-ort-int8", int8)):
-                sess = ort_session(path, threads=n)
-                p50, p90, mean = time_fn(lambda sess=sess: sess.run(None, {"images": x}), runs, warmup)
-                rows.append(Row(name, "scene", size, batch, n, p50, p90, batch / mean * 1e3, path.stat().st_size / 1e6))
+                rows.append(_time_ort(name, path, "scene", x, n, runs, warmup))
     files = {"peer yolov8n fp32": fp32.stat().st_size / 1e6, "peer yolov8n int8": int8.stat().st_size / 1e6}
     return rows, files, process_peak_rss_mb(int8, size)
 

@@ -14,11 +14,11 @@ from typer.testing import CliRunner
 from model import ModelConfig, build_model, reparameterize_model
 from model.artifacts import read_sidecar, write_sidecar
 from model.export import (
+    PARITY_TOLERANCE,
     OnnxValidationError,
     count_qdq,
     export_onnx,
     load_images,
-    PARITY_TOLERANCE,
     quantize_int8,
     run_onnx,
     validate_onnx,
