@@ -32,7 +32,7 @@ serve-venv: $(SERVE_STAMP)
 test: $(STAMP) $(SERVE_STAMP)
 	$(BIN)/python -m pytest -q
 
-# The main job (mouaadnet/demo.py): default data verified against data.dvc -> the Kubeflow pipeline under kfp.local
+# The main job (mouaadnet/pipeline/demo.py): default data verified against data.dvc -> the Kubeflow pipeline under kfp.local
 # (MLflow runs + registry, publish to triton_repo/) -> Triton on 127.0.0.1 -> validation images through gRPC.
 run: $(STAMP) $(SERVE_STAMP)
 	$(BIN)/mouaadnet demo

@@ -1,8 +1,9 @@
 """Kubeflow Pipelines v2 components, one per pipeline step.
 
 Each component is a lightweight Python component (`@dsl.component(base_image=IMAGE)`) whose body imports the
-library and calls one function of `mouaadnet.pipeline_steps`; files travel as KFP artifacts, small values as
-parameters. `install_kfp_package=False`: the project image already has kfp (and kfp.local runs in the venv).
+library and calls one function of `mouaadnet.pipeline.steps` (the parent run: `mouaadnet.pipeline.lineage`);
+files travel as KFP artifacts, small values as parameters. `install_kfp_package=False`: the project image already
+has kfp (and kfp.local runs in the venv).
 """
 
 from components.compile_tensorrt import compile_tensorrt

@@ -8,6 +8,6 @@ from components.image import IMAGE
 def compile_tensorrt(onnx_model: Input[Model], precision: str, parent_run_id: str, experiment: str,
                      engine: Output[Model]) -> str:
     """TensorRT engine from the ONNX graph (GPU node, image built with the TensorRT base)."""
-    from mouaadnet.pipeline_steps import compile_tensorrt_step
+    from mouaadnet.pipeline.steps import compile_tensorrt_step
 
     return compile_tensorrt_step(onnx_model.path, engine.path, precision, parent_run_id, experiment)["run_id"]

@@ -12,11 +12,11 @@ def evaluate(checkpoint: Input[Model], onnx_fp32: Input[Model], onnx_int8: Input
              serve_precision: str, parent_run_id: str, experiment: str, prepare_run_id: str, train_run_id: str,
              reparam_run_id: str, qat_run_id: str, export_run_id: str, metrics: Output[Metrics]
              ) -> NamedTuple("Evaluated", [("passed", bool), ("publish", str), ("primary_metric", float)]):
-    """Quality gates (mouaadnet.gates + FP32 AP50 / size / latency budgets) -> pass/fail, and what to publish."""
+    """Quality gates (mouaadnet.evaluation.gates + FP32 AP50 / size / latency budgets) -> pass/fail, and what to publish."""
     import os
     from collections import namedtuple
 
-    from mouaadnet.pipeline_steps import evaluate_step
+    from mouaadnet.pipeline.steps import evaluate_step
 
     runs = {"prepare_data": prepare_run_id, "train": train_run_id, "reparameterize": reparam_run_id,
             "qat": qat_run_id, "export_onnx": export_run_id}

@@ -14,7 +14,7 @@ def export_onnx(deploy: Input[Model], qat_model: Input[Model], dataset: Input[Da
     import os
     from collections import namedtuple
 
-    from mouaadnet.pipeline_steps import export_step
+    from mouaadnet.pipeline.steps import export_step
 
     r = export_step(os.path.join(deploy.path, "deploy.pt"), dataset.path, onnx_fp32.path, onnx_int8.path,
                     os.path.join(qat_model.path, "qat.pt"), size, experiment)

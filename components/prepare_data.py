@@ -12,7 +12,7 @@ def prepare_data(data_version: str, repo_dir: str, experiment: str, dataset: Out
     """dvc pull (when a remote is configured), verify (DVC md5 + data check), refuse dirty data, copy it out."""
     from collections import namedtuple
 
-    from mouaadnet.pipeline_steps import prepare_data as step
+    from mouaadnet.pipeline.steps import prepare_data as step
 
     result = step(dataset.path, repo_dir, data_version, experiment)
     dataset.metadata.update({"fingerprint": result["fingerprint"], "files": result["files"]})

@@ -13,7 +13,7 @@ def publish(onnx_model: Input[Model], model_id: str, primary_metric: float, trit
     """Next Triton version + MLflow registry version (alias candidate; champion when it beats the champion)."""
     from collections import namedtuple
 
-    from mouaadnet.pipeline_steps import publish_step
+    from mouaadnet.pipeline.steps import publish_step
 
     r = publish_step(onnx_model.path, triton_repo, model_id, primary_metric, backend, registered_model,
                      parent_run_id=parent_run_id, kfp_run_id=kfp_run_id, experiment=experiment)

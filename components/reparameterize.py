@@ -9,7 +9,7 @@ def reparameterize(checkpoint: Input[Model], dataset: Input[Dataset], experiment
     """Fuse RepVGG branches and Conv+BN, checked against the training form; returns the MLflow run id."""
     import os
 
-    from mouaadnet.pipeline_steps import reparameterize_step
+    from mouaadnet.pipeline.steps import reparameterize_step
 
     result = reparameterize_step(os.path.join(checkpoint.path, "best.pt"), dataset.path, deploy.path, experiment)
     deploy.metadata.update({"params": result["params"], "max_abs_diff": result["max_abs_diff"]})

@@ -13,7 +13,7 @@ def train(dataset: Input[Dataset], config: str, data_fingerprint: str, epochs: i
     """Train on the versioned dataset (config and data fingerprint are inputs, so they key the cache)."""
     from collections import namedtuple
 
-    from mouaadnet.pipeline_steps import train_step
+    from mouaadnet.pipeline.steps import train_step
 
     result = train_step(dataset.path, config, checkpoint.path, epochs, steps_per_epoch, data_fingerprint, experiment)
     for name, value in result["metrics"].items():

@@ -64,7 +64,7 @@ def mouaadnet_pipeline(
 ):
     """config: YAML text or a path relative to repo_dir; data_version: the md5 data.dvc pins (refused if it
     differs); epochs / steps_per_epoch: 0 = the config's; min_ap50, max_model_mb, max_latency_ms: gates on top
-    of mouaadnet.gates; target_backend: python | onnxruntime (Triton backend of the published model);
+    of mouaadnet.evaluation.gates; target_backend: python | onnxruntime (Triton backend of the published model);
     serve_precision: fp32 | int8 (which ONNX is published)."""
     kfp_run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
     exit_task = _with_env(finish_run(experiment=experiment, kfp_run_id=kfp_run_id), cache=False)

@@ -23,7 +23,7 @@ def _require_pipeline_tools() -> None:
 def s3_service(tmp_path_factory):
     """A SeaweedFS S3 endpoint with a static key pair and the bucket `mouaadnet` (shared by the session)."""
     _require_pipeline_tools()
-    from mouaadnet.services import seaweedfs_s3
+    from mouaadnet.pipeline.services import seaweedfs_s3
 
     with seaweedfs_s3(tmp_path_factory.mktemp("seaweedfs"), extra_buckets=("mouaadnet-data",)) as s3:
         yield s3
@@ -32,7 +32,7 @@ def s3_service(tmp_path_factory):
 @pytest.fixture(scope="session")
 def mlflow_tracking_server(tmp_path_factory, s3_service):
     """A real `mlflow server` (sqlite backend, artifacts proxied to s3://mouaadnet/mlflow on SeaweedFS)."""
-    from mouaadnet.services import mlflow_server
+    from mouaadnet.pipeline.services import mlflow_server
 
     with mlflow_server(tmp_path_factory.mktemp("mlflow-server"), s3_service) as server:
         yield server

@@ -6,8 +6,8 @@ from typer.testing import CliRunner
 
 
 def test_bench_quick(tmp_path):
-    from mouaadnet.bench import run_bench
-    from mouaadnet.cli import app
+    from mouaadnet.bench.inference import run_bench
+    from mouaadnet.cli.main import app
 
     result = run_bench(sizes={"scene": 64}, batches=(1,), threads=(1,), runs=5, warmup=1)
     rows = result["rows"]
@@ -27,7 +27,7 @@ def test_bench_quick(tmp_path):
 
 
 def test_peer_has_the_yolov8n_parameter_count():
-    from mouaadnet.peers import build_yolov8n_like
+    from mouaadnet.bench.peers import build_yolov8n_like
 
     # published YOLOv8n: 3,157,200 parameters; the 16 missing are the fixed DFL projection, a buffer here
     assert sum(p.numel() for p in build_yolov8n_like().parameters()) == 3_157_184

@@ -2,7 +2,7 @@ import json
 
 from typer.testing import CliRunner
 
-from mouaadnet.cli import app
+from mouaadnet.cli.main import app
 
 runner = CliRunner()
 

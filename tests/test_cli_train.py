@@ -5,7 +5,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from mouaadnet.cli import app
+from mouaadnet.cli.main import app
 
 runner = CliRunner()
 

@@ -16,8 +16,8 @@ import pytest
 
 pytest.importorskip("dvc", reason="dvc not installed (pip install -e '.[pipeline]')")
 
-from mouaadnet import dvc_data  # noqa: E402
-from mouaadnet.dvc_data import DataVerificationError, DvcError  # noqa: E402
+from mouaadnet.pipeline import dvc_data  # noqa: E402
+from mouaadnet.pipeline.dvc_data import DataVerificationError, DvcError  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
@@ -219,5 +219,5 @@ def test_committed_data_dvc_matches_the_generator(tmp_path):
     try:
         md5 = dvc_data.ensure_data(clone, use_remote=False)
     except DataVerificationError as error:
-        pytest.fail(f"{error}\nIf the default data changed on purpose, re-pin it: python -m mouaadnet.dvc_data track --force")
+        pytest.fail(f"{error}\nIf the default data changed on purpose, re-pin it: python -m mouaadnet.pipeline.dvc_data track --force")
     assert md5 == dvc_data.pinned_md5(REPO_ROOT)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mouaadnet.data.synthetic import synthetic_crops, synthetic_scenes
-from mouaadnet.evaluate import (
+from mouaadnet.evaluation.evaluate import (
     EvalResult,
     box_iou,
     evaluate_crop,

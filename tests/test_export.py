@@ -126,7 +126,7 @@ def test_sidecar_roundtrip(scene_onnx, tmp_path):
 
 
 def test_cli_reparam_and_export(small_model, tmp_path):
-    from mouaadnet.cli import app
+    from mouaadnet.cli.main import app
 
     ckpt = tmp_path / "train.pt"
     torch.save({"model": small_model.state_dict(), "model_config": SMALL.model_dump()}, ckpt)

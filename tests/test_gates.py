@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from model import build_model
 from model.export import export_onnx, quantize_int8
-from mouaadnet.evaluate import evaluate_sets
-from mouaadnet.gates import GateReport, check_gates, load_eval_sets, run_gates
-from mouaadnet.onnx_eval import OnnxModel, dataset_images
+from mouaadnet.evaluation.evaluate import evaluate_sets
+from mouaadnet.evaluation.gates import GateReport, check_gates, load_eval_sets, run_gates
+from mouaadnet.evaluation.onnx_eval import OnnxModel, dataset_images
 
 VAL = ["synthetic:6:12345", "synthetic-crops:12:54321"]
 
@@ -98,7 +98,7 @@ def test_gates_that_must_fail_do_fail(tmp_path):
 
 
 def test_gates_cli_exit_code(exported):
-    from mouaadnet.cli import app
+    from mouaadnet.cli.main import app
 
     _, files, ckpt, tmp = exported
     args = ["gates", *sum((["--data", v] for v in VAL), []), "--fp32", str(files["crop"][0]),
@@ -115,7 +115,7 @@ def test_gates_cli_exit_code(exported):
 
 
 def test_qat_command_on_synthetic_data(exported):
-    from mouaadnet.cli import app
+    from mouaadnet.cli.main import app
 
     _, _, ckpt, tmp = exported
     out = tmp / "qat.pt"

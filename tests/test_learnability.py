@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mouaadnet.train import train
-from mouaadnet.train_config import TrainConfig
+from mouaadnet.training.config import TrainConfig
+from mouaadnet.training.trainer import train
 
 SMOKE = Path(__file__).resolve().parent.parent / "configs" / "smoke.yaml"
 

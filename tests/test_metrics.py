@@ -1,4 +1,4 @@
-"""Tests for mouaadnet.metrics on hand-made inputs with known answers."""
+"""Tests for mouaadnet.evaluation.metrics on hand-made inputs with known answers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ import math
 import numpy as np
 import pytest
 
-from mouaadnet.metrics import age_group_metrics, age_metrics, age_to_group, detection_metrics, gender_metrics
+from mouaadnet.evaluation.metrics import (
+    age_group_metrics,
+    age_metrics,
+    age_to_group,
+    detection_metrics,
+    gender_metrics,
+)
 
 GT_A = [0.0, 0.0, 100.0, 100.0]
 GT_B = [200.0, 200.0, 300.0, 300.0]

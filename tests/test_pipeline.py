@@ -14,7 +14,7 @@ from _serving_utils import copy_repo
 
 pytest.importorskip("kfp")
 
-from mouaadnet.tracking import PROJECT_ROOT  # noqa: E402
+from mouaadnet.pipeline.tracking import PROJECT_ROOT  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -38,7 +38,7 @@ STEPS = {"prepare_data", "train", "reparameterize", "qat", "export_onnx", "evalu
 
 @pytest.fixture(scope="module")
 def pipeline_env(tmp_path_factory):
-    from mouaadnet import dvc_data
+    from mouaadnet.pipeline import dvc_data
 
     dvc_data.ensure_data(PROJECT_ROOT)
     root = tmp_path_factory.mktemp("pipeline")
@@ -54,7 +54,7 @@ def pipeline_env(tmp_path_factory):
 
 
 def run(env, **overrides):
-    from mouaadnet.cli_pipeline import pipeline_arguments, run_local
+    from mouaadnet.pipeline.runner import pipeline_arguments, run_local
 
     config = env["root"] / "tiny.yaml"
     config.write_text(overrides.pop("config_text", TINY))

@@ -1,6 +1,6 @@
 """The pipeline's MLflow lineage against a real `mlflow server` (sqlite + SeaweedFS S3 artifacts, 127.0.0.1).
 
-Calls the same step functions the Kubeflow components call (mouaadnet.pipeline_steps), on a random-weight
+Calls the same step functions the Kubeflow components call (mouaadnet.pipeline.steps), on a random-weight
 64 px model, so it checks the tracking/registry/artifact path without paying for training:
 parent run + child runs, the ONNX models logged with mlflow.onnx.log_model landing in S3 under
 mlflow/<exp>/models/<model_id>/artifacts/, a registry version with aliases candidate/champion and tags linking it
@@ -17,7 +17,7 @@ pytest.importorskip("kfp")
 
 from _serving_utils import copy_repo  # noqa: E402
 
-from mouaadnet.tracking import PROJECT_ROOT  # noqa: E402
+from mouaadnet.pipeline.tracking import PROJECT_ROOT  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -43,17 +43,16 @@ def test_lineage_registry_and_s3_artifacts(mlflow_server_uri, s3_service, tiny_c
     from mlflow import MlflowClient
 
     from model.artifacts import sha256_file
-    from mouaadnet import dvc_data
-    from mouaadnet import pipeline_steps as steps
+    from mouaadnet.pipeline import dvc_data, lineage, steps
 
     dvc_data.ensure_data(PROJECT_ROOT)
     data = PROJECT_ROOT / "data"
     exp = "pipeline-server-test"
-    parent = steps.start_pipeline_run(exp, {"epochs": 1, "config": "model: {}\n", "data_version": "x.dir"}, "kfp-1")
+    parent = lineage.start_pipeline_run(exp, {"epochs": 1, "config": "model: {}\n", "data_version": "x.dir"}, "kfp-1")
     fused = steps.reparameterize_step(tiny_checkpoint, data, tmp_path / "deploy", exp)
     exported = steps.export_step(tmp_path / "deploy" / "deploy.pt", data, tmp_path / "fp32", tmp_path / "int8",
                                  None, size=320, experiment=exp)
-    adopted = steps.adopt_runs(parent, {"reparameterize": fused["run_id"], "export_onnx": exported["run_id"]})
+    adopted = lineage.adopt_runs(parent, {"reparameterize": fused["run_id"], "export_onnx": exported["run_id"]})
     from mlflow import MlflowClient as _C
 
     assert adopted == {"reparameterize": "child", "export_onnx": "child"}, (parent, _C().get_run(fused["run_id"]).data.tags)
@@ -61,7 +60,7 @@ def test_lineage_registry_and_s3_artifacts(mlflow_server_uri, s3_service, tiny_c
     published = steps.publish_step(tmp_path / "fp32", triton, exported["fp32_model_id"], 0.25,
                                    registered_model="mouaadnet-server-test", parent_run_id=parent,
                                    kfp_run_id="kfp-1", experiment=exp)
-    assert steps.finish_pipeline_run(exp, "kfp-1", "SUCCEEDED") == parent
+    assert lineage.finish_pipeline_run(exp, "kfp-1", "SUCCEEDED") == parent
 
     client = MlflowClient(mlflow_server_uri)
     run = client.get_run(parent)
@@ -88,10 +87,10 @@ def test_lineage_registry_and_s3_artifacts(mlflow_server_uri, s3_service, tiny_c
     assert client.get_model_version_by_alias("mouaadnet-server-test", "champion").version == version.version
 
     # a failing step: its child run ends FAILED, and the exit handler ends the parent FAILED
-    parent2 = steps.start_pipeline_run(exp, {}, "kfp-2")
+    parent2 = lineage.start_pipeline_run(exp, {}, "kfp-2")
     with pytest.raises(steps.PipelineStepError):
         steps.prepare_data(tmp_path / "ds", PROJECT_ROOT, data_version="0" * 32 + ".dir", experiment=exp)
-    assert steps.finish_pipeline_run(exp, "kfp-2", "FAILED", "prepare-data: refused") == parent2
+    assert lineage.finish_pipeline_run(exp, "kfp-2", "FAILED", "prepare-data: refused") == parent2
     failed = client.get_run(parent2)
     assert failed.info.status == "FAILED" and failed.data.tags["pipeline.error"] == "prepare-data: refused"
     orphans = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent2}'")

@@ -10,7 +10,7 @@ import yaml
 
 pytest.importorskip("kfp")
 
-from mouaadnet.cli_pipeline import PIPELINE_SPEC, compile_pipeline, pipeline_arguments, submit  # noqa: E402
+from mouaadnet.pipeline.runner import PIPELINE_SPEC, compile_pipeline, pipeline_arguments, submit  # noqa: E402
 
 
 def test_compiled_spec_matches_golden_file(tmp_path, monkeypatch):
@@ -111,7 +111,7 @@ def test_submit_builds_the_run_request(monkeypatch, tmp_path):
 
 
 def test_config_paths_are_rerooted_at_the_dataset(tmp_path):
-    from mouaadnet.pipeline_steps import load_config_text, train_config
+    from mouaadnet.pipeline.params import load_config_text, train_config
 
     text = load_config_text("configs/pipeline.yaml", repo_dir=PIPELINE_SPEC.parents[1])
     cfg = train_config(text, tmp_path / "ds", epochs=2, steps_per_epoch=7)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from mouaadnet.plots import (
+from mouaadnet.evaluation.plots import (
     plot_age_errors,
     plot_age_group_confusion,
     plot_gender_confusion,

@@ -11,7 +11,7 @@ import pytest
 from _serving_utils import copy_repo, tiny_onnx
 from typer.testing import CliRunner
 
-from mouaadnet.cli import app
+from mouaadnet.cli.main import app
 from mouaadnet.serving.publish import PublishError, numeric_versions, publish, sha256_file
 
 

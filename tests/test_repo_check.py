@@ -9,7 +9,7 @@ from _serving_utils import REPO_SRC, copy_repo, tiny_onnx
 from onnx import TensorProto
 from typer.testing import CliRunner
 
-from mouaadnet.cli import app
+from mouaadnet.cli.main import app
 from mouaadnet.serving.repo_check import check_repo, load_config, parse_pbtxt
 
 

@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from mouaadnet.services import LOOPBACK, ManagedProcess, ServiceError, free_ports, mlflow_command
+from mouaadnet.pipeline.services import LOOPBACK, ManagedProcess, ServiceError, free_ports, mlflow_command
 
 # ------------------------------------------------------------------------------- process handling (fast)
 

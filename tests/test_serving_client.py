@@ -10,7 +10,7 @@ from _serving_utils import tiny_onnx
 from PIL import Image
 from typer.testing import CliRunner
 
-from mouaadnet.cli import app
+from mouaadnet.cli.main import app
 
 
 def write_photo(path, h=120, w=200):

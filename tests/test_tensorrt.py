@@ -22,7 +22,7 @@ def _cuda() -> bool:
 
 @pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here; the missing-TensorRT path cannot be shown")
 def test_compile_trt_without_tensorrt_exits_3(tmp_path):
-    from mouaadnet.cli import app
+    from mouaadnet.cli.main import app
 
     onnx_path = tmp_path / "m.onnx"
     onnx_path.write_bytes(b"not needed: TensorRT is checked first")

@@ -3,10 +3,11 @@ import math
 import pytest
 import torch
 
-from mouaadnet.checkpoint import CheckpointError, atomic_save, load_checkpoint
-from mouaadnet.train import Trainer, step_modes, train
-from mouaadnet.train_config import SourceConfig, TrainConfig, flatten
-from mouaadnet.training_data import load_training_data
+from mouaadnet.training.checkpoint import CheckpointError, atomic_save, load_checkpoint
+from mouaadnet.training.config import SourceConfig, TrainConfig, flatten
+from mouaadnet.training.recipe import step_modes
+from mouaadnet.training.sources import load_training_data
+from mouaadnet.training.trainer import Trainer, train
 
 
 def tiny_config(**optim) -> TrainConfig:
@@ -137,7 +138,7 @@ def test_failure_mid_run_leaves_run_failed_or_killed(tmp_path, tracking, monkeyp
 
 
 def test_history_stays_aligned_when_a_metric_appears_late():
-    from mouaadnet.train import append_history
+    from mouaadnet.training.trainer import append_history
 
     history: dict[str, list[float]] = {}
     append_history(history, {"loss": 3.0}, 1)

@@ -171,7 +171,7 @@ def test_detect_cli_through_the_server(server, photos, tmp_path):
 
     from typer.testing import CliRunner
 
-    from mouaadnet.cli import app
+    from mouaadnet.cli.main import app
 
     path = tmp_path / "astronaut.jpg"
     path.write_bytes(photos["astronaut"])

@@ -312,10 +312,10 @@ def ensure_data(repo: str | os.PathLike = ".", env: Mapping[str, str] | None = N
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m mouaadnet.dvc_data {build,track,verify,ensure,push,pull} [--repo DIR] [--force]."""
+    """python -m mouaadnet.pipeline.dvc_data {build,track,verify,ensure,push,pull} [--repo DIR] [--force]."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m mouaadnet.dvc_data", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mouaadnet.pipeline.dvc_data", description=main.__doc__)
     parser.add_argument("action", choices=["build", "track", "verify", "ensure", "push", "pull"])
     parser.add_argument("--repo", type=Path, default=Path("."))
     parser.add_argument("--force", action="store_true", help="build: rewrite data/ even if present")

@@ -1,7 +1,7 @@
 """`mouaadnet bench`: latency / throughput of every form of the model on this CPU, and the INT8 process RSS.
 
 Backends: PyTorch eager (training form, deploy form), ONNX Runtime FP32 and INT8 QDQ (U8S8), and a peer in the
-same run: the YOLOv8n architecture (``mouaadnet.peers``) in ONNX Runtime FP32 and INT8, exported and quantized
+same run: the YOLOv8n architecture (``mouaadnet.bench.peers``) in ONNX Runtime FP32 and INT8, exported and quantized
 the same way (scene size only). Each setting is
 timed after warm-up; ORT sessions run with idle-thread spinning off so sessions timed in turn don't steal
 each other's cores. Peak RSS is measured in a fresh subprocess that only loads the INT8 model and runs it.
@@ -155,7 +155,7 @@ def _time_ort(backend: str, path: Path, mode: str, images: np.ndarray, threads: 
 def _bench_peer(work: Path, size: int, batches: tuple[int, ...], threads: tuple[int, ...], runs: int,
                 warmup: int) -> tuple[list[Row], dict[str, float], float]:
     """Rows, file sizes and INT8 process peak RSS of the YOLOv8n-architecture peer at ``size`` (scene input)."""
-    from mouaadnet.peers import export_yolov8n_like
+    from mouaadnet.bench.peers import export_yolov8n_like
 
     fp32, int8 = work / f"peer{size}.onnx", work / f"peer{size}.int8.onnx"
     export_yolov8n_like(fp32, size)

@@ -1,7 +1,7 @@
 """`mouaadnet reparam | qat | export | gates | compile-trt | bench`: from a checkpoint to deployable engines.
 
 Registered on the main app by ``register(app)``; the work is done by ``model.export``, ``model.quantization``,
-``model.tensorrt``, ``model.artifacts``, ``mouaadnet.qat``, ``mouaadnet.gates`` and ``mouaadnet.bench``.
+``model.tensorrt``, ``model.artifacts``, ``mouaadnet.training.qat``, ``mouaadnet.evaluation.gates`` and ``mouaadnet.bench.inference``.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def _images(source: Path | None, limit: int, size: int, what: str):
 def _export_images(images: Path | None, specs: list[str] | None, limit: int, size: int, mode: str, what: str):
     """Real images from --images (files), else from --calib-data source specs, else random (with a warning)."""
     if images is None and specs:
-        from mouaadnet.onnx_eval import dataset_images
+        from mouaadnet.evaluation.onnx_eval import dataset_images
 
         try:
             x = dataset_images(specs, mode, size, limit)
@@ -157,7 +157,7 @@ def export(
     """Export to ONNX (decoding in the graph, BN folded, onnxslim), validate, optionally INT8 QDQ; write sidecars.
 
     With --val-data, PyTorch, FP32 ONNX and INT8 ONNX are evaluated on the sets of this mode and the quality gates
-    (``mouaadnet.gates``) are printed and stored in the sidecar; exit code 1 when an enforced gate fails.
+    (``mouaadnet.evaluation.gates``) are printed and stored in the sidecar; exit code 1 when an enforced gate fails.
     """
     import torch
 
@@ -220,7 +220,7 @@ def _gate_and_report(val_data: list[str], limit: int | None, model, fp32: list[P
                      sidecar_of: Path, gated: str = "int8_qat", as_json: bool = False) -> None:
     """Evaluate and print the gates; add them to ``sidecar_of``'s JSON sidecar; exit 1 when one fails."""
     from model.artifacts import sidecar_path
-    from mouaadnet.gates import load_eval_sets, run_gates
+    from mouaadnet.evaluation.gates import load_eval_sets, run_gates
 
     try:
         report = run_gates(load_eval_sets(val_data, limit), model, fp32, int8, gated=gated)
@@ -274,16 +274,17 @@ def qat(
     quiet: Annotated[bool, typer.Option(help="No per-step log.")] = False,
 ) -> None:
     """Quantization-aware fine-tune (after re-parameterization) with the training loss; prints metrics before/after."""
-    from mouaadnet.checkpoint import CheckpointError
-    from mouaadnet.cli_train import _load_train_config, _sources_by_mode
-    from mouaadnet.qat import run_qat
-    from mouaadnet.train_config import SourceConfig, TrainConfig
+    from mouaadnet.cli.train import _load_train_config
+    from mouaadnet.training.checkpoint import CheckpointError
+    from mouaadnet.training.config import SourceConfig, TrainConfig
+    from mouaadnet.training.qat import run_qat
+    from mouaadnet.training.sources import sources_by_mode
 
     if config is not None:
         cfg = _load_train_config(config, data, None)
     elif data:
         cfg = TrainConfig()
-        scene, crop = _sources_by_mode(data)
+        scene, crop = sources_by_mode(data)
         cfg.data.scene = [SourceConfig(path=p) for p in scene]
         cfg.data.crop = [SourceConfig(path=p) for p in crop]
     else:
@@ -338,7 +339,7 @@ def bench(
     as_json: Annotated[Path | None, typer.Option("--json", help="Also write raw results as JSON here.")] = None,
 ) -> None:
     """Latency p50/p90 and throughput: PyTorch (train, deploy), ORT FP32 and INT8; batch 1/8, threads 1/2."""
-    from mouaadnet.bench import markdown, run_bench
+    from mouaadnet.bench.inference import markdown, run_bench
 
     cfg = model = None
     if checkpoint is not None:

@@ -58,9 +58,9 @@ def info(
 
 def _register_commands() -> None:
     """Each area wires its own commands; their modules import heavy libraries only inside commands."""
-    from mouaadnet import cli_export, cli_pipeline, cli_serve, cli_train
+    from mouaadnet.cli import export, pipeline, serve, train
 
-    for module in (cli_train, cli_export, cli_serve, cli_pipeline):
+    for module in (train, export, serve, pipeline):
         module.register(app)
 
 

@@ -8,7 +8,7 @@ waits until the service answers; a failure raises `ServiceError` naming the log 
         mlflow.set_tracking_uri(uri)
         ...
 
-`python -m mouaadnet.services DIR` starts both and prints the environment to use them until Ctrl-C.
+`python -m mouaadnet.pipeline.services DIR` starts both and prints the environment to use them until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -363,10 +363,10 @@ def mlflow_server(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m mouaadnet.services DIR: run SeaweedFS S3 + mlflow server until Ctrl-C/SIGTERM."""
+    """python -m mouaadnet.pipeline.services DIR: run SeaweedFS S3 + mlflow server until Ctrl-C/SIGTERM."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m mouaadnet.services", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mouaadnet.pipeline.services", description=main.__doc__)
     parser.add_argument("workdir", type=Path, help="folder for data and logs (created)")
     parser.add_argument("--bucket", default=DEFAULT_BUCKET)
     parser.add_argument("--no-mlflow", action="store_true", help="only the S3 endpoint")

@@ -42,7 +42,8 @@ def _exit_on_sigterm() -> None:
 
 def _load_train_config(config: Path, data: Optional[list[str]], epochs: Optional[int]):
     from model.config import ConfigError
-    from mouaadnet.train_config import SourceConfig, TrainConfig
+    from mouaadnet.training.config import SourceConfig, TrainConfig
+    from mouaadnet.training.sources import sources_by_mode
 
     try:
         cfg = TrainConfig.from_yaml(config)
@@ -50,27 +51,12 @@ def _load_train_config(config: Path, data: Optional[list[str]], epochs: Optional
         typer.echo(str(error), err=True)
         raise typer.Exit(2) from None
     if data:
-        scene, crop = _sources_by_mode(data)
+        scene, crop = sources_by_mode(data)
         cfg.data.scene = [SourceConfig(path=p) for p in scene]
         cfg.data.crop = [SourceConfig(path=p) for p in crop]
     if epochs is not None:
         cfg.optim.epochs = epochs
     return cfg
-
-
-def _sources_by_mode(specs: list[str]) -> tuple[list[str], list[str]]:
-    """Split --data specs into scene and crop sources by the format the reader detects."""
-    from mouaadnet.data.sources import detect_format
-
-    scene, crop = [], []
-    for spec in specs:
-        if spec.startswith("synthetic-crops:"):
-            crop.append(spec)
-        elif spec.startswith("synthetic:"):
-            scene.append(spec)
-        else:
-            (crop if detect_format(Path(spec)) in ("utkface", "peta") else scene).append(spec)
-    return scene, crop
 
 
 def train(
@@ -83,7 +69,7 @@ def train(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Train the multi-task model; every run is tracked in MLflow (MLFLOW_TRACKING_URI or ./mlflow.db)."""
-    from mouaadnet.train import train as run_training
+    from mouaadnet.training.trainer import train as run_training
 
     cfg = _load_train_config(config, data, epochs)
     _exit_on_sigterm()
@@ -109,17 +95,17 @@ def evaluate(
     threshold: Annotated[float, typer.Option(help="Detection score threshold for attribute matching.")] = 0.3,
 ) -> None:
     """COCO AP50 / AP50:95 / AR100 for persons; gender accuracy and confusion; age MAE and ±k accuracy."""
-    from mouaadnet.checkpoint import CheckpointError, model_from_checkpoint
     from mouaadnet.data.sources import load_source
-    from mouaadnet.evaluate import EvalSet, evaluate_sets
-    from mouaadnet.training_data import source_name
+    from mouaadnet.evaluation.evaluate import EvalSet, evaluate_sets
+    from mouaadnet.training.checkpoint import CheckpointError, model_from_checkpoint
+    from mouaadnet.training.sources import source_name, sources_by_mode
 
     try:
         model, _ = model_from_checkpoint(checkpoint)
     except CheckpointError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(2) from None
-    scene_specs, crop_specs = _sources_by_mode(data)
+    scene_specs, crop_specs = sources_by_mode(data)
     sets = []
     for spec in data:
         samples = load_source(spec).samples[:limit]
@@ -142,7 +128,7 @@ def bench_train(
     crop_batch: Annotated[int, typer.Option(help="Crop batch size (112 px).")] = 64,
 ) -> None:
     """Training throughput (images/s, full steps incl. data) in scene and crop mode: fp32/bf16, channels_last."""
-    from mouaadnet.train_bench import markdown, run_train_bench
+    from mouaadnet.training.throughput import markdown, run_train_bench
 
     typer.echo(markdown(run_train_bench(steps, size, batch=batch, crop_batch=crop_batch)))
 

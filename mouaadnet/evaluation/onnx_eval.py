@@ -1,8 +1,8 @@
-"""ONNX Runtime sessions that look like the model's decoded outputs, so ``mouaadnet.evaluate`` measures them.
+"""ONNX Runtime sessions that look like the model's decoded outputs, so ``mouaadnet.evaluation.evaluate`` measures them.
 
 An exported graph already decodes (``model.export``): scene graphs return the final ``boxes``/``scores``/
 ``gender``/``age`` [N,K(,4)], crop graphs ``gender``/``age`` [N]. ``OnnxModel.predict_decoded`` returns exactly the
-dict ``mouaadnet.evaluate.predict`` builds from a PyTorch model, so every metric has one implementation.
+dict ``mouaadnet.evaluation.evaluate.predict`` builds from a PyTorch model, so every metric has one implementation.
 """
 
 from __future__ import annotations
@@ -57,11 +57,11 @@ def dataset_images(specs: list[str], mode: str, size: int, count: int, seed: int
     """``count`` images of ``mode`` from data source specs, preprocessed exactly as for evaluation (letterbox,
     RGB/255, no augmentation): float32 [N,3,size,size] for INT8 calibration and parity checks. Sources of the
     other mode are ignored; images are drawn evenly across the sources' samples with a fixed seed."""
-    from mouaadnet.cli_train import _sources_by_mode
     from mouaadnet.data.dataset import CropDataset, SceneDataset
     from mouaadnet.data.sources import load_source
+    from mouaadnet.training.sources import sources_by_mode
 
-    scene, crop = _sources_by_mode(list(specs))
+    scene, crop = sources_by_mode(list(specs))
     samples = [s for spec in (scene if mode == "scene" else crop) for s in load_source(spec).samples]
     if not samples:
         raise ValueError(f"no {mode}-mode samples in {specs}")

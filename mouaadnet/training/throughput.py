@@ -6,9 +6,9 @@ import time
 
 import torch
 
-from mouaadnet.train import Trainer
-from mouaadnet.train_config import SourceConfig, TrainConfig
-from mouaadnet.training_data import load_training_data
+from mouaadnet.training.config import SourceConfig, TrainConfig
+from mouaadnet.training.sources import load_training_data
+from mouaadnet.training.trainer import Trainer
 
 VARIANTS = (("fp32", "off", False), ("fp32 channels_last", "off", True), ("bf16 autocast", "bf16", False),
             ("bf16 channels_last", "bf16", True))

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
+from mouaadnet.data.fingerprint import data_fingerprint
 from mouaadnet.data.readers import ReadResult
-from mouaadnet.data.sources import load_source
+from mouaadnet.data.sources import detect_format, load_source
 from mouaadnet.data.splits import split_samples
 from mouaadnet.data.types import Sample
-from mouaadnet.evaluate import EvalSet
-from mouaadnet.fingerprint import data_fingerprint
-from mouaadnet.train_config import DataConfig, SourceConfig
+from mouaadnet.evaluation.evaluate import EvalSet
+from mouaadnet.training.config import DataConfig, SourceConfig
 
 SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
 
@@ -42,6 +42,19 @@ def source_name(spec: str) -> str:
         path = path.parent
     # coco_person/train -> coco_person: a split folder's name says nothing about the dataset
     return path.parent.name if path.name in SPLIT_NAMES and path.parent.name else path.name
+
+
+def sources_by_mode(specs: list[str]) -> tuple[list[str], list[str]]:
+    """Split source specs (`--data`) into scene and crop sources by the format the reader detects."""
+    scene, crop = [], []
+    for spec in specs:
+        if spec.startswith("synthetic-crops:"):
+            crop.append(spec)
+        elif spec.startswith("synthetic:"):
+            scene.append(spec)
+        else:
+            (crop if detect_format(Path(spec)) in ("utkface", "peta") else scene).append(spec)
+    return scene, crop
 
 
 def _subsample(samples: list[Sample], limit: int | None, seed: int) -> list[Sample]:

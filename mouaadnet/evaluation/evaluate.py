@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from model import decode_crop, decode_scene
 from mouaadnet.data.dataset import CropDataset, SceneDataset, collate_crop, collate_scene
 from mouaadnet.data.types import Sample
-from mouaadnet.metrics import age_group_metrics, age_metrics, detection_metrics, gender_metrics
+from mouaadnet.evaluation.metrics import age_group_metrics, age_metrics, detection_metrics, gender_metrics
 
 MIN_DETECTION_SCORE = 0.01  # detections kept for AP (COCO evaluates the whole ranked list)
 MATCH_IOU = 0.5  # a labelled person's attributes are read from the detection matching it at this IoU
@@ -64,7 +64,7 @@ def predict(model: Any, images: torch.Tensor, mode: str, device: str = "cpu") ->
     """Decoded outputs of a batch: scene boxes/scores/gender/age [N,K(,4)] or crop gender/age [N].
 
     ``model`` is a PyTorch model (raw head outputs, decoded here by ``model.decode_scene`` / ``decode_crop``), or
-    any object with ``predict_decoded(images, mode)`` returning the same dict, e.g. ``mouaadnet.onnx_eval.OnnxModel``
+    any object with ``predict_decoded(images, mode)`` returning the same dict, e.g. ``mouaadnet.evaluation.onnx_eval.OnnxModel``
     (an ONNX Runtime session whose graph already decodes). Every metric below is computed from this dict, so
     PyTorch and ONNX (FP32 or INT8) models are measured by the same code.
     """

@@ -1,6 +1,6 @@
 """`mouaadnet demo` (what `make run` calls): the whole system on the embedded default, end to end.
 
-1. data: build the default dataset if missing and verify it against `data.dvc` (`python -m mouaadnet.dvc_data ensure`);
+1. data: build the default dataset if missing and verify it against `data.dvc` (`python -m mouaadnet.pipeline.dvc_data ensure`);
 2. pipeline: `mouaadnet pipeline run` (kfp.local) with short epochs -> MLflow runs, registry version, a new
    version in `triton_repo/`; its full log goes to `<pipeline root>/pipeline.log`, progress lines to the terminal;
 3. serve: the real Triton server (`mouaadnet serve`) on free loopback ports;
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mouaadnet.tracking import PROJECT_ROOT
+from mouaadnet.pipeline.tracking import PROJECT_ROOT
 
 PROGRESS = re.compile(r"Executing task|finished with status|^\s*epoch \d|gates (PASSED|FAILED)|^\s*\[(PASS|FAIL)|"
                       r"^pipeline |^  \S.*  |Pipeline .* finished")
@@ -61,7 +61,7 @@ def ground_truth(annotations: Path) -> dict[str, list[dict]]:
 
 def format_comparison(name: str, found: list[dict], truth: list[dict]) -> list[str]:
     """One image: predicted people beside the labelled ones (matched at IoU >= 0.5)."""
-    from mouaadnet.evaluate import MATCH_IOU, box_iou
+    from mouaadnet.evaluation.evaluate import MATCH_IOU, box_iou
 
     iou = box_iou(np.array([t["box"] for t in truth], np.float32).reshape(-1, 4),
                   np.array([p["box"] for p in found], np.float32).reshape(-1, 4))
@@ -83,7 +83,7 @@ def format_comparison(name: str, found: list[dict], truth: list[dict]) -> list[s
 
 def demo(config: Path | None = None, images: int = 4, threshold: float = 0.3, pipeline_root: Path | None = None,
          extra_args: list[str] | None = None) -> int:
-    from mouaadnet import dvc_data
+    from mouaadnet.pipeline import dvc_data
 
     start = time.monotonic()
     root = Path(pipeline_root or PROJECT_ROOT / "runs" / "pipeline")

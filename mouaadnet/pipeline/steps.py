@@ -2,237 +2,38 @@
 
 Every step takes paths and small values and returns a dict of small values, so it runs the same under
 `kfp.local`, on a Kubeflow cluster and in a unit test. The work itself is done by the library (`dvc_data`,
-`data.check`, `train`, `qat`, `model.export`, `gates`, `serving.publish`); this module adds the MLflow lineage:
-
-- ``start_pipeline_run`` opens the **parent run** (pipeline params, git commit, KFP run id, tag
-  ``pipeline.kfp_run_id``); ``finish_pipeline_run`` (the exit handler) ends it FINISHED or FAILED.
-- Each step logs a **child run** (``pipeline.step`` tag). Steps that Kubeflow may cache (prepare_data, train,
-  reparameterize, qat, export_onnx) take no run-specific input, so that their cache key is the data version,
-  the config and their upstream artifacts only; their child runs are adopted by the parent run afterwards
-  (``adopt_runs``, called by evaluate; a reused cached run is recorded on the parent as ``reused.<step>``).
-  Steps that never cache (evaluate, compile_tensorrt, publish) open their child run under the parent directly.
+`data.check`, `training`, `evaluation.gates`, `model.export`, `serving.publish`); each step records what it did as
+an MLflow child run of the pipeline run (`lineage`). One function per component, in pipeline order: the
+module is the pipeline as the components see it, which is why it stays one file past 300 lines.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import math
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
+from mouaadnet.pipeline.lineage import (
+    DEFAULT_EXPERIMENT,
+    DEFAULT_REGISTERED_MODEL,
+    KFP_RUN_TAG,
+    PRIMARY_METRIC,
+    STEP_TAG,
+    _champion,
+    _client,
+    _finite,
+    _mlflow,
+    adopt_runs,
+    log_onnx_model,
+    step_run,
+)
+from mouaadnet.pipeline.params import PipelineStepError, config_digest, train_config, val_specs
 
-PARENT_TAG = "mlflow.parentRunId"
-STEP_TAG = "pipeline.step"
-KFP_RUN_TAG = "pipeline.kfp_run_id"
-PIPELINE_TAG = "pipeline.name"
-PIPELINE_NAME = "mouaadnet"
-DEFAULT_EXPERIMENT = "mouaadnet-pipeline"
-DEFAULT_REGISTERED_MODEL = "mouaadnet-detector"
-PRIMARY_METRIC = "fp32_AP50"  # higher is better; champion is moved only when a candidate beats it on this
-DATA_PREFIX = "data/"  # source paths in a pipeline config that point into the versioned dataset
-
-
-class PipelineStepError(RuntimeError):
-    """A step refuses to go on (dirty data, failed check); the message says why."""
-
-
-# ------------------------------------------------------------------------------------------------ config
-
-
-def load_config_text(config: str, repo_dir: str | os.PathLike = ".") -> str:
-    """The pipeline's `config` parameter is YAML text (what the CLI passes, so the cache key sees the content)
-    or a path (relative to ``repo_dir``: the default in the compiled spec, a file in the image)."""
-    if "\n" in config or ":" in config.split("/", 1)[0] and not Path(config).exists():
-        return config
-    path = Path(config)
-    if not path.is_absolute():
-        path = Path(repo_dir) / path
-    if not path.is_file():
-        raise PipelineStepError(f"pipeline config {path} does not exist")
-    return path.read_text(encoding="utf-8")
-
-
-def config_digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def train_config(config_text: str, dataset_dir: str | os.PathLike | None = None, epochs: int = 0,
-                 steps_per_epoch: int = 0):
-    """TrainConfig from YAML text; source paths under ``data/`` are re-rooted at the dataset artifact."""
-    from model.config import ConfigError
-    from mouaadnet.train_config import TrainConfig
-
-    try:
-        cfg = TrainConfig.model_validate(yaml.safe_load(config_text) or {})
-    except Exception as error:  # pydantic ValidationError / YAML errors -> one message
-        raise ConfigError(f"invalid pipeline config: {error}") from None
-    if dataset_dir is not None:
-        root = Path(dataset_dir)
-        for source in [*cfg.data.scene, *cfg.data.crop]:
-            for attr in ("path", "val"):
-                value = getattr(source, attr)
-                if value and value.startswith(DATA_PREFIX):
-                    setattr(source, attr, str(root / value[len(DATA_PREFIX):]))
-    if epochs:
-        cfg.optim.epochs = int(epochs)
-    if steps_per_epoch:
-        cfg.optim.steps_per_epoch = int(steps_per_epoch)
-    return cfg
-
-
-def val_specs(cfg) -> list[str]:
-    return [s.val or s.path for s in [*cfg.data.scene, *cfg.data.crop]]
-
-
-# ------------------------------------------------------------------------------------------------ MLflow
-
-
-def _mlflow():
-    import mlflow
-
-    from mouaadnet.tracking import tracking_uri
-
-    mlflow.set_tracking_uri(tracking_uri())
-    return mlflow
-
-
-def _client():
-    return _mlflow().MlflowClient()
-
-
-def start_pipeline_run(experiment: str, params: dict[str, Any], kfp_run_id: str = "",
-                       run_name: str | None = None) -> str:
-    """Open the parent run (left RUNNING for the steps; the exit handler ends it) and return its id."""
-    from mlflow.entities import Param
-
-    from mouaadnet.tracking import git_commit
-
-    validate_params(params)
-    mlflow = _mlflow()
-    client = _client()
-    exp = mlflow.set_experiment(experiment)
-    tags = {PIPELINE_TAG: PIPELINE_NAME, KFP_RUN_TAG: kfp_run_id, "git_commit": git_commit(), STEP_TAG: "pipeline"}
-    run = client.create_run(exp.experiment_id, tags=tags,
-                            run_name=run_name or f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}")
-    run_id = run.info.run_id
-    values = {k: str(v)[:6000] for k, v in params.items() if k != "config"}
-    if "config" in params:
-        values["config_sha"] = config_digest(str(params["config"]))
-        client.log_text(run_id, str(params["config"]), "pipeline/config.yaml")
-    items = [Param(k, v) for k, v in values.items()]
-    for start in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[start:start + 100])
-    return run_id
-
-
-SERVE_PRECISIONS = ("fp32", "int8")
-SERVE_BACKENDS = ("python", "onnxruntime")
-
-
-def validate_params(params: dict[str, Any]) -> None:
-    """Fail the pipeline at its first step on parameter values the later steps cannot honour."""
-    if params.get("serve_precision", "fp32") not in SERVE_PRECISIONS:
-        raise PipelineStepError(f"serve_precision must be one of {SERVE_PRECISIONS}, got {params['serve_precision']!r}")
-    if params.get("target_backend", "python") not in SERVE_BACKENDS:
-        raise PipelineStepError(f"target_backend must be one of {SERVE_BACKENDS} (a TensorRT engine is built with "
-                                f"build_tensorrt and logged, not published yet), got {params['target_backend']!r}")
-
-
-def find_pipeline_run(experiment: str, kfp_run_id: str) -> str | None:
-    client = _client()
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None or not kfp_run_id:
-        return None
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{KFP_RUN_TAG}` = '{kfp_run_id}' "
-                              f"and tags.`{STEP_TAG}` = 'pipeline'", max_results=1)
-    return runs[0].info.run_id if runs else None
-
-
-def adopt_runs(parent_run_id: str, runs: dict[str, str]) -> dict[str, str]:
-    """Make each step run (step -> run id) a child of the parent; runs that already belong to another
-    pipeline run (a Kubeflow cache hit) are recorded on the parent as ``reused.<step>`` instead."""
-    if not parent_run_id:
-        return {}
-    client = _client()
-    outcome = {}
-    for step, run_id in runs.items():
-        if not run_id:
-            continue
-        run = client.get_run(run_id)
-        owner = run.data.tags.get(PARENT_TAG)
-        if owner in (None, "", parent_run_id):
-            client.set_tag(run_id, PARENT_TAG, parent_run_id)
-            client.set_tag(parent_run_id, f"run.{step}", run_id)
-            outcome[step] = "child"
-        else:
-            client.set_tag(parent_run_id, f"reused.{step}", run_id)
-            outcome[step] = "reused"
-        if step == "prepare_data" and run.data.tags.get("data_fingerprint"):
-            client.set_tag(parent_run_id, "data_fingerprint", run.data.tags["data_fingerprint"])
-    return outcome
-
-
-def finish_pipeline_run(experiment: str, kfp_run_id: str, state: str, error: str = "",
-                        since_ms: int | None = None) -> str | None:
-    """Exit handler: end the parent run FINISHED (state SUCCEEDED) or FAILED (anything else). Step runs of this
-    pipeline run left without a parent (a step that failed before evaluate adopted it) are adopted, and any
-    still RUNNING is ended FAILED. Creates a FAILED parent if the pipeline failed before it was opened."""
-    client = _client()
-    parent = find_pipeline_run(experiment, kfp_run_id)
-    ok = state == "SUCCEEDED"
-    if parent is None:
-        if ok:
-            return None
-        parent = start_pipeline_run(experiment, {}, kfp_run_id, run_name="pipeline-failed-early")
-    run = client.get_run(parent)
-    start = since_ms if since_ms is not None else run.info.start_time
-    orphans = client.search_runs([run.info.experiment_id], filter_string=f"attributes.start_time >= {start}",
-                                 max_results=200)
-    for orphan in orphans:
-        tags = orphan.data.tags
-        if orphan.info.run_id == parent or tags.get(STEP_TAG) in (None, "pipeline"):
-            continue
-        if not tags.get(PARENT_TAG):
-            client.set_tag(orphan.info.run_id, PARENT_TAG, parent)
-        if tags.get(PARENT_TAG, parent) == parent and orphan.info.status == "RUNNING":
-            client.set_terminated(orphan.info.run_id, "FAILED")
-    client.set_tag(parent, "pipeline.state", state)
-    if error:
-        client.set_tag(parent, "pipeline.error", error[:4000])
-    client.set_terminated(parent, "FINISHED" if ok else "FAILED")
-    return parent
-
-
-@contextlib.contextmanager
-def step_run(step: str, parent_run_id: str = "", experiment: str = DEFAULT_EXPERIMENT,
-             tags: dict[str, str] | None = None) -> Iterator[Any]:
-    """A child run of ``parent_run_id`` (or a plain run in ``experiment``): FAILED when the step raises."""
-    from mouaadnet.tracking import mlflow_run
-
-    mlflow = _mlflow()
-    if parent_run_id:
-        parent = _client().get_run(parent_run_id)
-        experiment = _client().get_experiment(parent.info.experiment_id).name
-    all_tags = {STEP_TAG: step, **({PARENT_TAG: parent_run_id} if parent_run_id else {}), **(tags or {})}
-    while mlflow.active_run() is not None:  # a leftover run of this process must not become the parent
-        mlflow.end_run()
-    with mlflow_run(experiment, run_name=step, tags=all_tags) as run:
-        yield run
-
-
-def _finite(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
-
-
-# ------------------------------------------------------------------------------------------------ steps
+REPARAM_TOLERANCE = 1e-3
 
 
 def prepare_data(out_dir: str | os.PathLike, repo_dir: str | os.PathLike = ".", data_version: str = "",
@@ -241,8 +42,8 @@ def prepare_data(out_dir: str | os.PathLike, repo_dir: str | os.PathLike = ".", 
     `mouaadnet data check`), refuse a dirty/unverifiable one, and copy it to ``out_dir``.
 
     Returns {"fingerprint": pinned md5, "files": n, "run_id": ...}."""
-    from mouaadnet import dvc_data
     from mouaadnet.data.check import check_sources, format_report
+    from mouaadnet.pipeline import dvc_data
 
     repo = Path(repo_dir).resolve()
     with step_run("prepare_data", experiment=experiment) as run:
@@ -284,7 +85,7 @@ def train_step(dataset_dir: str | os.PathLike, config: str, out_dir: str | os.Pa
                steps_per_epoch: int = 0, data_fingerprint: str = "", experiment: str = DEFAULT_EXPERIMENT,
                progress: bool = False) -> dict[str, Any]:
     """Train on the dataset artifact; ``out_dir`` gets best.pt and config.yaml. Returns the summary values."""
-    from mouaadnet.train import train
+    from mouaadnet.training.trainer import train
 
     cfg = train_config(config, dataset_dir, epochs, steps_per_epoch)
     cfg.experiment = experiment
@@ -315,9 +116,6 @@ def _val_images(dataset_dir: str | os.PathLike, size: int, count: int):
     if not images:
         images = sorted(p for p in Path(dataset_dir).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     return load_images(images[:count], size), len(images[:count])
-
-
-REPARAM_TOLERANCE = 1e-3
 
 
 def reparameterize_step(checkpoint: str | os.PathLike, dataset_dir: str | os.PathLike, out_dir: str | os.PathLike,
@@ -354,8 +152,8 @@ def reparameterize_step(checkpoint: str | os.PathLike, dataset_dir: str | os.Pat
 
 def qat_step(checkpoint: str | os.PathLike, dataset_dir: str | os.PathLike, config: str, out_dir: str | os.PathLike,
              steps: int = 50, experiment: str = DEFAULT_EXPERIMENT) -> dict[str, Any]:
-    """Quantization-aware fine-tune (``mouaadnet.qat.run_qat``) of the trained checkpoint: out_dir/qat.pt."""
-    from mouaadnet.qat import run_qat
+    """Quantization-aware fine-tune (``mouaadnet.training.qat.run_qat``) of the trained checkpoint: out_dir/qat.pt."""
+    from mouaadnet.training.qat import run_qat
 
     cfg = train_config(config, dataset_dir)
     with step_run("qat", experiment=experiment) as run:
@@ -416,21 +214,6 @@ def export_step(deploy_checkpoint: str | os.PathLike, dataset_dir: str | os.Path
                 "int8_mb": int8.stat().st_size / 1e6}
 
 
-def log_onnx_model(path: Path, name: str, example) -> str:
-    """mlflow.onnx.log_model with a signature inferred from a real run and an input example; returns model id."""
-    import onnx
-    from mlflow.models import infer_signature
-
-    from model.export import run_onnx
-
-    mlflow = _mlflow()
-    outputs = run_onnx(path, example)
-    info = mlflow.onnx.log_model(onnx.load(str(path)), name=name, input_example=example,
-                                 signature=infer_signature(example, outputs))
-    mlflow.log_artifact(str(path) + ".json", artifact_path=f"sidecars/{name}")
-    return getattr(info, "model_id", None) or info.model_uri
-
-
 def compile_tensorrt_step(onnx_dir: str | os.PathLike, out_dir: str | os.PathLike, precision: str = "fp16",
                           parent_run_id: str = "", experiment: str = DEFAULT_EXPERIMENT) -> dict[str, Any]:
     """Build a TensorRT engine (needs TensorRT + an NVIDIA GPU; raises TensorRTUnavailable otherwise)."""
@@ -467,11 +250,11 @@ def evaluate_step(checkpoint: str | os.PathLike, fp32_dir: str | os.PathLike, in
                   max_model_mb: float = 5.0, max_latency_ms: float = 250.0, serve_precision: str = "fp32",
                   val_limit: int = 0, parent_run_id: str = "", step_runs: dict[str, str] | None = None,
                   experiment: str = DEFAULT_EXPERIMENT, report_path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Quality gates: ``mouaadnet.gates.run_gates`` (FP32 ONNX == PyTorch, INT8 drops within limits, INT8 size;
+    """Quality gates: ``mouaadnet.evaluation.gates.run_gates`` (FP32 ONNX == PyTorch, INT8 drops within limits, INT8 size;
     the INT8 ones are enforced only when serving INT8) plus the pipeline's own: FP32 AP50 >= ``min_ap50``, served file <= ``max_model_mb``, ORT batch-1 latency of
     the served file <= ``max_latency_ms``. Returns {"passed", "primary_metric", "metrics", "failed"}."""
     from model.artifacts import load_model_checkpoint
-    from mouaadnet.gates import Gate, load_eval_sets, run_gates
+    from mouaadnet.evaluation.gates import Gate, load_eval_sets, run_gates
 
     adopted = adopt_runs(parent_run_id, step_runs or {})
     cfg = train_config(config, dataset_dir)
@@ -569,14 +352,3 @@ def publish_step(onnx_dir: str | os.PathLike, triton_repo: str | os.PathLike, mo
         return {"registry_version": str(version.version), "triton_version": published.version,
                 "sha256": published.sha256, "champion": promote, "path": str(published.path),
                 "run_id": run.info.run_id}
-
-
-def _champion(client, name: str) -> tuple[str, float] | None:
-    try:
-        current = client.get_model_version_by_alias(name, "champion")
-    except Exception:  # noqa: BLE001 - MlflowException when the alias does not exist
-        return None
-    try:
-        return current.version, float(current.tags.get(PRIMARY_METRIC, "nan"))
-    except ValueError:
-        return current.version, float("nan")

@@ -2,7 +2,7 @@
 
 The method (placement after re-parameterization, re-inserted BN, per-channel weights, frozen BN at the end) is
 ``model.quantization.qat_finetune``; this module feeds it what training uses: the checkpoint's (EMA) weights,
-mixed scene/crop batches from ``mouaadnet.train.BatchStream`` over ``load_training_data`` (crop steps at the
+mixed scene/crop batches from ``mouaadnet.training.recipe.BatchStream`` over ``load_training_data`` (crop steps at the
 config's ``crop_fraction``), and ``model.losses.MultiTaskLoss``. Validation metrics (``evaluate_sets``) are
 measured before (float model), after (QAT model with fake-quant on, i.e. simulated INT8) and on the QAT weights
 with fake-quant off, and saved in the checkpoint's sidecar. The last one separates the two effects a gate
@@ -19,11 +19,11 @@ from typing import Literal
 
 from model.losses import MultiTaskLoss
 from model.quantization import qat_finetune, save_qat_checkpoint, set_fake_quant
-from mouaadnet.checkpoint import model_from_checkpoint
-from mouaadnet.evaluate import evaluate_sets, flat_metrics
-from mouaadnet.train import BatchStream, seed_everything, step_modes
-from mouaadnet.train_config import TrainConfig
-from mouaadnet.training_data import TrainingData, load_training_data
+from mouaadnet.evaluation.evaluate import evaluate_sets, flat_metrics
+from mouaadnet.training.checkpoint import model_from_checkpoint
+from mouaadnet.training.config import TrainConfig
+from mouaadnet.training.recipe import BatchStream, seed_everything, step_modes
+from mouaadnet.training.sources import TrainingData, load_training_data
 
 
 @dataclass

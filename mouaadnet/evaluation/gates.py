@@ -1,7 +1,7 @@
 """Quality gates for exported models (issue 4), printed by `export --val-data` / `gates`, used by the pipeline.
 
-Every model variant is measured on the validation sets by ``mouaadnet.evaluate.evaluate_sets`` (PyTorch models
-directly, ONNX files through ``mouaadnet.onnx_eval.OnnxModel``), so the gates compare numbers from one metric
+Every model variant is measured on the validation sets by ``mouaadnet.evaluation.evaluate.evaluate_sets`` (PyTorch models
+directly, ONNX files through ``mouaadnet.evaluation.onnx_eval.OnnxModel``), so the gates compare numbers from one metric
 implementation. Gates (fractions: 1 point = 0.01):
 
 - ``fp32_vs_pytorch <metric>``: the FP32 ONNX graph gives the PyTorch model's AP50, gender accuracy and age MAE
@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mouaadnet.evaluate import EvalSet, evaluate_sets
+from mouaadnet.evaluation.evaluate import EvalSet, evaluate_sets
 
 FP32_TOLERANCE = {"AP50": 0.005, "gender_accuracy": 0.005, "age_mae": 0.05}
 INT8_MAX_AP50_DROP = 0.01
@@ -155,7 +155,7 @@ def evaluate_variants(variants: dict[str, Any], eval_sets: list[EvalSet], scene_
                       threshold: float = 0.3, threads: int = 2) -> dict[str, Metrics]:
     """Metrics of every variant on the sets it can run: a PyTorch model (all sets) or a list of ONNX files
     (the sets of the modes it has, at the graph's input size)."""
-    from mouaadnet.onnx_eval import OnnxModel
+    from mouaadnet.evaluation.onnx_eval import OnnxModel
 
     models = {v: OnnxModel(m, threads=threads) if isinstance(m, (list, tuple)) else m.eval()
               for v, m in variants.items() if m is not None}
@@ -196,11 +196,10 @@ def _onnx_modes(paths: Sequence[str | Path]) -> set[str]:
 
 def load_eval_sets(specs: Sequence[str], limit: int | None = None) -> list[EvalSet]:
     """Validation sets from source specs (as for `evaluate --data`): scene or crop mode detected per spec."""
-    from mouaadnet.cli_train import _sources_by_mode
     from mouaadnet.data.sources import load_source
-    from mouaadnet.training_data import source_name
+    from mouaadnet.training.sources import source_name, sources_by_mode
 
-    _, crop_specs = _sources_by_mode(list(specs))
+    _, crop_specs = sources_by_mode(list(specs))
     sets, taken = [], set()
     for spec in specs:
         name = source_name(spec)

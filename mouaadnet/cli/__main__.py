@@ -1,0 +1,5 @@
+"""`python -m mouaadnet.cli ...` == `mouaadnet ...`."""
+
+from mouaadnet.cli.main import app
+
+app()

@@ -1,0 +1,112 @@
+"""`mouaadnet pipeline run | compile | submit`, `mouaadnet runs compare` and `mouaadnet demo` (wiring only: the
+work is in ``mouaadnet.pipeline.runner``, ``mouaadnet.pipeline.compare`` and ``mouaadnet.pipeline.demo``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+
+from mouaadnet.pipeline.compare import COMPARE_METRICS, compare_runs, format_table
+from mouaadnet.pipeline.runner import (
+    DEFAULT_CONFIG,
+    PIPELINE_SPEC,
+    compile_pipeline,
+    format_result,
+    pipeline_arguments,
+    run_local,
+    submit,
+)
+from mouaadnet.pipeline.tracking import PROJECT_ROOT
+
+pipeline_app = typer.Typer(help="Run, compile or submit the Kubeflow pipeline.", no_args_is_help=True)
+runs_app = typer.Typer(help="Inspect pipeline runs tracked in MLflow.", no_args_is_help=True)
+
+
+@pipeline_app.command("run")
+def run_cmd(
+    config: Annotated[Path, typer.Option(help="Training config YAML (data paths under data/ point into the "
+                                              "versioned dataset).")] = DEFAULT_CONFIG,
+    epochs: Annotated[int | None, typer.Option(help="Override the config's epochs.")] = None,
+    steps_per_epoch: Annotated[int | None, typer.Option(help="Override the config's steps per epoch.")] = None,
+    qat_steps: Annotated[int | None, typer.Option(help="QAT fine-tuning steps.")] = None,
+    min_ap50: Annotated[float | None, typer.Option(help="Gate: FP32 person AP50 at least this.")] = None,
+    build_tensorrt: Annotated[bool, typer.Option(help="Also build a TensorRT engine (GPU + TensorRT).")] = False,
+    target_backend: Annotated[str, typer.Option(help="Triton backend of the published model.")] = "python",
+    serve_precision: Annotated[str, typer.Option(help="fp32 | int8: which ONNX is published.")] = "fp32",
+    triton_repo: Annotated[Path, typer.Option(help="Triton repository to publish into.")] = PROJECT_ROOT / "triton_repo",
+    experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = "mouaadnet-pipeline",
+    pipeline_root: Annotated[Path, typer.Option(help="Where kfp.local writes task artifacts.")] = Path("runs/pipeline"),
+    cache: Annotated[bool, typer.Option(help="Reuse task outputs of earlier runs with the same inputs.")] = False,
+) -> None:
+    """Run the whole pipeline locally with kfp.local (subprocesses in this venv; no Docker, no cluster)."""
+    args = pipeline_arguments(config, epochs=epochs, steps_per_epoch=steps_per_epoch, qat_steps=qat_steps,
+                              min_ap50=min_ap50, build_tensorrt=build_tensorrt, target_backend=target_backend,
+                              serve_precision=serve_precision, triton_repo=str(triton_repo.resolve()),
+                              experiment=experiment)
+    result = run_local(args, pipeline_root, cache)
+    typer.echo(format_result(result))
+    if result["state"] != "SUCCEEDED":
+        raise typer.Exit(1)
+
+
+@pipeline_app.command("compile")
+def compile_cmd(out: Annotated[Path, typer.Option(help="Spec to write.")] = PIPELINE_SPEC) -> None:
+    """Compile the pipeline to its YAML spec (committed as pipelines/mouaadnet.yaml)."""
+    typer.echo(f"wrote {compile_pipeline(out)}")
+
+
+@pipeline_app.command("submit")
+def submit_cmd(
+    host: Annotated[str, typer.Option(help="Kubeflow Pipelines API endpoint, e.g. http://localhost:8080.")],
+    experiment: Annotated[str | None, typer.Option(help="KFP experiment name.")] = None,
+    config: Annotated[Path, typer.Option(help="Training config YAML sent as the `config` parameter.")] = DEFAULT_CONFIG,
+    package: Annotated[Path, typer.Option(help="Compiled spec.")] = PIPELINE_SPEC,
+    param: Annotated[list[str] | None, typer.Option(help="Extra pipeline parameter NAME=VALUE (repeatable, "
+                                                         "value parsed as YAML).")] = None,
+    namespace: Annotated[str | None, typer.Option(help="Kubernetes namespace (multi-user Kubeflow).")] = None,
+    token: Annotated[str | None, typer.Option(envvar="KFP_TOKEN", help="Bearer token (env KFP_TOKEN).")] = None,
+) -> None:
+    """Submit the compiled spec to a Kubeflow Pipelines endpoint (kfp.Client)."""
+    extra = {}
+    for item in param or []:
+        name, _, value = item.partition("=")
+        extra[name] = yaml.safe_load(value)
+    args = pipeline_arguments(config, **extra)
+    result = submit(host, args, experiment, package, namespace=namespace, existing_token=token)
+    typer.echo(json.dumps(result))
+
+
+@runs_app.command("compare")
+def compare_cmd(
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default: mouaadnet-pipeline).")] = None,
+    last: Annotated[int, typer.Option(help="How many recent pipeline runs.")] = 5,
+    plot: Annotated[Path, typer.Option(help="Comparison plot to write.")] = Path("runs/compare.png"),
+) -> None:
+    """Table of recent pipeline runs (params, metrics, size, latency, status) and a comparison plot."""
+    from mouaadnet.evaluation.plots import plot_runs_comparison, save_figure
+
+    rows = compare_runs(experiment, last)
+    typer.echo(format_table(rows))
+    if rows:
+        typer.echo(f"wrote {save_figure(plot_runs_comparison(rows, list(COMPARE_METRICS)), plot)}")
+
+
+def demo_cmd(
+    config: Annotated[Path | None, typer.Option(help="Pipeline config (default configs/pipeline.yaml).")] = None,
+    images: Annotated[int, typer.Option(help="Validation images sent through gRPC.")] = 4,
+    threshold: Annotated[float, typer.Option(help="Minimum person score.")] = 0.3,
+) -> None:
+    """`make run`: data -> pipeline (kfp.local) -> publish -> Triton -> gRPC detections vs ground truth."""
+    from mouaadnet.pipeline.demo import demo
+
+    raise typer.Exit(demo(config, images, threshold))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(pipeline_app, name="pipeline")
+    app.add_typer(runs_app, name="runs")
+    app.command("demo")(demo_cmd)

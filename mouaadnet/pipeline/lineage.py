@@ -1,0 +1,182 @@
+"""MLflow lineage of a pipeline run: one parent run, a child run per step, and the Model Registry.
+
+- ``start_pipeline_run`` opens the **parent run** (pipeline params, git commit, KFP run id, tag
+  ``pipeline.kfp_run_id``); ``finish_pipeline_run`` (the exit handler) ends it FINISHED or FAILED.
+- Each step logs a **child run** (``pipeline.step`` tag). Steps that Kubeflow may cache (prepare_data, train,
+  reparameterize, qat, export_onnx) take no run-specific input, so that their cache key is the data version,
+  the config and their upstream artifacts only; their child runs are adopted by the parent run afterwards
+  (``adopt_runs``, called by evaluate; a reused cached run is recorded on the parent as ``reused.<step>``).
+  Steps that never cache (evaluate, compile_tensorrt, publish) open their child run under the parent directly.
+- ``log_onnx_model`` logs an ONNX model with its signature; ``champion`` reads the registry's champion alias.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mouaadnet.pipeline.params import config_digest, validate_params
+
+PARENT_TAG = "mlflow.parentRunId"
+STEP_TAG = "pipeline.step"
+KFP_RUN_TAG = "pipeline.kfp_run_id"
+PIPELINE_TAG = "pipeline.name"
+PIPELINE_NAME = "mouaadnet"
+DEFAULT_EXPERIMENT = "mouaadnet-pipeline"
+DEFAULT_REGISTERED_MODEL = "mouaadnet-detector"
+PRIMARY_METRIC = "fp32_AP50"  # higher is better; champion is moved only when a candidate beats it on this
+
+
+def _mlflow():
+    import mlflow
+
+    from mouaadnet.pipeline.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    return mlflow
+
+
+def _client():
+    return _mlflow().MlflowClient()
+
+
+def start_pipeline_run(experiment: str, params: dict[str, Any], kfp_run_id: str = "",
+                       run_name: str | None = None) -> str:
+    """Open the parent run (left RUNNING for the steps; the exit handler ends it) and return its id."""
+    from mlflow.entities import Param
+
+    from mouaadnet.pipeline.tracking import git_commit
+
+    validate_params(params)
+    mlflow = _mlflow()
+    client = _client()
+    exp = mlflow.set_experiment(experiment)
+    tags = {PIPELINE_TAG: PIPELINE_NAME, KFP_RUN_TAG: kfp_run_id, "git_commit": git_commit(), STEP_TAG: "pipeline"}
+    run = client.create_run(exp.experiment_id, tags=tags,
+                            run_name=run_name or f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_id = run.info.run_id
+    values = {k: str(v)[:6000] for k, v in params.items() if k != "config"}
+    if "config" in params:
+        values["config_sha"] = config_digest(str(params["config"]))
+        client.log_text(run_id, str(params["config"]), "pipeline/config.yaml")
+    items = [Param(k, v) for k, v in values.items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[start:start + 100])
+    return run_id
+
+
+def find_pipeline_run(experiment: str, kfp_run_id: str) -> str | None:
+    client = _client()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None or not kfp_run_id:
+        return None
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{KFP_RUN_TAG}` = '{kfp_run_id}' "
+                              f"and tags.`{STEP_TAG}` = 'pipeline'", max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def adopt_runs(parent_run_id: str, runs: dict[str, str]) -> dict[str, str]:
+    """Make each step run (step -> run id) a child of the parent; runs that already belong to another
+    pipeline run (a Kubeflow cache hit) are recorded on the parent as ``reused.<step>`` instead."""
+    if not parent_run_id:
+        return {}
+    client = _client()
+    outcome = {}
+    for step, run_id in runs.items():
+        if not run_id:
+            continue
+        run = client.get_run(run_id)
+        owner = run.data.tags.get(PARENT_TAG)
+        if owner in (None, "", parent_run_id):
+            client.set_tag(run_id, PARENT_TAG, parent_run_id)
+            client.set_tag(parent_run_id, f"run.{step}", run_id)
+            outcome[step] = "child"
+        else:
+            client.set_tag(parent_run_id, f"reused.{step}", run_id)
+            outcome[step] = "reused"
+        if step == "prepare_data" and run.data.tags.get("data_fingerprint"):
+            client.set_tag(parent_run_id, "data_fingerprint", run.data.tags["data_fingerprint"])
+    return outcome
+
+
+def finish_pipeline_run(experiment: str, kfp_run_id: str, state: str, error: str = "",
+                        since_ms: int | None = None) -> str | None:
+    """Exit handler: end the parent run FINISHED (state SUCCEEDED) or FAILED (anything else). Step runs of this
+    pipeline run left without a parent (a step that failed before evaluate adopted it) are adopted, and any
+    still RUNNING is ended FAILED. Creates a FAILED parent if the pipeline failed before it was opened."""
+    client = _client()
+    parent = find_pipeline_run(experiment, kfp_run_id)
+    ok = state == "SUCCEEDED"
+    if parent is None:
+        if ok:
+            return None
+        parent = start_pipeline_run(experiment, {}, kfp_run_id, run_name="pipeline-failed-early")
+    run = client.get_run(parent)
+    start = since_ms if since_ms is not None else run.info.start_time
+    orphans = client.search_runs([run.info.experiment_id], filter_string=f"attributes.start_time >= {start}",
+                                 max_results=200)
+    for orphan in orphans:
+        tags = orphan.data.tags
+        if orphan.info.run_id == parent or tags.get(STEP_TAG) in (None, "pipeline"):
+            continue
+        if not tags.get(PARENT_TAG):
+            client.set_tag(orphan.info.run_id, PARENT_TAG, parent)
+        if tags.get(PARENT_TAG, parent) == parent and orphan.info.status == "RUNNING":
+            client.set_terminated(orphan.info.run_id, "FAILED")
+    client.set_tag(parent, "pipeline.state", state)
+    if error:
+        client.set_tag(parent, "pipeline.error", error[:4000])
+    client.set_terminated(parent, "FINISHED" if ok else "FAILED")
+    return parent
+
+
+@contextlib.contextmanager
+def step_run(step: str, parent_run_id: str = "", experiment: str = DEFAULT_EXPERIMENT,
+             tags: dict[str, str] | None = None) -> Iterator[Any]:
+    """A child run of ``parent_run_id`` (or a plain run in ``experiment``): FAILED when the step raises."""
+    from mouaadnet.pipeline.tracking import mlflow_run
+
+    mlflow = _mlflow()
+    if parent_run_id:
+        parent = _client().get_run(parent_run_id)
+        experiment = _client().get_experiment(parent.info.experiment_id).name
+    all_tags = {STEP_TAG: step, **({PARENT_TAG: parent_run_id} if parent_run_id else {}), **(tags or {})}
+    while mlflow.active_run() is not None:  # a leftover run of this process must not become the parent
+        mlflow.end_run()
+    with mlflow_run(experiment, run_name=step, tags=all_tags) as run:
+        yield run
+
+
+def _finite(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+def log_onnx_model(path: Path, name: str, example) -> str:
+    """mlflow.onnx.log_model with a signature inferred from a real run and an input example; returns model id."""
+    import onnx
+    from mlflow.models import infer_signature
+
+    from model.export import run_onnx
+
+    mlflow = _mlflow()
+    outputs = run_onnx(path, example)
+    info = mlflow.onnx.log_model(onnx.load(str(path)), name=name, input_example=example,
+                                 signature=infer_signature(example, outputs))
+    mlflow.log_artifact(str(path) + ".json", artifact_path=f"sidecars/{name}")
+    return getattr(info, "model_id", None) or info.model_uri
+
+
+def _champion(client, name: str) -> tuple[str, float] | None:
+    try:
+        current = client.get_model_version_by_alias(name, "champion")
+    except Exception:  # noqa: BLE001 - MlflowException when the alias does not exist
+        return None
+    try:
+        return current.version, float(current.tags.get(PRIMARY_METRIC, "nan"))
+    except ValueError:
+        return current.version, float("nan")

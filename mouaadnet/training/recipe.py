@@ -1,0 +1,111 @@
+"""The pieces of the training recipe the trainer (and QAT) assemble: device and AMP, seeding, the mixed
+scene/crop step schedule and its batch streams, the optimizer, the LR schedule and the ramped EMA."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from mouaadnet.training.config import TrainConfig
+from mouaadnet.training.sources import ModeData
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but no CUDA GPU is available (use device: auto or cpu)")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: fp16 (+GradScaler) on CUDA by default; on CPU fp32 unless bf16 is asked for."""
+    if amp == "off" or (amp == "auto" and device.type == "cpu"):
+        return None
+    if amp == "fp16" and device.type == "cpu":
+        raise ValueError("amp: fp16 autocast is CUDA-only; use bf16 or off on CPU")
+    if amp == "bf16":
+        return torch.bfloat16
+    return torch.float16
+
+
+def ramped_ema(decay: float, ramp_steps: float):
+    """EMA update whose decay ramps up as decay * (1 - exp(-updates / ramp_steps)) (YOLOv5-style).
+
+    A fixed 0.998 would keep ~50 % of the random initial weights after 360 steps; the ramp makes the
+    average follow the model early and smooth it late, so short runs validate meaningful weights.
+    """
+
+    def update(ema_params, params, num_averaged):
+        if not ema_params[0].is_floating_point():  # integer buffers (BatchNorm's num_batches_tracked)
+            torch._foreach_copy_(ema_params, params)
+            return
+        d = decay * (1 - math.exp(-float(num_averaged) / ramp_steps))
+        torch._foreach_lerp_(ema_params, params, 1 - d)
+
+    return update
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def step_modes(steps: int, crop_fraction: float, has_scene: bool, has_crop: bool) -> list[str]:
+    """Which mode each step of an epoch trains: crop steps spread evenly at the configured fraction."""
+    if not has_crop:
+        return ["scene"] * steps
+    if not has_scene:
+        return ["crop"] * steps
+    return ["crop" if math.floor((i + 1) * crop_fraction) > math.floor(i * crop_fraction) else "scene"
+            for i in range(steps)]
+
+
+class BatchStream:
+    """Batches of one mode, drawn with the sources' sampling weights; the draw depends only on (seed, epoch)."""
+
+    def __init__(self, dataset, data: ModeData, batch_size: int, collate, num_workers: int, seed: int, tag: int):
+        self.dataset, self.batch_size, self.collate = dataset, batch_size, collate
+        self.num_workers, self.seed, self.tag = num_workers, seed, tag
+        self.probabilities = np.asarray(data.weights, dtype=np.float64)
+        self.probabilities /= self.probabilities.sum()
+
+    def epoch(self, epoch: int, n_batches: int):
+        rng = np.random.default_rng([self.seed, epoch, self.tag])
+        indices = rng.choice(len(self.dataset), size=n_batches * self.batch_size, p=self.probabilities)
+        self.dataset.set_epoch(epoch)
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=indices.tolist(),
+                            collate_fn=self.collate, num_workers=self.num_workers, drop_last=True)
+        return iter(loader)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """No weight decay on biases and normalisation weights (standard practice for small CNNs)."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        (no_decay if param.ndim <= 1 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optim.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    total = cfg.optim.epochs * cfg.optim.steps_per_epoch
+    if cfg.optim.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.optim.lr, total_steps=total,
+                                                   pct_start=max(cfg.optim.warmup_fraction, 1e-3))
+    warmup = max(1, int(total * cfg.optim.warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,39 @@
+"""The README's "Where things are" map stays true: every folder it names exists, and every mouaadnet sub-package
+and every top-level folder of the repository is on it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _mapped() -> list[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Where things are", 1)[1].split("```", 2)[1]
+    return [m.group(1) for m in re.finditer(r"^(\S+/)\s", section, re.M)]
+
+
+def test_every_mapped_folder_exists():
+    mapped = _mapped()
+    assert mapped, "README has no 'Where things are' map"
+    assert [p for p in mapped if not (ROOT / p).is_dir()] == []
+
+
+def test_every_subpackage_is_mapped():
+    packages = {f"mouaadnet/{p.parent.name}/" for p in (ROOT / "mouaadnet").glob("*/__init__.py")}
+    assert packages - set(_mapped()) == set()
+
+
+def test_every_tracked_top_level_folder_is_mapped():
+    try:
+        files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    folders = {line.split("/", 1)[0] + "/" for line in files.splitlines() if "/" in line}
+    covered = {p.split("/", 1)[0] + "/" for p in _mapped()}
+    assert folders - covered == set()
