@@ -13,6 +13,15 @@ NUM_AGE_BINS = MAX_AGE + 1
 # PETA-style age groups and the inclusive year range each covers (soft age targets, age-group accuracy).
 AGE_GROUPS: tuple[str, ...] = ("Less15", "Less30", "Less45", "Less60", "Larger60")
 AGE_GROUP_RANGES: tuple[tuple[int, int], ...] = ((0, 15), (16, 30), (31, 45), (46, 60), (61, MAX_AGE))
+# FairFace's age bins (labels.csv spelling) and their inclusive year ranges; the top bin is open-ended.
+FAIRFACE_AGE_BINS: tuple[str, ...] = ("0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69",
+                                      "more than 70")
+FAIRFACE_AGE_RANGES: tuple[tuple[int, int], ...] = ((0, 2), (3, 9), (10, 19), (20, 29), (30, 39), (40, 49),
+                                                    (50, 59), (60, 69), (70, MAX_AGE))
+# Every labelled age range a sample's ``age_group`` can point at: PETA groups first (indices 0-4, so PETA
+# labels keep their meaning), then FairFace bins (index FAIRFACE_BIN_OFFSET + bin).
+AGE_RANGES: tuple[tuple[int, int], ...] = AGE_GROUP_RANGES + FAIRFACE_AGE_RANGES
+FAIRFACE_BIN_OFFSET = len(AGE_GROUP_RANGES)
 HEAD_STRIDE = 8  # output stride of the fused map the heads read (see model.heads for the reason)
 NETWORK_STRIDE = 32  # deepest backbone stride: scene inputs must be a multiple of it
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import field_validator
 
-from .config import AGE_GROUP_RANGES, HEAD_STRIDE, MAX_AGE, NUM_AGE_BINS, StrictConfig
+from .config import AGE_RANGES, HEAD_STRIDE, MAX_AGE, NUM_AGE_BINS, StrictConfig
 from .decode import SIZE_LOG_LIMIT, expected_age
 
 GAUSSIAN_ALPHA = 0.54  # TTFNet: elliptical Gaussian sigma = alpha * box side / 6
@@ -69,7 +69,9 @@ def ciou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> to
 
 
 def age_target_distribution(age: torch.Tensor, age_group: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Soft labels over the 101 age bins: a Gaussian around an exact age, uniform over an age group's range.
+    """Soft labels over the 101 age bins: a Gaussian around an exact age, uniform over a labelled age range.
+
+    ``age_group`` indexes ``AGE_RANGES`` (PETA groups, then FairFace bins).
 
     Rows with neither label are all zeros (masked out by the caller).
     """
@@ -80,7 +82,7 @@ def age_target_distribution(age: torch.Tensor, age_group: torch.Tensor, sigma: f
     else:
         exact_dist = (bins == exact.round()).float()
     exact_dist = exact_dist / exact_dist.sum(-1, keepdim=True)
-    ranges = torch.tensor(AGE_GROUP_RANGES, dtype=torch.float32, device=age.device)
+    ranges = torch.tensor(AGE_RANGES, dtype=torch.float32, device=age.device)
     group = age_group.clamp(min=0)
     low, high = ranges[group, 0].unsqueeze(-1), ranges[group, 1].unsqueeze(-1)
     group_dist = ((bins >= low) & (bins <= high)).float()

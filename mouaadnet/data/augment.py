@@ -170,12 +170,56 @@ class SceneAugment:
         return color_jitter(out, rng), boxes, keep
 
 
-class CropAugment:
-    """Training augmentation for person crops (mild scale, flip, rotation, colour); letterbox only when disabled."""
+def reframe(
+    image: np.ndarray,
+    size: int,
+    rng: np.random.Generator,
+    zoom: tuple[float, float],
+    aspect: tuple[float, float],
+    shift: float,
+    pad_value: int = PAD_VALUE,
+) -> np.ndarray:
+    """Re-frame a crop as another detector would: zoom in/out, stretch the aspect, shift the centre.
 
-    def __init__(self, size: int, seed: int = 0, enabled: bool = True) -> None:
+    The letterbox scale times ``zoom`` (<1 = looser margins, grey around; >1 = tighter, edges cut), the width
+    over height stretched by ``aspect``, the centre moved by up to ``shift`` of the side. Returns size x size.
+    """
+    h, w = image.shape[:2]
+    base = size / max(h, w) * rng.uniform(*zoom)
+    stretch = math.sqrt(rng.uniform(*aspect))
+    nw, nh = max(1, round(w * base * stretch)), max(1, round(h * base / stretch))
+    resized = _resize(image, nw, nh)
+    cx = size / 2 + rng.uniform(-shift, shift) * size
+    cy = size / 2 + rng.uniform(-shift, shift) * size
+    ox, oy = round(cx - nw / 2), round(cy - nh / 2)  # offset of the resized crop in the output
+    out = np.full((size, size, 3), pad_value, np.uint8)
+    x0, y0 = max(ox, 0), max(oy, 0)
+    x1, y1 = min(ox + nw, size), min(oy + nh, size)
+    if x1 > x0 and y1 > y0:
+        out[y0:y1, x0:x1] = resized[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
+    return out
+
+
+class CropAugment:
+    """Training augmentation for face/body crops: re-framing (zoom, aspect, shift), flip, rotation, colour.
+
+    Kiosk and camera users pass whatever their face or person detector gives, so the crop's framing is jittered
+    widely; with the defaults of earlier versions (zoom 0.85-1.1, no aspect or shift) a model trained on tight,
+    aligned faces fell to near chance on looser crops. Letterbox only when disabled.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        seed: int = 0,
+        enabled: bool = True,
+        zoom: tuple[float, float] = (0.85, 1.1),
+        aspect: tuple[float, float] = (1.0, 1.0),
+        shift: float = 0.0,
+    ) -> None:
         self.size = size
         self.enabled = enabled
+        self.zoom, self.aspect, self.shift = zoom, aspect, shift
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -183,8 +227,7 @@ class CropAugment:
         if not self.enabled:
             return letterbox(image, None, self.size)[0]
         rng = self.rng if rng is None else rng
-        # Mild scale only: a crop must keep the whole person, whose attributes are the label.
-        out, _, _ = random_scale_crop(image, None, self.size, rng, (0.85, 1.1))
+        out = reframe(image, self.size, rng, self.zoom, self.aspect, self.shift)
         if rng.random() < 0.5:
             out, _ = hflip(out, None)
         if rng.random() < 0.5:

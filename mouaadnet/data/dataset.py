@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from .augment import CropAugment, SceneAugment
+from .cache import ImageCache, decode_image
+from .paste import paste_bodies
 from .types import UNKNOWN, Sample
 
 
@@ -15,9 +18,7 @@ def load_image(sample: Sample) -> np.ndarray:
     """The sample's image as HxWx3 uint8 RGB (EXIF orientation applied); raises on unreadable files."""
     if sample.image is not None:
         return sample.image
-    with Image.open(sample.image_path) as img:
-        img = ImageOps.exif_transpose(img)
-        return np.asarray(img.convert("RGB"))
+    return decode_image(sample.image_path)
 
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -30,7 +31,7 @@ class _SampleDataset(Dataset):
 
     mode = "scene"
 
-    def __init__(self, samples: list[Sample], seed: int) -> None:
+    def __init__(self, samples: list[Sample], seed: int, cache: ImageCache | None = None) -> None:
         wrong = [s.image_path for s in samples if s.mode != self.mode]
         if wrong:
             raise ValueError(
@@ -38,6 +39,7 @@ class _SampleDataset(Dataset):
             )
         self.samples = list(samples)
         self.seed = seed
+        self.cache = cache
         self.epoch = 0
         # path -> error text. With DataLoader workers each worker keeps its own copy (read it with num_workers=0).
         self.bad_samples: dict[str, str] = {}
@@ -52,13 +54,19 @@ class _SampleDataset(Dataset):
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, index])
 
-    def _load(self, index: int) -> tuple[int, np.ndarray]:
-        """(index actually served, image): tries index, index+1, ... until an image decodes."""
+    def _load_one(self, sample: Sample) -> tuple[np.ndarray, float]:
+        """(image, scale of the image against the sample's pixel coordinates)."""
+        if self.cache is None or sample.image is not None:
+            return load_image(sample), 1.0
+        return self.cache.load(sample.image_path)
+
+    def _load(self, index: int) -> tuple[int, np.ndarray, float]:
+        """(index actually served, image, scale): tries index, index+1, ... until an image decodes."""
         for offset in range(len(self.samples)):
             i = (index + offset) % len(self.samples)
             sample = self.samples[i]
             try:
-                return i, load_image(sample)
+                return i, *self._load_one(sample)
             except (
                 Exception
             ) as err:  # PIL raises many types (OSError, SyntaxError, ValueError, ...) for bad files
@@ -66,25 +74,81 @@ class _SampleDataset(Dataset):
         raise RuntimeError(f"{type(self).__name__}: none of the {len(self.samples)} images could be read")
 
 
+@dataclass
+class PasteSettings:
+    """Body crops pasted into training scenes (see mouaadnet.data.paste)."""
+
+    bodies: list[Sample]  # crop samples with gender and/or age labels (the training split only)
+    probability: float = 0.5  # share of labelled scenes that get pasted people
+    max_per_image: int = 3
+    height: tuple[float, float] = (0.25, 0.8)  # pasted height as a fraction of the scene side
+
+
+@dataclass
+class CropFraming:
+    """Crop re-framing ranges (see mouaadnet.data.augment.reframe)."""
+
+    zoom: tuple[float, float] = (0.85, 1.1)
+    aspect: tuple[float, float] = (1.0, 1.0)
+    shift: float = 0.0
+
+
+class _CropPool:
+    """Random labelled crops for pasting; unreadable ones are skipped."""
+
+    def __init__(self, samples: list[Sample], cache: ImageCache | None) -> None:
+        self.samples, self.cache = samples, cache
+
+    def draw(self, count: int, rng: np.random.Generator) -> list[tuple[np.ndarray, float, float, int]]:
+        bodies = []
+        for index in rng.integers(0, len(self.samples), size=count):
+            sample = self.samples[int(index)]
+            try:
+                image = self.cache.load(sample.image_path)[0] if self.cache else load_image(sample)
+            except Exception:  # noqa: BLE001  a broken crop only means one pasted person fewer
+                continue
+            bodies.append((image, float(sample.gender[0]), float(sample.age[0]), int(sample.age_group[0])))
+        return bodies
+
+
 class SceneDataset(_SampleDataset):
     """Scene samples -> (image float32 [3,S,S], target dict with boxes [K,4] and per-row attributes)."""
 
     mode = "scene"
 
-    def __init__(self, samples: list[Sample], size: int = 320, augment: bool = True, seed: int = 0) -> None:
-        super().__init__(samples, seed)
+    def __init__(
+        self,
+        samples: list[Sample],
+        size: int = 320,
+        augment: bool = True,
+        seed: int = 0,
+        cache: ImageCache | None = None,
+        paste: PasteSettings | None = None,
+    ) -> None:
+        super().__init__(samples, seed, cache)
         self.size = size
         self.transform = SceneAugment(size, seed=seed, enabled=augment)
+        self.paste = paste if augment and paste is not None and paste.bodies else None
+        self.paste_pool = _CropPool(paste.bodies, cache) if self.paste else None
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
-        i, image = self._load(index)
+        i, image, scale = self._load(index)
         sample = self.samples[i]
-        out, boxes, keep = self.transform(image, sample.boxes, rng=self._rng(i))
+        rng = self._rng(i)
+        out, boxes, keep = self.transform(image, sample.boxes * np.float32(scale), rng=rng)
+        gender, age, group = sample.gender[keep], sample.age[keep], sample.age_group[keep]
+        if self.paste is not None and sample.has_boxes and rng.random() < self.paste.probability:
+            bodies = self.paste_pool.draw(int(rng.integers(1, self.paste.max_per_image + 1)), rng)
+            people = paste_bodies(out, boxes, bodies, rng, self.paste.height)
+            out, boxes = people.image, people.boxes
+            gender = np.concatenate([gender[people.keep], people.gender])
+            age = np.concatenate([age[people.keep], people.age])
+            group = np.concatenate([group[people.keep], people.age_group])
         target = {
             "boxes": torch.from_numpy(np.ascontiguousarray(boxes, np.float32)),
-            "gender": torch.from_numpy(sample.gender[keep].astype(np.float32)),
-            "age": torch.from_numpy(sample.age[keep].astype(np.float32)),
-            "age_group": torch.from_numpy(sample.age_group[keep].astype(np.int64)),
+            "gender": torch.from_numpy(gender.astype(np.float32)),
+            "age": torch.from_numpy(age.astype(np.float32)),
+            "age_group": torch.from_numpy(group.astype(np.int64)),
             "has_boxes": bool(sample.has_boxes),
             "index": i,
             "path": sample.image_path,
@@ -97,13 +161,23 @@ class CropDataset(_SampleDataset):
 
     mode = "crop"
 
-    def __init__(self, samples: list[Sample], size: int = 112, augment: bool = True, seed: int = 0) -> None:
-        super().__init__(samples, seed)
+    def __init__(
+        self,
+        samples: list[Sample],
+        size: int = 112,
+        augment: bool = True,
+        seed: int = 0,
+        cache: ImageCache | None = None,
+        framing: CropFraming | None = None,
+    ) -> None:
+        super().__init__(samples, seed, cache)
         self.size = size
-        self.transform = CropAugment(size, seed=seed, enabled=augment)
+        framing = framing or CropFraming()
+        self.transform = CropAugment(size, seed=seed, enabled=augment, zoom=framing.zoom, aspect=framing.aspect,
+                                     shift=framing.shift)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
-        i, image = self._load(index)
+        i, image, _ = self._load(index)
         sample = self.samples[i]
         out = self.transform(image, rng=self._rng(i))
         target = {

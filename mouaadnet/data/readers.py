@@ -221,6 +221,8 @@ def read_yolo(root: str | os.PathLike, source: str | None = None) -> ReadResult:
         boxes = _read_yolo_labels(label_path, width, height, result)
         attrs = [(float(UNKNOWN), float(UNKNOWN))] * len(boxes)
         result.samples.append(_scene_sample(image_path, source, boxes, attrs))
+    if (root / "frames.csv").is_file():
+        _set_frame_block_identities(result.samples, root / "frames.csv")
     stems = {p.stem for p in images}
     for label_path in sorted(labels_dir.glob("*.txt")):
         if label_path.stem not in stems:
@@ -228,6 +230,27 @@ def read_yolo(root: str | os.PathLike, source: str | None = None) -> ReadResult:
                 Problem(str(label_path), None, "missing_image", "label file has no matching image")
             )
     return result
+
+
+FRAME_BLOCK = 10  # consecutive frames of one camera and day that share a split side
+
+
+def _set_frame_block_identities(samples: list[Sample], frames_csv: Path) -> None:
+    """Video frames (frames.csv: file, camera, date) get identity camera_date_block.
+
+    Neighbouring frames show the same people, so a split by image would leak; blocks of FRAME_BLOCK frames in
+    name order go to one side together.
+    """
+    with open(frames_csv, newline="", encoding="utf-8", errors="replace") as handle:
+        rows = {Path(r.get("file") or "").name: r for r in csv.DictReader(handle)}
+    streams: dict[str, list[Sample]] = {}
+    for sample in samples:
+        row = rows.get(Path(sample.image_path).name)
+        if row and row.get("camera") and row.get("date"):
+            streams.setdefault(f"{row['camera']}_{row['date']}", []).append(sample)
+    for stream, members in streams.items():
+        for index, sample in enumerate(sorted(members, key=lambda s: s.image_path)):
+            sample.identity = f"{stream}_{index // FRAME_BLOCK}"
 
 
 # ----------------------------------------------------------------------------------------------------- COCO

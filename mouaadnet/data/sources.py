@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .fairface import is_fairface_csv, read_fairface
 from .readers import ReadResult, read_coco_json, read_peta, read_utkface, read_yolo
 from .synthetic import synthetic_crops, synthetic_scenes
 
 FORMATS_HELP = (
     "a dir with images/ and labels/ (YOLO), a .json file (COCO), a dir of *.chip.jpg (UTKFace), "
-    "a dir with labels.csv (PETA), a dir of such YOLO dirs, or synthetic:N[:SEED] / synthetic-crops:N[:SEED]"
+    "a dir with labels.csv (PETA, or FairFace: file,age,gender,race), a dir of such YOLO dirs, or synthetic:N[:SEED] / synthetic-crops:N[:SEED]"
 )
 
 
@@ -38,7 +39,7 @@ def _has_utk_chips(path: Path) -> bool:
 
 
 def detect_format(path: Path) -> str:
-    """'yolo', 'coco', 'utkface', 'peta' or 'yolo_tree' for a path; raises ValueError if none fits."""
+    """'yolo', 'coco', 'utkface', 'peta', 'fairface' or 'yolo_tree' for a path; raises ValueError if none fits."""
     if path.is_file() and path.suffix.lower() == ".json":
         return "coco"
     if not path.is_dir():
@@ -46,7 +47,7 @@ def detect_format(path: Path) -> str:
     if _is_yolo(path):
         return "yolo"
     if (path / "labels.csv").is_file():
-        return "peta"
+        return "fairface" if is_fairface_csv(path / "labels.csv") else "peta"
     if _has_utk_chips(path):
         return "utkface"
     if any(_is_yolo(p) for p in path.iterdir() if p.is_dir()):
@@ -70,6 +71,8 @@ def load_source(spec: str) -> ReadResult:
         return read_yolo(path)
     if kind == "peta":
         return read_peta(path)
+    if kind == "fairface":
+        return read_fairface(path)
     if kind == "utkface":
         return read_utkface(path)
     # A folder of YOLO folders (e.g. coco_person/{train,val}): read each, sources named by sub-folder.

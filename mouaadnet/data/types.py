@@ -7,7 +7,14 @@ from typing import Literal
 
 import numpy as np
 
-from model.config import AGE_GROUP_RANGES, AGE_GROUPS, MAX_AGE  # noqa: F401  (re-exported for the readers)
+from model.config import (  # noqa: F401  (re-exported for the readers)
+    AGE_GROUP_RANGES,
+    AGE_GROUPS,
+    FAIRFACE_AGE_BINS,
+    FAIRFACE_AGE_RANGES,
+    FAIRFACE_BIN_OFFSET,
+    MAX_AGE,
+)
 
 UNKNOWN = -1  # value of a missing gender / age / age-group label
 
@@ -29,7 +36,7 @@ class Sample:
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     gender: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))  # 1 female, 0 male
     age: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))  # years, 0..100
-    age_group: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))  # index in AGE_GROUPS
+    age_group: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))  # index in model.config.AGE_RANGES
     has_boxes: bool = False  # the image's person boxes are labelled (an empty list then means "no person")
     identity: str | None = None  # person / camera id used for leak-free splits
     image: np.ndarray | None = None  # decoded HxWx3 uint8 RGB, only for in-memory (synthetic) samples

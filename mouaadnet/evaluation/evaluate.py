@@ -13,7 +13,13 @@ from torch.utils.data import DataLoader
 from model import decode_crop, decode_scene
 from mouaadnet.data.dataset import CropDataset, SceneDataset, collate_crop, collate_scene
 from mouaadnet.data.types import Sample
-from mouaadnet.evaluation.metrics import age_group_metrics, age_metrics, detection_metrics, gender_metrics
+from mouaadnet.evaluation.metrics import (
+    age_bin_metrics,
+    age_group_metrics,
+    age_metrics,
+    detection_metrics,
+    gender_metrics,
+)
 
 MIN_DETECTION_SCORE = 0.01  # detections kept for AP (COCO evaluates the whole ranked list)
 MATCH_IOU = 0.5  # a labelled person's attributes are read from the detection matching it at this IoU
@@ -131,6 +137,9 @@ def evaluate_crop(model: torch.nn.Module, samples: list[Sample], size: int, batc
     metrics = _prefixed("gender", gender_metrics(prob_female, gender_true))
     metrics.update(_prefixed("age", age_metrics(pred_age, age_true)))
     metrics.update(_prefixed("age_group", age_group_metrics(pred_age, group_true)))
+    bins = age_bin_metrics(pred_age, group_true)
+    if bins["count"]:  # only FairFace-style sets carry age bins
+        metrics.update(_prefixed("age_bin", bins))
     details = {"pred_age": pred_age, "true_age": age_true}
     return metrics, details
 

@@ -15,7 +15,15 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from mouaadnet.data.types import AGE_GROUP_RANGES, AGE_GROUPS, MAX_AGE, UNKNOWN
+from mouaadnet.data.types import (
+    AGE_GROUP_RANGES,
+    AGE_GROUPS,
+    FAIRFACE_AGE_BINS,
+    FAIRFACE_AGE_RANGES,
+    FAIRFACE_BIN_OFFSET,
+    MAX_AGE,
+    UNKNOWN,
+)
 
 NAN = float("nan")
 GENDER_CLASSES: tuple[str, ...] = ("male", "female")  # index = label value (0 male, 1 female)
@@ -225,29 +233,47 @@ def age_metrics(pred_age: Any, true_age: Any) -> dict:
     return result
 
 
-def age_to_group(age: Any) -> np.ndarray:
-    """Map ages in years to PETA age-group indices (rounded to whole years, clipped to 0..MAX_AGE)."""
+def _to_range_index(age: Any, ranges: tuple[tuple[int, int], ...]) -> np.ndarray:
     years = np.clip(_round_half_up(_as_array(age)), 0, MAX_AGE)
-    upper_bounds = np.array([high for _, high in AGE_GROUP_RANGES])
-    # Index of the first group whose inclusive upper bound is >= the age.
+    upper_bounds = np.array([high for _, high in ranges])
+    # Index of the first range whose inclusive upper bound is >= the age.
     return np.searchsorted(upper_bounds, years, side="left").astype(np.int64)
 
 
-def age_group_metrics(pred_age: Any, true_group: Any) -> dict:
-    """Age-group accuracy and 5x5 confusion (rows true, cols predicted) of predicted ages mapped to groups."""
+def age_to_group(age: Any) -> np.ndarray:
+    """Map ages in years to PETA age-group indices (rounded to whole years, clipped to 0..MAX_AGE)."""
+    return _to_range_index(age, AGE_GROUP_RANGES)
+
+
+def age_to_fairface_bin(age: Any) -> np.ndarray:
+    """Map ages in years to FairFace age-bin indices (0 = '0-2' ... 8 = 'more than 70')."""
+    return _to_range_index(age, FAIRFACE_AGE_RANGES)
+
+
+def _range_confusion(pred_age: Any, true_index: Any, first: int, labels: tuple[str, ...], to_index) -> dict:
     pred = _as_array(pred_age)
-    truth = _as_array(true_group)
+    truth = _as_array(true_index)
     if pred.shape != truth.shape:
         raise ValueError(f"{pred.size} predicted ages but {truth.size} true groups")
-    known = truth != UNKNOWN
-    truth = truth[known].astype(np.int64)
-    predicted = age_to_group(pred[known])
-
-    confusion = np.zeros((len(AGE_GROUPS), len(AGE_GROUPS)), dtype=np.int64)
+    # age_group indexes model.config.AGE_RANGES: keep only this scheme's rows (PETA groups or FairFace bins).
+    known = (truth >= first) & (truth < first + len(labels))
+    truth = truth[known].astype(np.int64) - first
+    predicted = to_index(pred[known])
+    confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
     np.add.at(confusion, (truth, predicted), 1)
     return {
         "accuracy": _safe_div(np.trace(confusion), confusion.sum()),
         "confusion": confusion.tolist(),
-        "labels": list(AGE_GROUPS),
+        "labels": list(labels),
         "count": int(confusion.sum()),
     }
+
+
+def age_group_metrics(pred_age: Any, true_group: Any) -> dict:
+    """PETA age-group accuracy and 5x5 confusion (rows true, cols predicted) of predicted ages mapped to groups."""
+    return _range_confusion(pred_age, true_group, 0, AGE_GROUPS, age_to_group)
+
+
+def age_bin_metrics(pred_age: Any, true_group: Any) -> dict:
+    """FairFace age-bin accuracy and 9x9 confusion over the rows labelled with a FairFace bin."""
+    return _range_confusion(pred_age, true_group, FAIRFACE_BIN_OFFSET, FAIRFACE_AGE_BINS, age_to_fairface_bin)

@@ -20,6 +20,7 @@ class SourceConfig(StrictConfig):
     val_fraction: float = 0.1
     max_samples: int | None = None  # cap (deterministic) on training samples read from this source
     max_val: int | None = 200  # cap on validation samples, to keep per-epoch validation short
+    paste_into_scenes: bool = False  # crop source only: its training crops are pasted into scenes (data.paste)
 
     @field_validator("weight")
     @classmethod
@@ -36,6 +37,54 @@ class SourceConfig(StrictConfig):
         return value
 
 
+def _range(value: list[float]) -> list[float]:
+    if len(value) != 2 or not 0 < value[0] <= value[1]:
+        raise ValueError(f"must be a range [low, high] with 0 < low <= high, got {list(value)}")
+    return value
+
+
+class PasteConfig(StrictConfig):
+    """Labelled body crops pasted into training scenes (sources with paste_into_scenes: true)."""
+
+    probability: float = 0.5  # share of labelled training scenes that get pasted people
+    max_per_image: int = 3
+    height: list[float] = [0.25, 0.8]  # pasted height, fraction of the scene side
+
+    @field_validator("probability")
+    @classmethod
+    def _probability(cls, value: float) -> float:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"must be in [0, 1], got {value}")
+        return value
+
+    @field_validator("max_per_image")
+    @classmethod
+    def _count(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"must be >= 1, got {value}")
+        return value
+
+    _height = field_validator("height")(classmethod(lambda cls, v: _range(v)))
+
+
+class CropFramingConfig(StrictConfig):
+    """How widely training crops are re-framed (zoom <1 = looser margins; aspect = width stretch; shift = side
+    fraction). Kiosk users pass whatever their face or person detector gives."""
+
+    zoom: list[float] = [0.85, 1.1]
+    aspect: list[float] = [1.0, 1.0]
+    shift: float = 0.0
+
+    _ranges = field_validator("zoom", "aspect")(classmethod(lambda cls, v: _range(v)))
+
+    @field_validator("shift")
+    @classmethod
+    def _shift(cls, value: float) -> float:
+        if not 0.0 <= value <= 0.5:
+            raise ValueError(f"must be in [0, 0.5], got {value}")
+        return value
+
+
 class DataConfig(StrictConfig):
     scene: list[SourceConfig] = []
     crop: list[SourceConfig] = []
@@ -44,6 +93,9 @@ class DataConfig(StrictConfig):
     crop_batch_size: int = 32
     augment: bool = True
     num_workers: int = 0
+    cache: bool = False  # decode + shrink each image once into a disk cache ($MOUAADNET_CACHE, ~/.cache/mouaadnet)
+    paste: PasteConfig = Field(default_factory=PasteConfig)
+    crop_framing: CropFramingConfig = Field(default_factory=CropFramingConfig)
 
     @field_validator("crop_fraction")
     @classmethod

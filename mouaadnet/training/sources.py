@@ -31,6 +31,7 @@ class TrainingData:
     eval_sets: list[EvalSet]
     problem_counts: dict[str, int]  # source -> labels/images the readers skipped or fixed
     fingerprint: str
+    paste_bodies: list[Sample] = field(default_factory=list)  # training crops of paste_into_scenes sources
 
 
 def source_name(spec: str) -> str:
@@ -97,6 +98,7 @@ def load_training_data(cfg: DataConfig, seed: int) -> TrainingData:
     eval_sets: list[EvalSet] = []
     problem_counts: dict[str, int] = {}
     names: set[str] = set()
+    paste_bodies: list[Sample] = []
     for mode, sources in (("scene", cfg.scene), ("crop", cfg.crop)):
         total_weight = sum(s.weight for s in sources)
         for source in sources:
@@ -104,8 +106,11 @@ def load_training_data(cfg: DataConfig, seed: int) -> TrainingData:
             problem_counts[source.path] = problems
             share = source.weight / total_weight
             modes[mode].samples += train
+            if source.paste_into_scenes and mode == "crop":
+                paste_bodies += train  # the training split only: validation crops never enter a scene
             modes[mode].weights += [share / len(train)] * len(train) if train else []
             if val:
                 eval_sets.append(EvalSet(_unique(source_name(source.path), names), mode, val))
     specs = [s.path for s in cfg.scene + cfg.crop] + [s.val for s in cfg.scene + cfg.crop if s.val]
-    return TrainingData(modes["scene"], modes["crop"], eval_sets, problem_counts, data_fingerprint(specs))
+    return TrainingData(modes["scene"], modes["crop"], eval_sets, problem_counts, data_fingerprint(specs),
+                        paste_bodies)

@@ -19,7 +19,15 @@ from tqdm import tqdm
 
 from model import build_model
 from model.losses import MultiTaskLoss
-from mouaadnet.data.dataset import CropDataset, SceneDataset, collate_crop, collate_scene
+from mouaadnet.data.cache import ImageCache
+from mouaadnet.data.dataset import (
+    CropDataset,
+    CropFraming,
+    PasteSettings,
+    SceneDataset,
+    collate_crop,
+    collate_scene,
+)
 from mouaadnet.evaluation.evaluate import EvalResult, evaluate_sets, flat_metrics
 from mouaadnet.training.checkpoint import atomic_save, load_checkpoint, restore_rng_state, rng_state
 from mouaadnet.training.config import TrainConfig, flatten
@@ -86,15 +94,24 @@ class Trainer:
         self.model.load_state_dict(weights)
 
     def _streams(self) -> dict[str, BatchStream]:
-        cfg, streams = self.cfg, {}
+        cfg, data, streams = self.cfg, self.cfg.data, {}
+        # Cached images keep enough pixels for the largest zoom the augmentation asks for.
+        scene_cache = ImageCache(round(cfg.model.scene_size * 1.4)) if data.cache else None
+        crop_cache = ImageCache(cfg.model.crop_size * 2) if data.cache else None
         if self.data.scene.samples:
-            dataset = SceneDataset(self.data.scene.samples, cfg.model.scene_size, cfg.data.augment, cfg.seed)
-            streams["scene"] = BatchStream(dataset, self.data.scene, cfg.data.scene_batch_size, collate_scene,
-                                           cfg.data.num_workers, cfg.seed, 0)
+            paste = PasteSettings(self.data.paste_bodies, data.paste.probability, data.paste.max_per_image,
+                                  tuple(data.paste.height))
+            dataset = SceneDataset(self.data.scene.samples, cfg.model.scene_size, data.augment, cfg.seed,
+                                   cache=scene_cache, paste=paste)
+            streams["scene"] = BatchStream(dataset, self.data.scene, data.scene_batch_size, collate_scene,
+                                           data.num_workers, cfg.seed, 0)
         if self.data.crop.samples:
-            dataset = CropDataset(self.data.crop.samples, cfg.model.crop_size, cfg.data.augment, cfg.seed)
-            streams["crop"] = BatchStream(dataset, self.data.crop, cfg.data.crop_batch_size, collate_crop,
-                                          cfg.data.num_workers, cfg.seed, 1)
+            framing = CropFraming(tuple(data.crop_framing.zoom), tuple(data.crop_framing.aspect),
+                                  data.crop_framing.shift)
+            dataset = CropDataset(self.data.crop.samples, cfg.model.crop_size, data.augment, cfg.seed,
+                                  cache=crop_cache, framing=framing)
+            streams["crop"] = BatchStream(dataset, self.data.crop, data.crop_batch_size, collate_crop,
+                                          data.num_workers, cfg.seed, 1)
         return streams
 
     @property

@@ -1,0 +1,77 @@
+"""FairFace reader: face crops with gender and a binned age (a soft target over the bin's years)."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from .readers import Problem, ReadResult, _crop_sample, _parse_gender, _require_dir, source_name
+from .types import FAIRFACE_AGE_BINS, FAIRFACE_BIN_OFFSET, UNKNOWN, Sample
+
+FAIRFACE_COLUMNS = ("file", "age", "gender")
+# Excel turned two bins into dates in some copies of the source CSV ('3-9' -> '03-Sep', '10-19' -> 'Oct-19').
+_EXCEL_DATES = {"03-Sep": "3-9", "Sep-03": "3-9", "Oct-19": "10-19", "19-Oct": "10-19"}
+
+
+def is_fairface_csv(csv_path: Path) -> bool:
+    """True when labels.csv has FairFace's columns (file, age, gender, race) rather than PETA's."""
+    with open(csv_path, newline="", encoding="utf-8", errors="replace") as handle:
+        header = next(csv.reader(handle), [])
+    return {"file", "age", "gender", "race"} <= {h.strip() for h in header}
+
+
+def fairface_age_group(bin_name: str) -> int:
+    """Index in model.config.AGE_RANGES of a FairFace age bin name; UNKNOWN for an unknown name."""
+    name = _EXCEL_DATES.get(bin_name, bin_name)
+    if name not in FAIRFACE_AGE_BINS:
+        return UNKNOWN
+    return FAIRFACE_BIN_OFFSET + FAIRFACE_AGE_BINS.index(name)
+
+
+def read_fairface(root: str | os.PathLike, source: str | None = None) -> ReadResult:
+    """Read root/labels.csv (file, age bin, gender Male/Female, race); no identities (FairFace has none)."""
+    root = _require_dir(root, "FairFace source")
+    csv_path = root / "labels.csv"
+    if not csv_path.is_file():
+        raise ValueError(f"FairFace source {root}: labels.csv not found")
+    source = source or source_name(root, "fairface")
+    result = ReadResult()
+    with open(csv_path, newline="", encoding="utf-8", errors="replace") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in FAIRFACE_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"FairFace source {csv_path}: missing required columns {missing}")
+        for row in reader:
+            sample = _fairface_row(row, csv_path, reader.line_num, root, source, result)
+            if sample is not None:
+                result.samples.append(sample)
+    return result
+
+
+def _fairface_row(
+    row: dict, csv_path: Path, line: int, root: Path, source: str, result: ReadResult
+) -> Sample | None:
+    """The crop sample of one labels.csv row, or None when unusable (recorded)."""
+    if None in row or any(row[c] is None for c in FAIRFACE_COLUMNS):
+        result.problems.append(Problem(str(csv_path), line, "malformed_label", "wrong number of fields"))
+        return None
+    file_name = row["file"].strip()
+    path = root / file_name
+    if not file_name or not path.is_file():
+        result.problems.append(
+            Problem(str(csv_path), line, "missing_image", f"image {file_name!r} does not exist")
+        )
+        return None
+    try:
+        gender = _parse_gender(row["gender"].strip())
+    except ValueError as err:
+        result.problems.append(Problem(str(csv_path), line, "malformed_label", str(err)))
+        gender = float(UNKNOWN)
+    bin_name = row["age"].strip()
+    age_group = fairface_age_group(bin_name)
+    if bin_name and age_group == UNKNOWN:
+        result.problems.append(
+            Problem(str(csv_path), line, "malformed_label", f"age bin {bin_name!r} not in {list(FAIRFACE_AGE_BINS)}")
+        )
+    return _crop_sample(str(path), source, gender, float(UNKNOWN), age_group, None)
