@@ -113,3 +113,19 @@ def test_crop_augment_output_size() -> None:
     image, _ = _marked()
     assert CropAugment(48)(image).shape == (48, 48, 3)
     np.testing.assert_array_equal(CropAugment(48, enabled=False)(image), letterbox(image, None, 48)[0])
+
+
+def test_reframe_zooms_shifts_and_stretches_the_crop() -> None:
+    from mouaadnet.data.augment import reframe
+
+    face = np.full((100, 100, 3), 250, np.uint8)
+    rng = np.random.default_rng(0)
+    loose = reframe(face, 112, rng, zoom=(0.5, 0.5), aspect=(1.0, 1.0), shift=0.0)
+    bright = np.argwhere(loose[..., 0] == 250)
+    assert loose.shape == (112, 112, 3) and len(bright) == 56 * 56  # half the side, grey around it
+    assert bright.min(0).tolist() == [28, 28]
+    wide = reframe(face, 112, rng, zoom=(0.5, 0.5), aspect=(4.0, 4.0), shift=0.0)
+    cols = np.argwhere(wide[..., 0] == 250)
+    assert np.ptp(cols[:, 1]) + 1 == 112 and np.ptp(cols[:, 0]) + 1 == 28  # 2x wider, 2x shorter
+    shifted = reframe(face, 112, np.random.default_rng(1), zoom=(0.5, 0.5), aspect=(1.0, 1.0), shift=0.2)
+    assert np.argwhere(shifted[..., 0] == 250).min(0).tolist() != [28, 28]

@@ -293,3 +293,25 @@ def test_check_info_problems_keep_report_ok(tmp_path: Path) -> None:
     _image(tmp_path / "utk" / "117_1_0_20170110183726390.jpg.chip.jpg", (8, 8))
     report = check_sources([str(tmp_path / "utk")])
     assert report.ok and report.sources[0].problems == {"age_out_of_range": 1}
+
+
+def test_video_frames_split_by_blocks_of_consecutive_frames(tmp_path: Path) -> None:
+    from mouaadnet.data.readers import FRAME_BLOCK
+
+    root = tmp_path / "cctv"
+    (root / "labels").mkdir(parents=True)
+    rows = ["file,camera,date"]
+    for cam in ("camA", "camB"):
+        for i in range(25):
+            name = f"{cam}_20230101_{i:03d}"
+            _image(root / "images" / f"{name}.jpg", (40, 30))
+            (root / "labels" / f"{name}.txt").write_text("0 0.5 0.5 0.2 0.4\n")
+            rows.append(f"images/{name}.jpg,{cam},20230101")
+    (root / "frames.csv").write_text("\n".join(rows) + "\n")
+    samples = read_yolo(root).samples
+    ids = {Path(s.image_path).stem: s.identity for s in samples}
+    assert ids["camA_20230101_000"] == ids["camA_20230101_009"] == "camA_20230101_0"
+    assert ids["camA_20230101_010"] == "camA_20230101_1" and ids["camB_20230101_024"] == "camB_20230101_2"
+    assert len(set(ids.values())) == 2 * -(-25 // FRAME_BLOCK)
+    train, val = split_samples(samples, 0.3, seed=0)
+    assert {s.identity for s in train}.isdisjoint({s.identity for s in val})
