@@ -14,7 +14,7 @@ from model.losses import age_target_distribution
 from mouaadnet.data.fairface import fairface_age_group, read_fairface
 from mouaadnet.data.sources import detect_format, load_source
 from mouaadnet.data.types import UNKNOWN
-from mouaadnet.metrics import age_bin_metrics, age_group_metrics
+from mouaadnet.evaluation.metrics import age_bin_metrics, age_group_metrics
 
 
 def _fairface_root(tmp_path: Path) -> Path:
