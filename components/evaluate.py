@@ -10,7 +10,7 @@ from components.image import IMAGE
 def evaluate(checkpoint: Input[Model], onnx_fp32: Input[Model], onnx_int8: Input[Model], dataset: Input[Dataset],
              config: str, int8_variant: str, min_ap50: float, max_model_mb: float, max_latency_ms: float,
              serve_precision: str, parent_run_id: str, experiment: str, prepare_run_id: str, train_run_id: str,
-             reparam_run_id: str, qat_run_id: str, export_run_id: str, metrics: Output[Metrics]
+             reparam_run_id: str, qat_run_id: str, export_run_id: str, real_val: str, metrics: Output[Metrics]
              ) -> NamedTuple("Evaluated", [("passed", bool), ("publish", str), ("primary_metric", float)]):
     """Quality gates (mouaadnet.evaluation.gates + FP32 AP50 / size / latency budgets) -> pass/fail, and what to publish."""
     import os
@@ -22,7 +22,7 @@ def evaluate(checkpoint: Input[Model], onnx_fp32: Input[Model], onnx_int8: Input
             "qat": qat_run_id, "export_onnx": export_run_id}
     r = evaluate_step(os.path.join(checkpoint.path, "best.pt"), onnx_fp32.path, onnx_int8.path, dataset.path, config,
                       int8_variant, min_ap50, max_model_mb, max_latency_ms, serve_precision,
-                      parent_run_id=parent_run_id, step_runs=runs, experiment=experiment)
+                      parent_run_id=parent_run_id, step_runs=runs, experiment=experiment, real_val=real_val)
     for name, value in r["metrics"].items():
         metrics.log_metric(name, value)
     metrics.metadata["failed_gates"] = ",".join(r["failed"])

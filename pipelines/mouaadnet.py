@@ -61,11 +61,17 @@ def mouaadnet_pipeline(
     registered_model: str = "mouaadnet-detector",
     experiment: str = "mouaadnet-pipeline",
     repo_dir: str = ".",
+    pretrained: str = "weights/mouaadnet.pt",
+    real_val: str = "examples/real",
+    shipped: str = "weights",
 ):
     """config: YAML text or a path relative to repo_dir; data_version: the md5 data.dvc pins (refused if it
     differs); epochs / steps_per_epoch: 0 = the config's; min_ap50, max_model_mb, max_latency_ms: gates on top
     of mouaadnet.evaluation.gates; target_backend: python | onnxruntime (Triton backend of the published model);
-    serve_precision: fp32 | int8 (which ONNX is published)."""
+    serve_precision: fp32 | int8 (which ONNX is published); pretrained: the checkpoint training starts from (the
+    shipped weights; "" = from scratch); real_val: the real validation scenes the champion rule judges on;
+    shipped: the shipped weights folder; its default scene ONNX is registered as the first champion (Triton's
+    committed version 1)."""
     kfp_run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
     exit_task = _with_env(finish_run(experiment=experiment, kfp_run_id=kfp_run_id), cache=False)
     with dsl.ExitHandler(exit_task, name="mlflow-parent-run"):
@@ -82,7 +88,8 @@ def mouaadnet_pipeline(
         dataset = data.outputs["dataset"]
 
         trained = _with_env(train(dataset=dataset, config=config, data_fingerprint=data.outputs["fingerprint"],
-                                  epochs=epochs, steps_per_epoch=steps_per_epoch, experiment=experiment))
+                                  epochs=epochs, steps_per_epoch=steps_per_epoch, experiment=experiment,
+                                  pretrained=pretrained))
         trained.set_cpu_request("2").set_memory_request("4G")
         fused = _with_env(reparameterize(checkpoint=trained.outputs["checkpoint"], dataset=dataset,
                                          experiment=experiment))
@@ -103,7 +110,7 @@ def mouaadnet_pipeline(
             max_latency_ms=max_latency_ms, serve_precision=serve_precision, parent_run_id=parent.output,
             experiment=experiment, prepare_run_id=data.outputs["mlflow_run_id"],
             train_run_id=trained.outputs["mlflow_run_id"], reparam_run_id=fused.outputs["Output"], qat_run_id=quant.outputs["Output"],
-            export_run_id=exported.outputs["mlflow_run_id"]), cache=False)
+            export_run_id=exported.outputs["mlflow_run_id"], real_val=real_val), cache=False)
 
         # publish only on pass: evaluate's `publish` output is "fp32" / "int8" (serve_precision) or "none"
         decision = _with_env(gate_decision(publish=gates.outputs["publish"]), cache=False)
@@ -113,6 +120,6 @@ def mouaadnet_pipeline(
                     onnx_model=exported.outputs[f"onnx_{precision}"], model_id=exported.outputs[f"{precision}_model_id"],
                     primary_metric=gates.outputs["primary_metric"], triton_repo=triton_repo, backend=target_backend,
                     registered_model=registered_model, parent_run_id=parent.output, kfp_run_id=kfp_run_id,
-                    experiment=experiment), cache=False)
+                    experiment=experiment, real_val=real_val, shipped=shipped), cache=False)
                 published.set_retry(**NETWORK_RETRY)
                 published.set_display_name(f"publish-{precision}")

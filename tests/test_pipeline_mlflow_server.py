@@ -43,7 +43,7 @@ def test_lineage_registry_and_s3_artifacts(mlflow_server_uri, s3_service, tiny_c
     from mlflow import MlflowClient
 
     from model.artifacts import sha256_file
-    from mouaadnet.pipeline import dvc_data, lineage, steps
+    from mouaadnet.pipeline import champion, dvc_data, lineage, steps
 
     dvc_data.ensure_data(PROJECT_ROOT)
     data = PROJECT_ROOT / "data"
@@ -57,7 +57,7 @@ def test_lineage_registry_and_s3_artifacts(mlflow_server_uri, s3_service, tiny_c
 
     assert adopted == {"reparameterize": "child", "export_onnx": "child"}, (parent, _C().get_run(fused["run_id"]).data.tags)
     triton = copy_repo(tmp_path / "triton_repo")
-    published = steps.publish_step(tmp_path / "fp32", triton, exported["fp32_model_id"], 0.25,
+    published = champion.publish_step(tmp_path / "fp32", triton, exported["fp32_model_id"], 0.25,
                                    registered_model="mouaadnet-server-test", parent_run_id=parent,
                                    kfp_run_id="kfp-1", experiment=exp)
     assert lineage.finish_pipeline_run(exp, "kfp-1", "SUCCEEDED") == parent
@@ -80,9 +80,12 @@ def test_lineage_registry_and_s3_artifacts(mlflow_server_uri, s3_service, tiny_c
     assert version.tags["triton_version"] == str(published["triton_version"])
 
     # a second candidate with a worse primary metric stays candidate; champion does not move
-    second = steps.publish_step(tmp_path / "fp32", triton, exported["fp32_model_id"], 0.1,
-                                registered_model="mouaadnet-server-test", experiment=exp)
-    assert second["champion"] is False
+    versions_before = sorted(p.name for p in (triton / "detector").iterdir())
+    second = champion.publish_step(tmp_path / "fp32", triton, exported["fp32_model_id"], 0.1,
+                                   registered_model="mouaadnet-server-test", experiment=exp)
+    assert second["champion"] is False and "NOT promoted" in second["decision"]
+    assert second["triton_version"] == -1  # Triton keeps serving the champion: no new version folder
+    assert sorted(p.name for p in (triton / "detector").iterdir()) == versions_before
     assert client.get_model_version_by_alias("mouaadnet-server-test", "candidate").version == second["registry_version"]
     assert client.get_model_version_by_alias("mouaadnet-server-test", "champion").version == version.version
 

@@ -217,13 +217,14 @@ def export(
 
 
 def _gate_and_report(val_data: list[str], limit: int | None, model, fp32: list[Path], int8: dict[str, list[Path]],
-                     sidecar_of: Path, gated: str = "int8_qat", as_json: bool = False) -> None:
+                     sidecar_of: Path, gated: str = "int8_qat", as_json: bool = False,
+                     config: Path | None = None) -> None:
     """Evaluate and print the gates; add them to ``sidecar_of``'s JSON sidecar; exit 1 when one fails."""
     from model.artifacts import sidecar_path
     from mouaadnet.evaluation.gates import load_eval_sets, run_gates
 
     try:
-        report = run_gates(load_eval_sets(val_data, limit), model, fp32, int8, gated=gated)
+        report = run_gates(load_eval_sets(val_data, limit, config), model, fp32, int8, gated=gated)
     except (ValueError, FileNotFoundError) as error:
         _fail(f"gates: {error}", 2)
     typer.echo(json.dumps(report.to_dict(), indent=2, default=float) if as_json else report.format())
@@ -236,8 +237,11 @@ def _gate_and_report(val_data: list[str], limit: int | None, model, fp32: list[P
 
 
 def gates(
-    data: Annotated[list[str], typer.Option(help="Validation sources (repeatable): YOLO dir, COCO .json, UTKFace "
-                                                 "dir, PETA dir, synthetic:N[:SEED], synthetic-crops:N[:SEED].")],
+    data: Annotated[list[str] | None, typer.Option(help="Validation sources (repeatable): YOLO dir, COCO .json, "
+                                                        "UTKFace dir, PETA dir, FairFace dir, synthetic:N[:SEED], "
+                                                        "synthetic-crops:N[:SEED].")] = None,
+    config: Annotated[Path | None, typer.Option(help="A training config: gate on its validation splits (the same "
+                                                     "identity split as training).")] = None,
     fp32: Annotated[list[Path] | None, typer.Option(help="FP32 ONNX file(s), scene and/or crop (mode read from "
                                                          "the graph).")] = None,
     int8: Annotated[list[Path] | None, typer.Option(help="INT8 ONNX file(s) from QAT: the gated variant.")] = None,
@@ -250,9 +254,12 @@ def gates(
 
     Exit code 1 when an enforced gate fails (PTQ rows are reported only).
     """
+    if not data and config is None:
+        _fail("give --data SOURCE (repeatable) and/or --config TRAINING_CONFIG", 2)
     model = _load(checkpoint)[0] if checkpoint is not None else None
     variants = {"int8_qat": list(int8 or []), "int8_ptq": list(ptq or [])}
-    _gate_and_report(data, limit, model, list(fp32 or []), variants, None, as_json=as_json)
+    _gate_and_report(list(data or []), limit, model, list(fp32 or []), variants, None, as_json=as_json,
+                     config=config)
 
 
 def qat(

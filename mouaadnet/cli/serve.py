@@ -45,15 +45,17 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def detect(
         images: Annotated[list[Path], typer.Argument(help="Image files (JPEG/PNG).")],
-        url: Annotated[str, typer.Option(help="Triton gRPC endpoint.")] = "127.0.0.1:8001",
+        url: Annotated[str | None, typer.Option(
+            help="Ask a Triton server at this gRPC endpoint (e.g. 127.0.0.1:8001) instead of running in-process.")] = None,
         model: Annotated[Path | None, typer.Option(
-            "--model", help="Run this ONNX in-process with ONNX Runtime instead of asking the server.")] = None,
+            "--model", help="Scene ONNX to run in-process (default: the shipped weights, weights/).")] = None,
         threshold: Annotated[float, typer.Option(help="Minimum person score.")] = 0.3,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
         draw: Annotated[Path | None, typer.Option(
             help="Write the image with boxes and labels here (with several images: OUT_<i>.ext).")] = None,
     ) -> None:
-        """Find people (box, score, gender, age) in images, through Triton gRPC or in-process."""
+        """Find people (box, score, gender, age) in images: in-process with the shipped weights by default, or
+        through a Triton server (--url)."""
         from mouaadnet.serving.client import (
             ClientError,
             LocalDetector,
@@ -63,12 +65,16 @@ def register(app: typer.Typer) -> None:
         )
         from mouaadnet.serving.client import as_json as to_json
         from mouaadnet.serving.client import draw as draw_image
+        from mouaadnet.weights import WeightsError, default_model
 
         try:
             blobs = read_images(images)
-            detector = LocalDetector(model) if model is not None else TritonDetector(url)
+            if url is not None:
+                detector = TritonDetector(url)
+            else:
+                detector = LocalDetector(model if model is not None else default_model("scene"))
             people = detector.detect(blobs, threshold)
-        except (ClientError, ValueError) as error:
+        except (ClientError, ValueError, WeightsError) as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(1) from None
         if as_json:

@@ -88,28 +88,28 @@ def train(
 
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (best.pt / last.pt).")],
-    data: Annotated[list[str], typer.Option(help="Validation source (repeatable): YOLO dir, COCO .json, "
-                                                 "UTKFace dir, PETA dir, synthetic:N[:SEED].")],
+    data: Annotated[Optional[list[str]], typer.Option(help="Validation source (repeatable): YOLO dir, COCO .json, "
+                                                           "UTKFace dir, PETA dir, FairFace dir, synthetic:N[:SEED].")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="A training config: evaluate on its validation splits (the "
+                                                        "same identity split as training, every sample).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
     limit: Annotated[Optional[int], typer.Option(help="Evaluate at most this many images per source.")] = None,
     threshold: Annotated[float, typer.Option(help="Detection score threshold for attribute matching.")] = 0.3,
 ) -> None:
     """COCO AP50 / AP50:95 / AR100 for persons; gender accuracy and confusion; age MAE and ±k accuracy."""
-    from mouaadnet.data.sources import load_source
-    from mouaadnet.evaluation.evaluate import EvalSet, evaluate_sets
+    from mouaadnet.evaluation.evaluate import evaluate_sets
+    from mouaadnet.evaluation.gates import load_eval_sets
     from mouaadnet.training.checkpoint import CheckpointError, model_from_checkpoint
-    from mouaadnet.training.sources import source_name, sources_by_mode
 
+    if not data and config is None:
+        typer.echo("error: give --data SOURCE (repeatable) and/or --config TRAINING_CONFIG", err=True)
+        raise typer.Exit(2)
     try:
         model, _ = model_from_checkpoint(checkpoint)
     except CheckpointError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(2) from None
-    scene_specs, crop_specs = sources_by_mode(data)
-    sets = []
-    for spec in data:
-        samples = load_source(spec).samples[:limit]
-        sets.append(EvalSet(source_name(spec), "crop" if spec in crop_specs else "scene", samples))
+    sets = load_eval_sets(data or [], limit, config)
     results = evaluate_sets(model, sets, model.cfg.scene_size, model.cfg.crop_size, threshold=threshold)
     if as_json:
         typer.echo(json.dumps({r.name: r.metrics for r in results}, indent=2, default=float))

@@ -194,13 +194,19 @@ def _onnx_modes(paths: Sequence[str | Path]) -> set[str]:
             for p in paths}
 
 
-def load_eval_sets(specs: Sequence[str], limit: int | None = None) -> list[EvalSet]:
-    """Validation sets from source specs (as for `evaluate --data`): scene or crop mode detected per spec."""
+def load_eval_sets(specs: Sequence[str], limit: int | None = None, config: str | Path | None = None) -> list[EvalSet]:
+    """Validation sets from source specs (as for `evaluate --data`; scene or crop mode detected per spec) and/or
+    the validation splits of a training config (`--config`), each cut to ``limit`` samples."""
     from mouaadnet.data.sources import load_source
-    from mouaadnet.training.sources import source_name, sources_by_mode
+    from mouaadnet.training.config import TrainConfig
+    from mouaadnet.training.sources import load_validation_sets, source_name, sources_by_mode
 
+    sets: list[EvalSet] = []
+    if config is not None:
+        cfg = TrainConfig.from_yaml(config)
+        sets = [EvalSet(s.name, s.mode, s.samples[:limit]) for s in load_validation_sets(cfg.data, cfg.seed)]
     _, crop_specs = sources_by_mode(list(specs))
-    sets, taken = [], set()
+    taken = {s.name for s in sets}
     for spec in specs:
         name = source_name(spec)
         while name in taken:

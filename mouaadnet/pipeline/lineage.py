@@ -28,7 +28,8 @@ PIPELINE_TAG = "pipeline.name"
 PIPELINE_NAME = "mouaadnet"
 DEFAULT_EXPERIMENT = "mouaadnet-pipeline"
 DEFAULT_REGISTERED_MODEL = "mouaadnet-detector"
-PRIMARY_METRIC = "fp32_AP50"  # higher is better; champion is moved only when a candidate beats it on this
+# Higher is better; the champion moves only when a candidate beats it on this (see champion.py).
+PRIMARY_METRIC = "real_AP50"
 
 
 def _mlflow():

@@ -17,13 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mouaadnet.pipeline.champion import onnx_input_size, real_ap50
 from mouaadnet.pipeline.lineage import (
     DEFAULT_EXPERIMENT,
-    DEFAULT_REGISTERED_MODEL,
-    KFP_RUN_TAG,
     PRIMARY_METRIC,
     STEP_TAG,
-    _champion,
     _client,
     _finite,
     _mlflow,
@@ -83,12 +81,20 @@ def prepare_data(out_dir: str | os.PathLike, repo_dir: str | os.PathLike = ".", 
 
 def train_step(dataset_dir: str | os.PathLike, config: str, out_dir: str | os.PathLike, epochs: int = 0,
                steps_per_epoch: int = 0, data_fingerprint: str = "", experiment: str = DEFAULT_EXPERIMENT,
-               progress: bool = False) -> dict[str, Any]:
-    """Train on the dataset artifact; ``out_dir`` gets best.pt and config.yaml. Returns the summary values."""
+               progress: bool = False, pretrained: str = "") -> dict[str, Any]:
+    """Train on the dataset artifact; ``out_dir`` gets best.pt and config.yaml. Returns the summary values.
+
+    ``pretrained``: a checkpoint to start from (the pipeline passes the shipped weights, weights/mouaadnet.pt);
+    "" trains from scratch."""
     from mouaadnet.training.trainer import train
 
     cfg = train_config(config, dataset_dir, epochs, steps_per_epoch)
     cfg.experiment = experiment
+    if pretrained:
+        if not Path(pretrained).is_file():
+            raise PipelineStepError(f"pretrained checkpoint {pretrained} not found (pass pretrained='' to train "
+                                    "from scratch)")
+        cfg.pretrained = str(pretrained)
     work = Path(out_dir).parent / (Path(out_dir).name + ".work")
     summary = train(cfg, work, progress=progress, run_name="train")
     client = _client()
@@ -249,7 +255,8 @@ def evaluate_step(checkpoint: str | os.PathLike, fp32_dir: str | os.PathLike, in
                   dataset_dir: str | os.PathLike, config: str, int8_variant: str = "int8_qat", min_ap50: float = 0.0,
                   max_model_mb: float = 5.0, max_latency_ms: float = 250.0, serve_precision: str = "fp32",
                   val_limit: int = 0, parent_run_id: str = "", step_runs: dict[str, str] | None = None,
-                  experiment: str = DEFAULT_EXPERIMENT, report_path: str | os.PathLike | None = None) -> dict[str, Any]:
+                  experiment: str = DEFAULT_EXPERIMENT, report_path: str | os.PathLike | None = None,
+                  real_val: str = "") -> dict[str, Any]:
     """Quality gates: ``mouaadnet.evaluation.gates.run_gates`` (FP32 ONNX == PyTorch, INT8 drops within limits, INT8 size;
     the INT8 ones are enforced only when serving INT8) plus the pipeline's own: FP32 AP50 >= ``min_ap50``, served file <= ``max_model_mb``, ORT batch-1 latency of
     the served file <= ``max_latency_ms``. Returns {"passed", "primary_metric", "metrics", "failed"}."""
@@ -275,7 +282,7 @@ def evaluate_step(checkpoint: str | os.PathLike, fp32_dir: str | os.PathLike, in
         ap50 = min((float(report.metrics["fp32"][n].get("AP50", float("nan"))) for n in scene_sets), default=float("nan"))
         served = int8 if serve_precision == "int8" else fp32
         size_mb = served.stat().st_size / 1e6
-        latency = _latency_ms(served, int(_onnx_size(served)))
+        latency = _latency_ms(served, int(onnx_input_size(served)))
         report.gates += [
             Gate("fp32_ap50_min", math.isfinite(ap50) and ap50 >= min_ap50, ap50, min_ap50, "FP32 ONNX person AP50"),
             Gate("served_file_mb", size_mb <= max_model_mb, size_mb, max_model_mb, served.parent.name),
@@ -287,6 +294,8 @@ def evaluate_step(checkpoint: str | os.PathLike, fp32_dir: str | os.PathLike, in
                                                                                     "age_mae")
                 and isinstance(value, (int, float)) and math.isfinite(value)}
         flat.update({"served_mb": size_mb, "latency_ms": latency, "gates_passed": float(report.passed)})
+        if real_val:  # the champion rule's metric: the served file on real photos (see pipeline/champion.py)
+            flat[PRIMARY_METRIC] = real_ap50(served, real_val)
         mlflow.log_metrics(flat)
         mlflow.log_dict(report.to_dict(), "gates.json")
         mlflow.set_tags({"gates_passed": str(report.passed).lower(), "adopted": json.dumps(adopted)})
@@ -296,59 +305,13 @@ def evaluate_step(checkpoint: str | os.PathLike, fp32_dir: str | os.PathLike, in
             Path(report_path).write_text(text + "\n")
         print(text, flush=True)
         primary = flat.get(PRIMARY_METRIC, ap50 if math.isfinite(ap50) else -1.0)
+        print(f"{PRIMARY_METRIC if real_val else 'fp32 AP50'} of the served file: {primary:.4f}", flush=True)
         if parent_run_id:
             client = _client()
-            for key in ("fp32_AP50", "int8_qat_AP50", "int8_ptq_AP50", "served_mb", "latency_ms", "gates_passed"):
+            for key in ("fp32_AP50", "int8_qat_AP50", "int8_ptq_AP50", "served_mb", "latency_ms", "gates_passed",
+                        PRIMARY_METRIC):
                 if key in flat:
                     client.log_metric(parent_run_id, key, flat[key])
             client.set_tag(parent_run_id, "gates_passed", str(report.passed).lower())
         return {"passed": report.passed, "primary_metric": float(primary), "metrics": flat,
                 "failed": [g.name for g in report.failed], "run_id": run.info.run_id}
-
-
-def _onnx_size(path: Path) -> int:
-    import onnx
-
-    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-    return dims[3].dim_value or 320
-
-
-def publish_step(onnx_dir: str | os.PathLike, triton_repo: str | os.PathLike, model_id: str = "",
-                 primary_metric: float = float("nan"), backend: str = "python", registered_model: str = DEFAULT_REGISTERED_MODEL,
-                 triton_model: str = "detector", parent_run_id: str = "", kfp_run_id: str = "",
-                 experiment: str = DEFAULT_EXPERIMENT) -> dict[str, Any]:
-    """Publish to the Triton repository (next version, sha256-checked), register the logged ONNX model in the
-    MLflow Model Registry, alias it ``candidate`` and move ``champion`` when it beats the current champion on
-    the primary metric. Tags link registry version <-> Triton version and sha256."""
-    from mouaadnet.serving.publish import publish
-
-    artifact = Path(onnx_dir) / ("model.plan" if backend == "tensorrt" else "model.onnx")
-    with step_run("publish", parent_run_id, experiment) as run:
-        mlflow = _mlflow()
-        client = _client()
-        published = publish(artifact, triton_repo, model=triton_model, backend=backend)
-        uri = model_id if "/" in model_id or ":" in model_id else f"models:/{model_id}"
-        version = mlflow.register_model(uri, registered_model, tags={
-            "triton_model": triton_model, "triton_version": str(published.version), "sha256": published.sha256,
-            "triton_repo": str(Path(triton_repo).resolve()), "backend": backend, PRIMARY_METRIC: f"{primary_metric}",
-            "pipeline_run_id": parent_run_id, KFP_RUN_TAG: kfp_run_id})
-        client.set_registered_model_alias(registered_model, "candidate", version.version)
-        champion = _champion(client, registered_model)
-        promote = champion is None or (math.isfinite(primary_metric) and primary_metric > champion[1])
-        if promote:
-            client.set_registered_model_alias(registered_model, "champion", version.version)
-        mlflow.log_params({"registered_model": registered_model, "registry_version": version.version,
-                           "triton_version": published.version, "backend": backend})
-        mlflow.set_tags({"sha256": published.sha256, "champion": str(promote).lower(),
-                         "previous_champion": "" if champion is None else champion[0]})
-        # the published version's own sidecar points back at the registry
-        meta_path = published.path / f"{artifact.name}.json"
-        meta = json.loads(meta_path.read_text())
-        meta["registry"] = {"model": registered_model, "version": str(version.version), "uri": uri}
-        meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-        if parent_run_id:
-            client.set_tag(parent_run_id, "registry_version", str(version.version))
-            client.set_tag(parent_run_id, "triton_version", str(published.version))
-        return {"registry_version": str(version.version), "triton_version": published.version,
-                "sha256": published.sha256, "champion": promote, "path": str(published.path),
-                "run_id": run.info.run_id}

@@ -54,7 +54,7 @@ def sources_by_mode(specs: list[str]) -> tuple[list[str], list[str]]:
         elif spec.startswith("synthetic:"):
             scene.append(spec)
         else:
-            (crop if detect_format(Path(spec)) in ("utkface", "peta") else scene).append(spec)
+            (crop if detect_format(Path(spec)) in ("utkface", "peta", "fairface") else scene).append(spec)
     return scene, crop
 
 
@@ -72,7 +72,7 @@ def _read(spec: str) -> ReadResult:
     return result
 
 
-def _split_source(source: SourceConfig, seed: int) -> tuple[list[Sample], list[Sample], int]:
+def _split_source(source: SourceConfig, seed: int, cap_val: bool = True) -> tuple[list[Sample], list[Sample], int]:
     result = _read(source.path)
     problems = sum(not p.is_info for p in result.problems)
     if source.val:
@@ -81,7 +81,8 @@ def _split_source(source: SourceConfig, seed: int) -> tuple[list[Sample], list[S
         problems += sum(not p.is_info for p in val_result.problems)
     else:
         train, val = split_samples(result.samples, source.val_fraction, seed)
-    return _subsample(train, source.max_samples, seed), _subsample(val, source.max_val, seed), problems
+    val = _subsample(val, source.max_val, seed) if cap_val else val
+    return _subsample(train, source.max_samples, seed), val, problems
 
 
 def _unique(name: str, taken: set[str]) -> str:
@@ -114,3 +115,16 @@ def load_training_data(cfg: DataConfig, seed: int) -> TrainingData:
     specs = [s.path for s in cfg.scene + cfg.crop] + [s.val for s in cfg.scene + cfg.crop if s.val]
     return TrainingData(modes["scene"], modes["crop"], eval_sets, problem_counts, data_fingerprint(specs),
                         paste_bodies)
+
+
+def load_validation_sets(cfg: DataConfig, seed: int, whole: bool = True) -> list[EvalSet]:
+    """The validation sets of a training config: the same identity split as training, every sample of it when
+    ``whole`` (per-epoch validation reads at most ``max_val`` of each)."""
+    sets: list[EvalSet] = []
+    names: set[str] = set()
+    for mode, sources in (("scene", cfg.scene), ("crop", cfg.crop)):
+        for source in sources:
+            _, val, _ = _split_source(source, seed, cap_val=not whole)
+            if val:
+                sets.append(EvalSet(_unique(source_name(source.path), names), mode, val))
+    return sets

