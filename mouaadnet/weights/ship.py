@@ -107,3 +107,20 @@ def ship(checkpoint: str | Path, config: str | Path, out: str | Path, num_calib:
     staging.rename(out)
     shutil.rmtree(old, ignore_errors=True)
     return ShipReport(out, manifest, report.passed, report.format())
+
+
+def link_triton_seed(weights: str | Path, triton_repo: str | Path, model: str = "detector") -> Path:
+    """Make Triton's committed version 1 of ``model`` serve the shipped default scene ONNX: a relative symlink
+    (and one for its sidecar), so the repository's first version is always exactly the shipped file."""
+    import os
+
+    from mouaadnet.weights.shipped import default_model
+
+    target = default_model("scene", directory=weights)
+    version = Path(triton_repo) / model / "1"
+    for name, source in (("model.onnx", target), ("model.onnx.json", Path(str(target) + ".json"))):
+        link = version / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(os.path.relpath(source.resolve(), version.resolve()))
+    return version / "model.onnx"
