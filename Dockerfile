@@ -61,6 +61,9 @@ COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 # Configs, the data pin and the DVC remote (no credentials: those come from a Kubernetes Secret / env).
 COPY --chown=10001:10001 configs ./configs
+# The shipped model (the pipeline's `pretrained` and first champion) and the real validation scenes it is judged on.
+COPY --chown=10001:10001 weights ./weights
+COPY --chown=10001:10001 examples ./examples
 COPY --chown=10001:10001 data.dvc ./data.dvc
 COPY --chown=10001:10001 .dvc/config ./.dvc/config
 
