@@ -24,9 +24,13 @@ class WeightsError(RuntimeError):
 
 
 def weights_dir() -> Path:
-    """$MOUAADNET_WEIGHTS, else the repository's `weights/` folder."""
+    """$MOUAADNET_WEIGHTS, else the checkout's `weights/` folder, else `./weights` (an installed package, e.g. the
+    container image, whose working directory holds it)."""
     configured = os.environ.get("MOUAADNET_WEIGHTS")
-    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "weights"
+    if configured:
+        return Path(configured)
+    checkout = Path(__file__).resolve().parents[2] / "weights"
+    return checkout if checkout.is_dir() else Path.cwd() / "weights"
 
 
 def load_manifest(directory: str | Path | None = None) -> dict[str, Any]:
