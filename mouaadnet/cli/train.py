@@ -95,6 +95,8 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
     limit: Annotated[Optional[int], typer.Option(help="Evaluate at most this many images per source.")] = None,
     threshold: Annotated[float, typer.Option(help="Detection score threshold for attribute matching.")] = 0.3,
+    breakdown: Annotated[bool, typer.Option("--breakdown", help="Also print crop results by gender and by age "
+                                                                "band (markdown).")] = False,
 ) -> None:
     """COCO AP50 / AP50:95 / AR100 for persons; gender accuracy and confusion; age MAE and ±k accuracy."""
     from mouaadnet.evaluation.evaluate import evaluate_sets
@@ -119,6 +121,12 @@ def evaluate(
         for key, value in result.metrics.items():
             if isinstance(value, float):
                 typer.echo(f"  {key:<28} {value:.4f}")
+    if breakdown:
+        from mouaadnet.evaluation.breakdown import breakdown as split
+        from mouaadnet.evaluation.breakdown import format_breakdown
+
+        for result in (r for r in results if r.mode == "crop"):
+            typer.echo("\n" + format_breakdown(result.name, split(result.details)))
 
 
 def bench_train(

@@ -140,7 +140,7 @@ def evaluate_crop(model: torch.nn.Module, samples: list[Sample], size: int, batc
     bins = age_bin_metrics(pred_age, group_true)
     if bins["count"]:  # only FairFace-style sets carry age bins
         metrics.update(_prefixed("age_bin", bins))
-    details = {"pred_age": pred_age, "true_age": age_true}
+    details = {"pred_age": pred_age, "true_age": age_true, "p_female": prob_female, "true_gender": gender_true}
     return metrics, details
 
 
