@@ -74,7 +74,7 @@ def bench_quality(
     ±5 y, age-bin accuracy, ms per face."""
     import json
 
-    from mouaadnet.bench.quality import DEFAULT_PEER_PYTHON, format_table
+    from mouaadnet.bench.quality import DEFAULT_PEER_PYTHON, bench_margins, format_table
     from mouaadnet.bench.quality import bench_quality as run
     from mouaadnet.weights import WeightsError, default_model
 
