@@ -134,8 +134,16 @@ def bench_train(
     size: Annotated[int, typer.Option(help="Scene input size.")] = 320,
     batch: Annotated[int, typer.Option(help="Scene batch size.")] = 16,
     crop_batch: Annotated[int, typer.Option(help="Crop batch size (112 px).")] = 64,
+    contention: Annotated[bool, typer.Option("--contention", help="Instead: scene throughput per OpenMP wait "
+                                                                  "policy and thread count, quiet and beside a "
+                                                                  "2-thread torch load (run on an idle machine).")] = False,
 ) -> None:
     """Training throughput (images/s, full steps incl. data) in scene and crop mode: fp32/bf16, channels_last."""
+    if contention:
+        from mouaadnet.training import contention as bench
+
+        typer.echo(bench.markdown(bench.run_contention_bench(steps, size, batch)))
+        return
     from mouaadnet.training.throughput import markdown, run_train_bench
 
     typer.echo(markdown(run_train_bench(steps, size, batch=batch, crop_batch=crop_batch)))
