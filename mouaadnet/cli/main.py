@@ -58,9 +58,9 @@ def info(
 
 def _register_commands() -> None:
     """Each area wires its own commands; their modules import heavy libraries only inside commands."""
-    from mouaadnet.cli import export, pipeline, serve, train
+    from mouaadnet.cli import apps, export, pipeline, serve, train
 
-    for module in (train, export, serve, pipeline):
+    for module in (train, export, serve, pipeline, apps):
         module.register(app)
 
 
