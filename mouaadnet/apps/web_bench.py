@@ -117,6 +117,8 @@ def run_bench(models: list[Path], image: Path | None = None, runs: int = 50, war
     with WebServer(site, 0) as server:
         for r in range(rounds):
             for config in configs:
+                if config.provider == "webgpu" and r > 0:
+                    continue  # SwiftShader is ~100x slower than WASM: one round says enough
                 for info in site.models:
                     key = (config.runtime, config.provider, config.threads, info.name)
                     # SwiftShader WebGPU is ~100x slower: a few calls say enough

@@ -17,7 +17,7 @@ def _fail(message: str, code: int = 1) -> None:
 def web(
     model: Annotated[list[Path] | None, typer.Option(
         "--model", help="Scene-mode ONNX to serve (repeatable: the page offers each; the first is the default). "
-                        "Default: the shipped weights in weights/.")] = None,
+                        "Default: the shipped weights in weights/ (FP32 first: faster in WASM; INT8 offered).")] = None,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: any free port).")] = 8080,
     web_dir: Annotated[Path | None, typer.Option(help="The page folder (default: web/ of this checkout).")] = None,
     verbose: Annotated[bool, typer.Option(help="Log every request.")] = False,
@@ -27,11 +27,16 @@ def web(
     The page is cross-origin isolated (COOP/COEP headers), so WASM runs multi-threaded; WebGPU is used when the
     browser has it. Ctrl-C stops the server.
     """
-    from mouaadnet.apps.models import ModelError, default_model
+    from mouaadnet.apps.models import DEFAULT_PRECISION, ModelError, default_model, shipped_model
     from mouaadnet.apps.web import WEB_DIR, WebServer, WebSetupError, WebSite
 
     try:
-        models = list(model or []) or [default_model("scene", app="web", echo=lambda m: typer.echo(m, err=True))]
+        models = list(model or [])
+        if not models:  # the browser default first (docs/BENCHMARKS.md, "Browser"), the other precision offered
+            models = [default_model("scene", app="web", echo=lambda m: typer.echo(m, err=True))]
+            other = shipped_model("scene", "int8" if DEFAULT_PRECISION["web"] == "fp32" else "fp32")
+            if other is not None and other != models[0]:
+                models.append(other)
         site = WebSite.build(models, web_dir or WEB_DIR)
         server = WebServer(site, port, quiet=not verbose)
     except (WebSetupError, ModelError) as error:

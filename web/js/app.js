@@ -71,9 +71,9 @@ function showLatency(t) {
 }
 
 /** Run on packed RGB and show the result; `source` is what gets drawn (bitmap, video). */
-async function runOn(rgb, w, h, source) {
-  const result = await state.detector.detect(rgb, w, h, state.threshold);
-  state.last = { rgb, w, h, source, result };
+async function runOn(rgb, w, h, source, jpeg = false) {
+  const result = await state.detector.detect(rgb, w, h, state.threshold, { jpeg });
+  state.last = { rgb, w, h, source, jpeg, result };
   draw(source, w, h, result.people);
   showPeople(result.people);
   showLatency(result.timings);
@@ -83,8 +83,8 @@ async function runOn(rgb, w, h, source) {
 async function runBlob(blob, name) {
   stopWebcam();
   try {
-    const { bitmap, rgb, w, h } = await decodeBlob(blob);
-    const result = await runOn(rgb, w, h, bitmap);
+    const { bitmap, rgb, w, h, jpeg } = await decodeBlob(blob);
+    const result = await runOn(rgb, w, h, bitmap, jpeg);
     setStatus(`${name}: ${w}x${h}, ${result.people.length} ${result.people.length === 1 ? "person" : "people"} ` +
       `at score >= ${state.threshold.toFixed(2)}`);
     return result;
@@ -182,7 +182,7 @@ async function main() {
   $("threshold").addEventListener("input", () => {
     state.threshold = Number($("threshold").value);
     $("threshold-value").textContent = state.threshold.toFixed(2);
-    if (state.last && !state.webcam) runOn(state.last.rgb, state.last.w, state.last.h, state.last.source);
+    if (state.last && !state.webcam) runOn(state.last.rgb, state.last.w, state.last.h, state.last.source, state.last.jpeg);
   });
   $("model").addEventListener("change", () => reloadWith("model", $("model").value));
   $("ep").addEventListener("change", () => reloadWith("ep", $("ep").value === "auto" ? "" : $("ep").value));
@@ -204,9 +204,9 @@ window.mouaadnet = {
   /** The float32 [3,S,S] input tensor the page builds for an image URL, base64 of its little-endian bytes. */
   async preprocess(url) {
     await ready;
-    const { rgb, w, h } = await decodeBlob(await fetchBlob(url));
-    const { tensor, box } = preprocessRgb(rgb, w, h, state.detector.info.size);
-    return { tensor: toBase64(new Uint8Array(tensor.buffer)), box };
+    const { rgb, w, h, jpeg } = await decodeBlob(await fetchBlob(url));
+    const { tensor, box, draft } = preprocessRgb(rgb, w, h, state.detector.info.size, { jpeg });
+    return { tensor: toBase64(new Uint8Array(tensor.buffer)), box, draft };
   },
   /** Detections for an image URL, as shown on the page. */
   async detect(url, threshold = DEFAULT_THRESHOLD) {
@@ -218,8 +218,8 @@ window.mouaadnet = {
   /** Model-call latency in ms for `runs` calls on one image after `warmup` calls. */
   async bench(url, runs = 50, warmup = 5) {
     await ready;
-    const { rgb, w, h } = await decodeBlob(await fetchBlob(url));
-    const { tensor } = preprocessRgb(rgb, w, h, state.detector.info.size);
+    const { rgb, w, h, jpeg } = await decodeBlob(await fetchBlob(url));
+    const { tensor } = preprocessRgb(rgb, w, h, state.detector.info.size, { jpeg });
     const times = [];
     for (let i = 0; i < warmup + runs; i++) {
       const { ms } = await state.detector.run(tensor);

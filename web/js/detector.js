@@ -86,10 +86,11 @@ export async function createDetector({ modelUrl, ep = "auto", threads = null }) 
     return { outputs, ms: t1 - t0 };
   }
 
-  /** Packed RGB image -> {people, timings: {preprocess, inference, postprocess, total} ms, box}. */
-  async function detect(rgb, w, h, threshold) {
+  /** Packed RGB image -> {people, timings: {preprocess, inference, postprocess, total} ms, box}.
+   *  `jpeg`: the pixels were decoded from a JPEG (see preprocessRgb). */
+  async function detect(rgb, w, h, threshold, { jpeg = false } = {}) {
     const t0 = performance.now();
-    const { tensor, box } = preprocessRgb(rgb, w, h, size);
+    const { tensor, box } = preprocessRgb(rgb, w, h, size, { jpeg });
     const t1 = performance.now();
     const { outputs, ms } = await run(tensor);
     const t2 = performance.now();

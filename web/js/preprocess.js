@@ -132,9 +132,11 @@ export function rgbaToRgb(rgba, w, h) {
   return out;
 }
 
-/** Packed RGB (w x h) -> {image: size x size x 3 uint8 letterboxed, box}. */
-export function letterbox(rgb, w, h, size) {
-  const box = letterboxGeometry(w, h, size);
+/**
+ * Packed RGB (w x h) -> {image: size x size x 3 uint8 letterboxed, box}; `box` (default: from w, h) is the
+ * geometry of the full-size image when `rgb` is a reduced decode of it (prepost.letterbox_image's full_size).
+ */
+export function letterbox(rgb, w, h, size, box = letterboxGeometry(w, h, size)) {
   const resized = resizeBilinear(rgb, w, h, box.newW, box.newH);
   const out = new Uint8Array(size * size * 3).fill(PAD_VALUE);
   const rowBytes = box.newW * 3;
@@ -166,11 +168,60 @@ export function checkSize(w, h) {
   }
 }
 
-/** Packed RGB -> {tensor: Float32Array [3,S,S], box, letterboxed: Uint8Array}. */
-export function preprocessRgb(rgb, w, h, size) {
+/** True for JPEG bytes (SOI marker). */
+export function isJpeg(bytes) {
+  return bytes.length > 2 && bytes[0] === 0xff && bytes[1] === 0xd8 && bytes[2] === 0xff;
+}
+
+/**
+ * The DCT scale (1, 2, 4 or 8) at which prepost.decode_image has libjpeg decode a JPEG: Pillow's draft() picks
+ * the largest that keeps at least the letterboxed size.
+ */
+export function draftScale(w, h, size) {
+  const s = size / Math.max(w, h);
+  if (s >= 1) return 1;
+  const k = Math.min(Math.floor(w / Math.ceil(w * s)), Math.floor(h / Math.ceil(h * s)));
+  return [8, 4, 2, 1].find((c) => k >= c);
+}
+
+/**
+ * Approximation of libjpeg's scaled decoding: the mean of each sc x sc block (edges replicated), rounded.
+ * A browser cannot decode at a reduced DCT scale; this keeps large JPEGs close to Python (docs/BENCHMARKS.md,
+ * "Browser": measured differences), not equal.
+ */
+export function blockMean(rgb, w, h, sc) {
+  const ow = Math.ceil(w / sc), oh = Math.ceil(h / sc);
+  const out = new Uint8Array(ow * oh * 3);
+  const n = sc * sc;
+  for (let oy = 0; oy < oh; oy++) {
+    for (let ox = 0; ox < ow; ox++) {
+      let r = 0, g = 0, b = 0;
+      for (let dy = 0; dy < sc; dy++) {
+        const y = Math.min(oy * sc + dy, h - 1);
+        for (let dx = 0; dx < sc; dx++) {
+          const p = (y * w + Math.min(ox * sc + dx, w - 1)) * 3;
+          r += rgb[p]; g += rgb[p + 1]; b += rgb[p + 2];
+        }
+      }
+      const o = (oy * ow + ox) * 3;
+      out[o] = Math.floor(r / n + 0.5); out[o + 1] = Math.floor(g / n + 0.5); out[o + 2] = Math.floor(b / n + 0.5);
+    }
+  }
+  return { rgb: out, w: ow, h: oh };
+}
+
+/**
+ * Packed RGB -> {tensor: Float32Array [3,S,S], box, letterboxed: Uint8Array, draft}. With `jpeg`, a photo large
+ * enough for prepost to decode it at a reduced DCT scale is first block-averaged at that scale (`blockMean`);
+ * the letterbox geometry always refers to the full size, as in prepost.letterbox_image(full_size=...).
+ */
+export function preprocessRgb(rgb, w, h, size, { jpeg = false } = {}) {
   checkSize(w, h);
-  const { image, box } = letterbox(rgb, w, h, size);
-  return { tensor: normalize(image, size), box, letterboxed: image };
+  const draft = jpeg ? draftScale(w, h, size) : 1;
+  const full = letterboxGeometry(w, h, size);
+  const src = draft > 1 ? blockMean(rgb, w, h, draft) : { rgb, w, h };
+  const { image, box } = letterbox(src.rgb, src.w, src.h, size, full);
+  return { tensor: normalize(image, size), box, letterboxed: image, draft };
 }
 
 /**
@@ -212,7 +263,7 @@ export function pixelsOf(source, w, h) {
 }
 
 /**
- * Encoded bytes (Blob) -> {bitmap, rgb, w, h}. EXIF orientation applied (as prepost does); embedded colour
+ * Encoded bytes (Blob) -> {bitmap, rgb, w, h, jpeg}. EXIF orientation applied (as prepost does); embedded colour
  * profiles ignored (Pillow ignores them too), alpha not premultiplied before compositing.
  */
 export async function decodeBlob(blob) {
@@ -226,5 +277,6 @@ export async function decodeBlob(blob) {
       `'${blob.type || "unknown"}'): ${error.message}`);
   }
   checkSize(bitmap.width, bitmap.height);
-  return { bitmap, rgb: pixelsOf(bitmap, bitmap.width, bitmap.height), w: bitmap.width, h: bitmap.height };
+  const jpeg = isJpeg(new Uint8Array(await blob.slice(0, 3).arrayBuffer()));
+  return { bitmap, rgb: pixelsOf(bitmap, bitmap.width, bitmap.height), w: bitmap.width, h: bitmap.height, jpeg };
 }
