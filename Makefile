@@ -9,8 +9,12 @@ STAMP := $(VENV)/.installed
 VENV_SERVE := .venv-serve
 SERVE_PYTHON ?= $(shell command -v /usr/bin/python3.11 || command -v python3.11 || echo $(PYTHON))
 SERVE_STAMP := $(VENV_SERVE)/.installed
+# The browser page (web/): onnxruntime-web pinned by web/package-lock.json; the browser tests drive Debian's
+# Chromium (no browser download at run time). CI runs as root on a fresh machine: both are installed here.
+ORT_WEB := web/node_modules/onnxruntime-web/package.json
+CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: test run venv serve-venv lint info clean
+.PHONY: test run venv serve-venv web-deps chromium screenshots web app lint info clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,8 +33,31 @@ $(SERVE_STAMP): pyproject.toml
 
 serve-venv: $(SERVE_STAMP)
 
-test: $(STAMP) $(SERVE_STAMP)
+$(ORT_WEB): web/package.json web/package-lock.json
+	command -v npm >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm)
+	cd web && npm ci --ignore-scripts --no-audit --no-fund
+	touch $(ORT_WEB)
+
+chromium:
+	@test -x $(CHROMIUM) || { if [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "note: $(CHROMIUM) missing and not root: the browser tests will skip (sudo apt-get install chromium)"; fi; }
+
+web-deps: $(ORT_WEB) chromium
+
+test: $(STAMP) $(SERVE_STAMP) web-deps
 	$(BIN)/python -m pytest -q
+
+# Rewrite docs/web.png and docs/app.png (the README's screenshots) with headless Chromium.
+screenshots: $(STAMP) web-deps
+	MOUAADNET_SCREENSHOTS=docs $(BIN)/python -m pytest -q -m browser -k screenshot tests/test_web_browser.py tests/test_app.py
+
+# Try the model in the browser (http://127.0.0.1:8080/) or in the Gradio app (http://127.0.0.1:7860/).
+web: $(STAMP) web-deps
+	$(BIN)/mouaadnet web
+
+app: $(STAMP)
+	$(BIN)/mouaadnet app
 
 # The main job (mouaadnet/pipeline/demo.py): default data verified against data.dvc -> the Kubeflow pipeline under kfp.local
 # (MLflow runs + registry, publish to triton_repo/) -> Triton on 127.0.0.1 -> validation images through gRPC.

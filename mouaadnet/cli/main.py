@@ -58,9 +58,9 @@ def info(
 
 def _register_commands() -> None:
     """Each area wires its own commands; their modules import heavy libraries only inside commands."""
-    from mouaadnet.cli import export, pipeline, serve, train, weights
+    from mouaadnet.cli import apps, export, pipeline, serve, train, weights
 
-    for module in (train, export, serve, pipeline, weights):
+    for module in (train, export, serve, pipeline, weights, apps):
         module.register(app)
 
 

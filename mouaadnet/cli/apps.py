@@ -1,0 +1,149 @@
+"""CLI wiring for the ways to try the model: `web` (the browser page), `app` (Gradio), `bench-web`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def web(
+    model: Annotated[list[Path] | None, typer.Option(
+        "--model", help="Scene-mode ONNX to serve (repeatable: the page offers each; the first is the default). "
+                        "Default: the shipped weights in weights/ (FP32 first: faster in WASM; INT8 offered).")] = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: any free port).")] = 8080,
+    web_dir: Annotated[Path | None, typer.Option(help="The page folder (default: web/ of this checkout).")] = None,
+    verbose: Annotated[bool, typer.Option(help="Log every request.")] = False,
+) -> None:
+    """Serve the browser page (web/) on 127.0.0.1: the model runs in the browser with onnxruntime-web.
+
+    The page is cross-origin isolated (COOP/COEP headers), so WASM runs multi-threaded; WebGPU is used when the
+    browser has it. Ctrl-C stops the server.
+    """
+    from mouaadnet.apps.models import DEFAULT_PRECISION, ModelError, default_model, shipped_model
+    from mouaadnet.apps.web import WEB_DIR, WebServer, WebSetupError, WebSite
+
+    try:
+        models = list(model or [])
+        if not models:  # the browser default first (docs/BENCHMARKS.md, "Browser"), the other precision offered
+            models = [default_model("scene", app="web", echo=lambda m: typer.echo(m, err=True))]
+            other = shipped_model("scene", "int8" if DEFAULT_PRECISION["web"] == "fp32" else "fp32")
+            if other is not None and other != models[0]:
+                models.append(other)
+        site = WebSite.build(models, web_dir or WEB_DIR)
+        server = WebServer(site, port, quiet=not verbose)
+    except (WebSetupError, ModelError) as error:
+        _fail(str(error), 2)
+    except OSError as error:
+        _fail(f"cannot listen on 127.0.0.1:{port}: {error}", 2)
+    for info in site.models:
+        typer.echo(f"model {info.file} ({info.precision}, {info.version}) sha256 {info.sha256}")
+    typer.echo(f"serving {site.web_dir} on {server.url}  (Ctrl-C to stop)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.httpd.server_close()
+
+
+def app_command(
+    model: Annotated[Path | None, typer.Option("--model", help="Scene-mode ONNX (default: the shipped weights).")] = None,
+    crop_model: Annotated[Path | None, typer.Option(help="Crop-mode ONNX (default: the shipped weights).")] = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 7860,
+    threads: Annotated[int, typer.Option(help="ONNX Runtime threads per model call.")] = 1,
+) -> None:
+    """The Gradio demo on 127.0.0.1: scene tab (photo/webcam -> people) and crop tab (gender, age).
+
+    ONNX Runtime runs in this process; models load on the first request. Ctrl-C stops it.
+    """
+    import tempfile
+
+    from mouaadnet.apps.gradio_app import launch
+    from mouaadnet.apps.models import ModelError, Predictor, default_model
+
+    def warn(message: str) -> None:
+        typer.echo(message, err=True)
+
+    try:
+        predictor = Predictor(model or default_model("scene", echo=warn), crop_model or default_model("crop", echo=warn),
+                              threads=threads)
+    except ModelError as error:
+        _fail(str(error), 2)
+    typer.echo(f"serving the app on http://127.0.0.1:{port}/  (Ctrl-C to stop)")
+    examples = Path(tempfile.gettempdir()) / "mouaadnet-app-examples"
+    launch(predictor, port, examples_dir=examples, block=True)
+
+
+def bench_web(
+    model: Annotated[list[Path] | None, typer.Option(
+        "--model", help="Scene ONNX files to time (repeatable). Default: the shipped FP32 and INT8 scene models, "
+                        "else the stand-in's.")] = None,
+    image: Annotated[Path | None, typer.Option(help="Photo to time on (default: scikit-image's astronaut).")] = None,
+    runs: Annotated[int, typer.Option(help="Timed calls per configuration and round.")] = 50,
+    warmup: Annotated[int, typer.Option(help="Untimed calls first (V8 tiers WASM up over ~20 calls).")] = 30,
+    rounds: Annotated[int, typer.Option(help="Interleaved rounds over all configurations.")] = 3,
+    webgpu: Annotated[bool, typer.Option(help="Also time WebGPU on SwiftShader (software; checks the path).")] = True,
+    out: Annotated[Path | None, typer.Option(help="Write the full result (every sample) as JSON here.")] = None,
+) -> None:
+    """In-browser latency p50 (headless Chromium: WASM 1 thread, WASM threads, WebGPU) beside ONNX Runtime in
+    Python, for FP32 and INT8; prints a Markdown table (docs/BENCHMARKS.md, "Browser")."""
+    from mouaadnet.apps.browser import BrowserMissing
+    from mouaadnet.apps.models import shipped_model, standin_models
+    from mouaadnet.apps.web_bench import markdown, run_bench
+
+    models = list(model or [])
+    if not models:
+        shipped = [shipped_model("scene", p) for p in ("fp32", "int8")]
+        if all(shipped):
+            models = shipped
+        else:
+            typer.echo("no shipped FP32 + INT8 scene weights in weights/: timing the random stand-in "
+                       "(latency does not depend on the weights)", err=True)
+            found = standin_models(int8=True)
+            models = [found["scene"], found["scene_int8"]]
+    try:
+        result = run_bench(models, image, runs, warmup, rounds, webgpu, echo=lambda m: typer.echo(m, err=True))
+    except BrowserMissing as error:
+        _fail(str(error), 2)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    typer.echo(markdown(result))
+
+
+def bench_app(
+    model: Annotated[Path | None, typer.Option("--model", help="Scene-mode ONNX (default: the shipped weights).")] = None,
+    crop_model: Annotated[Path | None, typer.Option(help="Crop-mode ONNX (default: the shipped weights).")] = None,
+    requests: Annotated[int, typer.Option(help="Scene + crop request pairs sent.")] = 20,
+    out: Annotated[Path | None, typer.Option(help="Write the result as JSON here.")] = None,
+) -> None:
+    """Resident memory of `mouaadnet app` while serving, beside the same inference without Gradio."""
+    from mouaadnet.apps.app_bench import markdown, run_bench
+    from mouaadnet.apps.models import default_model
+
+    def warn(message: str) -> None:
+        typer.echo(message, err=True)
+
+    scene = model or default_model("scene", echo=warn)
+    crop = crop_model or default_model("crop", echo=warn)
+    result = run_bench(scene, crop, requests, echo=lambda m: typer.echo(m, err=True))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    typer.echo(markdown(result))
+
+
+def register(app: typer.Typer) -> None:
+    """Add web, app, bench-web and bench-app to the `mouaadnet` app."""
+    app.command()(web)
+    app.command("app")(app_command)
+    app.command("bench-web")(bench_web)
+    app.command("bench-app")(bench_app)
