@@ -108,21 +108,31 @@ def test_missing_page_or_runtime_says_what_to_run(tmp_path, standin):
         WebSite.build([standin["scene"]], tmp_path)
 
 
-def test_shipped_weights_found_by_sidecar(tmp_path, standin):
+def test_shipped_weights_found_by_manifest(tmp_path, standin):
+    import json
     import shutil
 
+    from model.artifacts import write_sidecar
+
     assert shipped_model("scene", "fp32", tmp_path) is None
-    target = tmp_path / "mouaadnet_real_v1_scene320.onnx"  # any name: the sidecar says what it is
-    shutil.copy(standin["scene"], target)
-    shutil.copy(str(standin["scene"]) + ".json", str(target) + ".json")
-    assert shipped_model("scene", "fp32", tmp_path) == target
-    assert shipped_model("crop", "fp32", tmp_path) is None
+    names = {}
+    for mode in ("scene", "crop"):
+        names[mode] = f"any_name_{mode}.onnx"  # the manifest says what each file is
+        shutil.copy(standin[mode], tmp_path / names[mode])
+        write_sidecar(tmp_path / names[mode], "fp32")
+    (tmp_path / "ckpt.pt").write_bytes(b"x")
+    write_sidecar(tmp_path / "ckpt.pt", "fp32")
+    models = {m: {"fp32": names[m], "default": "fp32"} for m in names}
+    (tmp_path / "manifest.json").write_text(json.dumps({"checkpoint": "ckpt.pt", "models": models}))
+    assert shipped_model("scene", "fp32", tmp_path) == tmp_path / names["scene"]
+    assert shipped_model("crop", None, tmp_path) == tmp_path / names["crop"]
+    assert shipped_model("crop", "int8", tmp_path) is None  # not shipped in INT8
 
 
 def test_default_model_says_when_it_falls_back(monkeypatch, tmp_path, standin):
     import mouaadnet.apps.models as models
 
-    monkeypatch.setattr(models, "WEIGHTS_DIR", tmp_path / "weights")
+    monkeypatch.setenv("MOUAADNET_WEIGHTS", str(tmp_path / "weights"))
     monkeypatch.setattr(models, "standin_models", lambda *a, **k: standin)
     said = []
     assert default_model("scene", echo=said.append) == standin["scene"]

@@ -1,7 +1,7 @@
 """Which ONNX files the apps run, what they are (sha256, precision, version), and the one place that runs them.
 
 `default_model(mode)` is the single switch for the apps' default weights: the shipped files in `weights/`
-(found by their sidecars' mode and precision, else by `SHIPPED_NAMES`), and until those exist a seeded random
+(`mouaadnet.weights`: named by its manifest, sha256-checked), and where none are shipped a seeded random
 stand-in exported once into the user cache, announced loudly (its detections mean nothing). `Predictor` is the
 only code that calls a model: prepost preprocessing -> ONNX Runtime (in-process) -> prepost postprocessing, with
 lazy session creation, so another runtime (OpenVINO) becomes one option here.
@@ -27,16 +27,12 @@ from mouaadnet.serving.prepost import (
     preprocess_one,
     to_people,
 )
+from mouaadnet.weights import weights_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-WEIGHTS_DIR = REPO_ROOT / "weights"
-# File names tried in weights/ when no sidecar names a file's mode and precision.
-SHIPPED_NAMES = {
-    ("scene", "fp32"): "scene.onnx", ("scene", "int8"): "scene.int8.onnx",
-    ("crop", "fp32"): "crop.onnx", ("crop", "int8"): "crop.int8.onnx",
-}
-# The precision each app runs by default (the browser's by measurement: docs/BENCHMARKS.md, "Browser").
-DEFAULT_PRECISION = {"web": "fp32", "app": "fp32"}
+# The precision each app runs by default: the browser's by measurement (docs/BENCHMARKS.md, "Browser": WASM runs
+# INT8 slower); the Python app's is the shipped manifest's (INT8 when it passed the gates on real data).
+DEFAULT_PRECISION: dict[str, str | None] = {"web": "fp32", "app": None}
 STANDIN_SEED = 0
 STANDIN_VERSION = f"stand-in: random weights (seed {STANDIN_SEED}), no trained model in weights/"
 
@@ -133,16 +129,16 @@ def describe_model(path: str | Path, mode: str | None = None, check: bool = True
                      input_size=None if size is None else int(size))
 
 
-def shipped_model(mode: str, precision: str, weights_dir: Path = WEIGHTS_DIR) -> Path | None:
-    """The shipped ONNX of this mode and precision in weights/, or None."""
-    if not weights_dir.is_dir():
+def shipped_model(mode: str, precision: str | None = None, weights_dir: Path | None = None) -> Path | None:
+    """The shipped ONNX of this mode in weights/ (``precision`` None = the manifest's default for the mode),
+    sha256-checked against its sidecar; None when nothing is shipped."""
+    from mouaadnet.weights import WeightsError
+    from mouaadnet.weights import default_model as shipped
+
+    try:
+        return shipped(mode, precision, weights_dir)
+    except WeightsError:
         return None
-    for path in sorted(weights_dir.glob("*.onnx")):
-        side = _sidecar(path)
-        if side.get("precision") == precision and (side.get("extra") or {}).get("mode") == mode:
-            return path
-    path = weights_dir / SHIPPED_NAMES[(mode, precision)]
-    return path if path.is_file() else None
 
 
 def standin_dir() -> Path:
@@ -153,10 +149,10 @@ def standin_dir() -> Path:
 def default_model(mode: str = "scene", app: str = "app", echo=None) -> Path:
     """The model the apps run when none is given: the shipped weights, else the stand-in (with a warning)."""
     precision = DEFAULT_PRECISION[app]
-    path = shipped_model(mode, precision) or shipped_model(mode, "fp32" if precision == "int8" else "int8")
+    path = shipped_model(mode, precision) or shipped_model(mode)
     if path is not None:
         return path
-    message = (f"no shipped {mode}-mode weights in {WEIGHTS_DIR} yet: running a RANDOM stand-in model "
+    message = (f"no shipped {mode}-mode weights in {weights_dir()} yet: running a RANDOM stand-in model "
                f"(its boxes, genders and ages mean nothing). Pass --model FILE.onnx to run a trained export.")
     (echo or (lambda m: warnings.warn(m, stacklevel=2)))(message)
     return standin_models()[mode]

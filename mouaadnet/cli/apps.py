@@ -34,7 +34,7 @@ def web(
         models = list(model or [])
         if not models:  # the browser default first (docs/BENCHMARKS.md, "Browser"), the other precision offered
             models = [default_model("scene", app="web", echo=lambda m: typer.echo(m, err=True))]
-            other = shipped_model("scene", "int8" if DEFAULT_PRECISION["web"] == "fp32" else "fp32")
+            other = shipped_model("scene", "int8" if DEFAULT_PRECISION["web"] == "fp32" else "fp32")  # offered too
             if other is not None and other != models[0]:
                 models.append(other)
         site = WebSite.build(models, web_dir or WEB_DIR)

@@ -8,12 +8,11 @@ Every file has a JSON sidecar with its sha256 (`model.artifacts`), checked befor
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any, Literal
-
-from model.artifacts import read_sidecar
 
 MANIFEST = "manifest.json"
 Mode = Literal["scene", "crop"]
@@ -48,16 +47,29 @@ def load_manifest(directory: str | Path | None = None) -> dict[str, Any]:
     return manifest
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _checked(directory: Path, name: str) -> Path:
+    """``directory/name`` after checking it against its sidecar ``name.json`` (model.artifacts' format; read
+    here without importing `model`, so the apps' processes never load torch)."""
     path = directory / name
+    sidecar = Path(str(path) + ".json")
     if not path.is_file():
         raise WeightsError(f"shipped weights incomplete: {path} is missing")
     try:
-        read_sidecar(path, verify=True)
+        expected = json.loads(sidecar.read_text())["sha256"]
     except FileNotFoundError:
-        raise WeightsError(f"{path} has no sha256 sidecar {path.name}.json") from None
-    except ValueError as error:
-        raise WeightsError(str(error)) from None
+        raise WeightsError(f"{path} has no sha256 sidecar {sidecar.name}") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise WeightsError(f"{sidecar} is not a valid sidecar ({error!r})") from None
+    if _sha256(path) != expected:
+        raise WeightsError(f"{path}: sha256 differs from its sidecar {sidecar.name} (file changed or truncated?)")
     return path
 
 
