@@ -136,6 +136,16 @@ class TrainConfig(StrictConfig):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: fp16 on CUDA, fp32 on CPU
     channels_last: bool = True  # faster convolutions on CPU (oneDNN) and on tensor cores
+    # CPU intra-op threads: an int, or "auto" = all cores when the machine is otherwise idle, fewer while other
+    # work shares it (mouaadnet/training/threads.py; a 2-thread run collapses 5x beside other work).
+    threads: int | Literal["auto"] = "auto"
+
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, value: int | str) -> int | str:
+        if value != "auto" and value < 1:
+            raise ValueError(f"must be 'auto' or >= 1, got {value}")
+        return value
     experiment: str = "mouaadnet"
     best_metric: str = "val/score"  # the checkpoint-selection metric (higher is better)
     pretrained: str | None = None  # checkpoint to start from (weights only)

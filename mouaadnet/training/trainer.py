@@ -42,6 +42,7 @@ from mouaadnet.training.recipe import (
     step_modes,
 )
 from mouaadnet.training.sources import TrainingData, load_training_data
+from mouaadnet.training.threads import apply_threads
 
 
 @dataclass
@@ -161,7 +162,9 @@ class Trainer:
         images, start = 0, time.perf_counter()
         bar = tqdm(modes, desc=f"epoch {self.epoch + 1}/{self.cfg.optim.epochs}", disable=not self.progress,
                    unit="step", dynamic_ncols=True)
-        for mode in bar:
+        for step, mode in enumerate(bar):
+            if self.device.type == "cpu":
+                apply_threads(self.cfg.threads, step)
             batch = next(iterators[mode])
             for name, value in self.train_step(batch, mode).items():
                 sums[name] += value
@@ -173,6 +176,7 @@ class Trainer:
         metrics = {name: sums[name] / counts[name] for name in sums}
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         metrics["images_per_second"] = images / elapsed
+        metrics["threads"] = float(torch.get_num_threads())
         return metrics
 
     def validate(self) -> tuple[dict[str, float], list[EvalResult]]:
