@@ -9,23 +9,28 @@ STAMP := $(VENV)/.installed
 VENV_SERVE := .venv-serve
 SERVE_PYTHON ?= $(shell command -v /usr/bin/python3.11 || command -v python3.11 || echo $(PYTHON))
 SERVE_STAMP := $(VENV_SERVE)/.installed
+# pip prints only errors: -qq also hides the warnings this machine's pip config adds for every package it looks up
+# in an index folder that lacks it ("Location ... is ignored"), and setuptools' notice on every editable install.
+PIP_INSTALL := -m pip install --disable-pip-version-check --no-input -qq
 
 .PHONY: test run venv serve-venv lint info clean
 
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
-	touch $(STAMP)
+	@echo "setting up $(VENV) (the project and its test extras; a few minutes the first time)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python $(PIP_INSTALL) --upgrade pip
+	@$(BIN)/python $(PIP_INSTALL) -e '.[test]'
+	@touch $(STAMP)
 
 venv: $(STAMP)
 
 $(SERVE_STAMP): pyproject.toml
-	test -x $(VENV_SERVE)/bin/python || $(SERVE_PYTHON) -m venv $(VENV_SERVE)
-	$(VENV_SERVE)/bin/python -m pip install -q --upgrade pip
-	$(VENV_SERVE)/bin/python -m pip install -q 'nvidia-pytriton==0.7.0' 'tritonclient[grpc]>=2.50' 'numpy<2' onnxruntime pillow
-	$(VENV_SERVE)/bin/python -m pip install -q --no-deps -e .
-	touch $(SERVE_STAMP)
+	@echo "setting up $(VENV_SERVE) (Triton server and its Python backend)"
+	@test -x $(VENV_SERVE)/bin/python || $(SERVE_PYTHON) -m venv $(VENV_SERVE)
+	@$(VENV_SERVE)/bin/python $(PIP_INSTALL) --upgrade pip
+	@$(VENV_SERVE)/bin/python $(PIP_INSTALL) 'nvidia-pytriton==0.7.0' 'tritonclient[grpc]>=2.50' 'numpy<2' onnxruntime pillow
+	@$(VENV_SERVE)/bin/python $(PIP_INSTALL) --no-deps -e .
+	@touch $(SERVE_STAMP)
 
 serve-venv: $(SERVE_STAMP)
 
