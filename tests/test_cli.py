@@ -30,3 +30,13 @@ def test_info_table_and_bad_config(tmp_path):
     result = runner.invoke(app, ["info", "--config", str(bad)])
     assert result.exit_code == 2
     assert "unknown key 'colour'" in result.output
+
+
+def test_boolean_flags_render_as_flags_in_help():
+    """Typer's rich help would print `--json <bool>`; a flag takes no value."""
+    result = CliRunner().invoke(app, ["info", "--help"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0
+    assert "--json" in result.output and "<bool>" not in result.output
+    assert "<path>" in result.output  # options that take a value keep their type
+    train = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "120"})
+    assert "--resume" in train.output and "<bool>" not in train.output

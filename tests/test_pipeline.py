@@ -103,6 +103,13 @@ def test_pipeline_runs_end_to_end_and_publishes(pipeline_env, first_run):
     assert STEPS <= set(kids), set(kids)
     assert all(k.info.status == "FINISHED" for k in kids.values())
     assert "val/score" in kids["train"].data.metrics and "fp32_mb" in kids["export_onnx"].data.metrics
+    # what the MLflow UI shows: a model-training experiment; the data version as the runs' dataset; the source
+    version = parent.data.params["data_version"]
+    for run in (parent, kids["prepare_data"], kids["train"]):
+        assert [(d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs] == [("data", version)]
+    assert client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert kids["train"].data.tags["mlflow.source.git.commit"] == tags["git_commit"]
+    assert kids["train"].data.tags["mlflow.project.entryPoint"] == "train"
     # ONNX logged with signature + input example (MLflow 3 logged models)
     models = client.search_logged_models(experiment_ids=[parent.info.experiment_id],
                                          filter_string=f"source_run_id = '{kids['export_onnx'].info.run_id}'")

@@ -12,6 +12,25 @@ app = typer.Typer(help="MouaadNet-Ultra: a tiny people-analytics CNN (boxes, gen
                   no_args_is_help=True, pretty_exceptions_enable=False)
 
 
+def _flags_take_no_type() -> None:
+    """Typer's rich help prints a type after every option, flags included (`--json <bool>`), though a flag takes
+    no value; its plain help does not. Show flags the plain way: no type column for them."""
+    from typer.core import TyperOption
+
+    original = TyperOption.display_type_rich
+    if getattr(original, "flags_take_no_type", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else original(self, ctx)
+
+    display_type_rich.flags_take_no_type = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_take_no_type()
+
+
 @app.callback()
 def main() -> None:
     """MouaadNet-Ultra command line. Every command has --help."""

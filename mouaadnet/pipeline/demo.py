@@ -5,12 +5,13 @@
    version in `triton_repo/`; its full log goes to `<pipeline root>/pipeline.log`, progress lines to the terminal;
 3. serve: the real Triton server (`mouaadnet serve`) on free loopback ports;
 4. detect: validation images through gRPC (`mouaadnet detect`), people found printed beside the ground truth;
-5. stop the server and print where to look.
+5. stop the server and print where to look: the MLflow UI on the run just made, and how to send your own photo.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -22,30 +23,85 @@ import numpy as np
 from mouaadnet.pipeline.tracking import PROJECT_ROOT
 
 PROGRESS = re.compile(r"Executing task|finished with status|^\s*epoch \d|gates (PASSED|FAILED)|^\s*\[(PASS|FAIL)|"
-                      r"^pipeline |^  \S.*  |Pipeline .* finished")
+                      r"^pipeline |^  \S.*  |Pipeline .* finished|^\s*progress\s")
+LIVE = re.compile(r"^\s*progress\s")  # the train task's progress lines: one live line on a terminal
+PARENT_RUN = re.compile(r"MLflow parent run\s+(\w+) \(\w+\) in experiment (.+) \(id (\w+|\?)\) at (\S+)$")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+UI_PORT = 5000
+# MLflow 3's UI opens an experiment in its GenAI view unless the address (or the browser's last choice) says otherwise
+UI_MODE = "workflowType=machine_learning"
 
 
-def _say(message: str) -> None:
-    print(message, flush=True)
+class Terminal:
+    """Prints lines; on a terminal a *live* line (training progress) is overwritten by the next line instead of
+    scrolling, so the screen shows one progress line that updates while a task runs."""
+
+    def __init__(self, stream=None):
+        self._stream = stream  # None: whatever sys.stdout is when a line is said
+        self.live = False
+
+    def say(self, message: str, live: bool = False) -> None:
+        stream = self._stream or sys.stdout
+        if self.live:
+            stream.write("\r\x1b[K")  # clear the live line before writing over it
+        self.live = live and stream.isatty()
+        stream.write(message if self.live else message + "\n")
+        stream.flush()
+
+
+_terminal = Terminal()
+
+
+def _say(message: str, live: bool = False) -> None:
+    _terminal.say(message, live)
 
 
 def _elapsed(start: float) -> str:
     return f"{time.monotonic() - start:6.0f} s"
 
 
-def run_pipeline_streamed(args: list[str], log_path: Path) -> int:
-    """`mouaadnet pipeline run ARGS` in a child process: everything to log_path, progress lines to stdout."""
-    cmd = [sys.executable, "-m", "mouaadnet.cli", "pipeline", "run", *args]
+def run_pipeline_streamed(args: list[str], log_path: Path, cmd: list[str] | None = None) -> tuple[int, dict[str, str]]:
+    """`mouaadnet pipeline run ARGS` (or ``cmd``) in a child process: everything to log_path, progress lines to
+    stdout as they come (the child and its tasks run unbuffered). Returns the exit code and the MLflow parent run
+    it reported ({"run_id", "experiment", "experiment_id", "tracking_uri"}, empty when none)."""
+    cmd = cmd or [sys.executable, "-m", "mouaadnet.cli", "pipeline", "run", *args]
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    parent: dict[str, str] = {}
     with open(log_path, "w") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                      text=True, bufsize=1, cwd=PROJECT_ROOT) as proc:
+                                                      text=True, bufsize=1, cwd=PROJECT_ROOT, env=env) as proc:
         for line in proc.stdout:
             log.write(line)
+            log.flush()
             clean = ANSI.sub("", line.rstrip())
+            if match := PARENT_RUN.search(clean):
+                parent = {"run_id": match[1], "experiment": match[2], "experiment_id": match[3],
+                          "tracking_uri": match[4]}
             if PROGRESS.search(clean):
-                _say("    " + clean.strip())
-        return proc.wait()
+                _say("    " + clean.strip(), live=bool(LIVE.search(clean)))
+        return proc.wait(), parent
+
+
+def mlflow_ui_hint(parent: dict[str, str], port: int = UI_PORT) -> str:
+    """The command that serves the MLflow UI for the run just made, and the address of that run in it."""
+    uri = parent.get("tracking_uri") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+    if uri.startswith(("http://", "https://")):  # a tracking server is its own UI
+        command, base = "", uri.rstrip("/")
+    else:
+        command = (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false .venv/bin/mlflow ui --backend-store-uri {uri} "
+                   f"--host 127.0.0.1 --port {port}")
+        base = f"http://127.0.0.1:{port}"
+    run, experiment = parent.get("run_id"), parent.get("experiment_id", "?")
+    page = (f"{base}/#/experiments/{experiment}/runs/{run}?{UI_MODE}" if run and experiment != "?"
+            else f"{base}/#/runs/{run}" if run else f"{base}/#/experiments")
+    return f"{command}\n                  then open {page}" if command else f"open {page}"
+
+
+def photo_hint(repo: Path, grpc_port: int = 8001) -> str:
+    """How to send your own photo to the server: start it (it stops when the demo ends), then detect."""
+    return (f".venv/bin/mouaadnet serve --repo {repo}   (leave it running; then, in a second terminal:)\n"
+            f"                  .venv/bin/mouaadnet detect YOUR_PHOTO.jpg --url 127.0.0.1:{grpc_port} "
+            f"--draw YOUR_PHOTO_people.jpg")
 
 
 def ground_truth(annotations: Path) -> dict[str, list[dict]]:
@@ -96,7 +152,7 @@ def demo(config: Path | None = None, images: int = 4, threshold: float = 0.3, pi
          f"export_onnx -> evaluate -> publish); full log {root / 'pipeline.log'}")
     args = ["--config", str(config or PROJECT_ROOT / "configs" / "pipeline.yaml"), "--pipeline-root", str(root),
             "--triton-repo", str(repo), *(extra_args or [])]
-    code = run_pipeline_streamed(args, root / "pipeline.log")
+    code, parent = run_pipeline_streamed(args, root / "pipeline.log")
     if code != 0:
         _say(f"pipeline FAILED (exit {code}); see {root / 'pipeline.log'}")
         return code
@@ -127,10 +183,11 @@ def demo(config: Path | None = None, images: int = 4, threshold: float = 0.3, pi
                 _say(line)
         _say(f"[5/5] {_elapsed(start)}  stop the server")
     _say(f"done in {_elapsed(start).strip()}. Where to look:\n"
-         f"  MLflow UI       .venv/bin/mlflow ui --backend-store-uri sqlite:///{PROJECT_ROOT / 'mlflow.db'}  "
-         f"(experiment mouaadnet-pipeline; registry model mouaadnet-detector)\n"
+         f"  MLflow UI       {mlflow_ui_hint(parent)}\n"
+         f"                  (experiment {parent.get('experiment', 'mouaadnet-pipeline')}: the pipeline run and a "
+         f"child run per step; registry model mouaadnet-detector)\n"
+         f"  your own photo  {photo_hint(repo)}\n"
          f"  compare runs    .venv/bin/mouaadnet runs compare\n"
          f"  Triton repo     {repo} (detector version {version}, sidecar model.onnx.json with sha256)\n"
-         f"  artifacts       {root} (one folder per pipeline run and task; pipeline.log, triton.log)\n"
-         f"  serve again     .venv/bin/mouaadnet serve --repo {repo}")
+         f"  artifacts       {root} (one folder per pipeline run and task; pipeline.log, triton.log)")
     return 0

@@ -30,6 +30,7 @@ DEFAULT_EXPERIMENT = "mouaadnet-pipeline"
 DEFAULT_REGISTERED_MODEL = "mouaadnet-detector"
 # Higher is better; the champion moves only when a candidate beats it on this (see champion.py).
 PRIMARY_METRIC = "real_AP50"
+DATASET_NAME = "data"  # the DVC-tracked dataset (data.dvc), as MLflow dataset inputs name it; digest: its md5
 
 
 def _mlflow():
@@ -50,13 +51,14 @@ def start_pipeline_run(experiment: str, params: dict[str, Any], kfp_run_id: str 
     """Open the parent run (left RUNNING for the steps; the exit handler ends it) and return its id."""
     from mlflow.entities import Param
 
-    from mouaadnet.pipeline.tracking import git_commit
+    from mouaadnet.pipeline.tracking import PROJECT_ROOT, git_commit, log_dataset, source_tags, use_experiment
 
     validate_params(params)
-    mlflow = _mlflow()
+    _mlflow()
     client = _client()
-    exp = mlflow.set_experiment(experiment)
-    tags = {PIPELINE_TAG: PIPELINE_NAME, KFP_RUN_TAG: kfp_run_id, "git_commit": git_commit(), STEP_TAG: "pipeline"}
+    exp = use_experiment(experiment)
+    tags = {**source_tags("pipeline"), PIPELINE_TAG: PIPELINE_NAME, KFP_RUN_TAG: kfp_run_id, "git_commit": git_commit(),
+            STEP_TAG: "pipeline"}
     run = client.create_run(exp.experiment_id, tags=tags,
                             run_name=run_name or f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}")
     run_id = run.info.run_id
@@ -67,6 +69,8 @@ def start_pipeline_run(experiment: str, params: dict[str, Any], kfp_run_id: str 
     items = [Param(k, v) for k, v in values.items()]
     for start in range(0, len(items), 100):
         client.log_batch(run_id, params=items[start:start + 100])
+    if params.get("data_version"):
+        log_dataset(DATASET_NAME, str(params["data_version"]), str(PROJECT_ROOT / DATASET_NAME), run_id=run_id)
     return run_id
 
 

@@ -76,6 +76,8 @@ def run_local(arguments: dict[str, Any], pipeline_root: str | Path = "runs/pipel
 
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri()
     os.environ.setdefault("MPLBACKEND", "Agg")
+    # kfp.local relays each task's output line by line; an unbuffered task prints its lines as they happen
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     repo = Path(repo_dir or PROJECT_ROOT).resolve()
     arguments = {"repo_dir": str(repo), **arguments}
     experiment = arguments.get("experiment", DEFAULT_EXPERIMENT)
@@ -96,6 +98,7 @@ def run_local(arguments: dict[str, Any], pipeline_root: str | Path = "runs/pipel
                               "tracking_uri": os.environ["MLFLOW_TRACKING_URI"], "experiment": experiment,
                               "outputs": {k: v for k, v in outputs.items() if isinstance(v, (str, int, float, bool))}}
     if exp is not None:
+        result["experiment_id"] = exp.experiment_id
         runs = client.search_runs([exp.experiment_id], f"tags.`{STEP_TAG}` = 'pipeline' and "
                                   f"attributes.start_time >= {started_ms}", order_by=["attributes.start_time DESC"],
                                   max_results=1)
@@ -113,7 +116,8 @@ def format_result(result: dict[str, Any]) -> str:
     tags, metrics = result.get("tags", {}), result.get("metrics", {})
     lines = [f"pipeline {result['state']}" + (f": {result['error']}" if result.get("error") else ""),
              f"  MLflow parent run  {result.get('parent_run_id', '?')} ({result.get('status', '?')}) "
-             f"in experiment {result['experiment']} at {result['tracking_uri']}",
+             f"in experiment {result['experiment']} (id {result.get('experiment_id', '?')}) "
+             f"at {result['tracking_uri']}",
              f"  data version       {tags.get('data_fingerprint') or '-'}",
              f"  gates passed       {tags.get('gates_passed', '-')}"]
     for key in COMPARE_METRICS:

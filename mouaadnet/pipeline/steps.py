@@ -19,6 +19,7 @@ from typing import Any
 
 from mouaadnet.pipeline.champion import onnx_input_size, real_ap50
 from mouaadnet.pipeline.lineage import (
+    DATASET_NAME,
     DEFAULT_EXPERIMENT,
     PRIMARY_METRIC,
     STEP_TAG,
@@ -30,8 +31,10 @@ from mouaadnet.pipeline.lineage import (
     step_run,
 )
 from mouaadnet.pipeline.params import PipelineStepError, config_digest, train_config, val_specs
+from mouaadnet.pipeline.tracking import log_dataset
 
 REPARAM_TOLERANCE = 1e-3
+PROGRESS_EVERY_S = 10.0  # the train task prints a progress line this often (kfp.local relays it live)
 
 
 def prepare_data(out_dir: str | os.PathLike, repo_dir: str | os.PathLike = ".", data_version: str = "",
@@ -76,6 +79,7 @@ def prepare_data(out_dir: str | os.PathLike, repo_dir: str | os.PathLike = ".", 
                                                for s in report.sources for k in ("samples", "persons")}})
         mlflow.log_dict(report.to_dict(), "data_check.json")
         mlflow.set_tag("data_fingerprint", fingerprint)
+        log_dataset(DATASET_NAME, fingerprint, str(data))
         return {"fingerprint": fingerprint, "files": files, "run_id": run.info.run_id}
 
 
@@ -96,7 +100,9 @@ def train_step(dataset_dir: str | os.PathLike, config: str, out_dir: str | os.Pa
                                     "from scratch)")
         cfg.pretrained = str(pretrained)
     work = Path(out_dir).parent / (Path(out_dir).name + ".work")
-    summary = train(cfg, work, progress=progress, run_name="train")
+    datasets = [(DATASET_NAME, data_fingerprint, str(Path(dataset_dir).resolve()))] if data_fingerprint else None
+    summary = train(cfg, work, progress=progress, run_name="train", progress_every=PROGRESS_EVERY_S,
+                    datasets=datasets)
     client = _client()
     client.set_tag(summary.run_id, STEP_TAG, "train")
     client.set_tag(summary.run_id, "pipeline.data_version", data_fingerprint)

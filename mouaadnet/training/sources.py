@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mouaadnet.data.fingerprint import data_fingerprint
+from mouaadnet.data.fingerprint import data_fingerprint, source_fingerprint
 from mouaadnet.data.readers import ReadResult
 from mouaadnet.data.sources import detect_format, load_source
 from mouaadnet.data.splits import split_samples
@@ -56,6 +57,20 @@ def sources_by_mode(specs: list[str]) -> tuple[list[str], list[str]]:
         else:
             (crop if detect_format(Path(spec)) in ("utkface", "peta", "fairface") else scene).append(spec)
     return scene, crop
+
+
+def dataset_inputs(cfg: DataConfig) -> list[tuple[str, str, str]]:
+    """(name, digest, source) of each training source, for MLflow dataset inputs: the digest is the DVC md5 when
+    the source is DVC-tracked, else a hash of its files' names and sizes (or of the spec, for generated data)."""
+    inputs = []
+    for source in [*cfg.scene, *cfg.crop]:
+        fingerprint = source_fingerprint(source.path)
+        if fingerprint.startswith("spec:"):  # generated: the spec is the data
+            digest, where = hashlib.sha256(source.path.encode()).hexdigest()[:16], source.path
+        else:
+            digest, where = fingerprint.removeprefix("dvc:")[:36], str(Path(source.path).resolve())
+        inputs.append((source_name(source.path), digest, where))
+    return inputs
 
 
 def _subsample(samples: list[Sample], limit: int | None, seed: int) -> list[Sample]:

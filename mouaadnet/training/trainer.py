@@ -31,6 +31,7 @@ from mouaadnet.data.dataset import (
 from mouaadnet.evaluation.evaluate import EvalResult, evaluate_sets, flat_metrics
 from mouaadnet.training.checkpoint import atomic_save, load_checkpoint, restore_rng_state, rng_state
 from mouaadnet.training.config import TrainConfig, flatten
+from mouaadnet.training.progress import ProgressLog
 from mouaadnet.training.recipe import (
     BatchStream,
     build_optimizer,
@@ -41,7 +42,7 @@ from mouaadnet.training.recipe import (
     seed_everything,
     step_modes,
 )
-from mouaadnet.training.sources import TrainingData, load_training_data
+from mouaadnet.training.sources import TrainingData, dataset_inputs, load_training_data
 from mouaadnet.training.threads import apply_threads
 
 
@@ -61,10 +62,13 @@ class TrainSummary:
 class Trainer:
     """Owns the model, optimizer state and data streams of one run."""
 
-    def __init__(self, cfg: TrainConfig, out_dir: str | Path, data: TrainingData | None = None, progress: bool = True):
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path, data: TrainingData | None = None, progress: bool = True,
+                 progress_every: float | None = None):
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.progress = progress
+        self.progress_every = progress_every  # seconds between plain progress lines (logs, pipelines); None: none
+        self.progress_log: ProgressLog | None = None
         seed_everything(cfg.seed)
         self.device = resolve_device(cfg.device)
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
@@ -160,11 +164,14 @@ class Trainer:
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
         images, start = 0, time.perf_counter()
-        bar = tqdm(modes, desc=f"epoch {self.epoch + 1}/{self.cfg.optim.epochs}", disable=not self.progress,
+        epochs = self.cfg.optim.epochs
+        if self.progress_every is not None and self.progress_log is None:
+            self.progress_log = ProgressLog(epochs * steps, self.epoch * steps, self.progress_every)
+        bar = tqdm(modes, desc=f"epoch {self.epoch + 1}/{epochs}", disable=not self.progress,
                    unit="step", dynamic_ncols=True)
-        for step, mode in enumerate(bar):
+        for step, mode in enumerate(bar, 1):
             if self.device.type == "cpu":
-                apply_threads(self.cfg.threads, step)
+                apply_threads(self.cfg.threads, step - 1)
             batch = next(iterators[mode])
             for name, value in self.train_step(batch, mode).items():
                 sums[name] += value
@@ -172,6 +179,8 @@ class Trainer:
             images += len(batch["images"])
             rate = images / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{sums['loss'] / counts['loss']:.3f}", img_s=f"{rate:.1f}")
+            if self.progress_log is not None:
+                self.progress_log.step(self.epoch + 1, epochs, step, steps, sums["loss"] / counts["loss"], rate)
         elapsed = time.perf_counter() - start
         metrics = {name: sums[name] / counts[name] for name in sums}
         metrics["lr"] = self.scheduler.get_last_lr()[0]
@@ -271,13 +280,18 @@ def _log_plots(history: dict[str, list[float]], results: list[EvalResult]) -> No
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
-          data: TrainingData | None = None, run_name: str | None = None) -> TrainSummary:
-    """Train (or resume) one run, tracked as one MLflow run; returns the summary of the whole run."""
+          data: TrainingData | None = None, run_name: str | None = None,
+          progress_every: float | None = None, datasets: list[tuple[str, str, str]] | None = None) -> TrainSummary:
+    """Train (or resume) one run, tracked as one MLflow run; returns the summary of the whole run.
+
+    ``progress``: tqdm bars (a terminal); ``progress_every``: plain progress lines at most every that many seconds
+    (logs and pipelines). Either prints a summary line per epoch. ``datasets``: the MLflow dataset inputs (name,
+    digest, source) to record the data by; default: one per training source of the config."""
     import mlflow
 
-    from mouaadnet.pipeline.tracking import git_commit, log_params_safely, mlflow_run
+    from mouaadnet.pipeline.tracking import git_commit, log_dataset, log_params_safely, mlflow_run
 
-    trainer = Trainer(cfg, out_dir, data=data, progress=progress)
+    trainer = Trainer(cfg, out_dir, data=data, progress=progress, progress_every=progress_every)
     last = trainer.out_dir / "last.pt"
     if resume:
         if not last.is_file():
@@ -288,10 +302,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
             "device": str(trainer.device), "amp": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "fp32"}
     results: list[EvalResult] = []
     metrics: dict[str, float] = {}
-    with mlflow_run(cfg.experiment, run_name=run_name, run_id=trainer.run_id, tags=tags) as run:
+    with mlflow_run(cfg.experiment, run_name=run_name, run_id=trainer.run_id, tags=tags, entry_point="train") as run:
         if trainer.run_id is None:
             trainer.run_id = run.info.run_id
             log_params_safely(flatten(cfg.model_dump()))
+            for name, digest, source in dataset_inputs(cfg.data) if datasets is None else datasets:
+                log_dataset(name, digest, source)
             (trainer.out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
             mlflow.log_artifact(str(trainer.out_dir / "config.yaml"))
         for epoch in range(trainer.epoch, cfg.optim.epochs):
@@ -304,7 +320,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
             score = val_metrics.get(cfg.best_metric, float("nan"))
             improved = trainer.save(metrics, score)
             mlflow.log_metrics(metrics, step=epoch + 1)
-            if progress:
+            if progress or progress_every is not None:
                 print(f"epoch {epoch + 1}: loss {metrics['loss']:.4f}  {cfg.best_metric} {score:.4f}"
                       f"{'  (best)' if improved else ''}  {metrics['images_per_second']:.1f} img/s", flush=True)
         if results:

@@ -1,0 +1,81 @@
+"""What the MLflow UI shows about this project's runs: experiments of kind model training, the data each run used
+(MLflow dataset inputs: name + DVC md5 as digest + source) and the source (project, entry point, git commit)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from mouaadnet.pipeline.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, PROJECT_NAME, git_commit
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def _datasets(run) -> dict[str, tuple[str, str, str]]:
+    return {d.dataset.name: (d.dataset.digest, d.dataset.source, {t.key: t.value for t in d.tags}.get("mlflow.data.context"))
+            for d in run.inputs.dataset_inputs}
+
+
+def _source(run, entry_point: str) -> None:
+    tags = run.data.tags
+    assert tags["mlflow.source.type"] == "PROJECT" and tags["mlflow.source.name"] == PROJECT_NAME
+    assert tags["mlflow.source.git.commit"] == git_commit()
+    assert tags["mlflow.project.entryPoint"] == entry_point
+
+
+def test_tiny_training_run_records_kind_dataset_source_and_prints_progress(tracking, tmp_path, capsys):
+    from test_train import tiny_config
+
+    from mouaadnet.training.trainer import train
+
+    cfg = tiny_config(epochs=1, steps=2)
+    summary = train(cfg, tmp_path / "run", progress=False, progress_every=0.0)
+
+    out = capsys.readouterr().out
+    assert "progress  epoch 1/1  step 1/2  loss " in out and "progress  epoch 1/1  step 2/2" in out and "ETA" in out
+    assert tracking.get_experiment_by_name("tests").tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    run = tracking.get_run(summary.run_id)
+    _source(run, "train")
+    digest = hashlib.sha256(b"synthetic:24:0").hexdigest()[:16]  # generated data: the spec is the data
+    assert _datasets(run)["synthetic"] == (digest, '{"uri": "synthetic:24:0"}', "training")
+    assert set(_datasets(run)) == {"synthetic", "synthetic-crops"}
+
+
+def test_pipeline_run_records_the_dvc_md5_as_its_dataset(tracking):
+    from mouaadnet.pipeline.lineage import DATASET_NAME, start_pipeline_run
+
+    md5 = "0123456789abcdef0123456789abcdef.dir"
+    run_id = start_pipeline_run("pipeline-tracking-test", {"data_version": md5, "epochs": 1}, "kfp-7")
+    run = tracking.get_run(run_id)
+    _source(run, "pipeline")
+    digest, source, context = _datasets(run)[DATASET_NAME]
+    assert digest == md5 and context == "training" and source.endswith('/data"}')
+    assert tracking.get_experiment_by_name("pipeline-tracking-test").tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+
+
+def test_an_experiment_kind_set_by_hand_is_kept(tracking):
+    from mouaadnet.pipeline.tracking import use_experiment
+
+    exp = tracking.create_experiment("kept", tags={EXPERIMENT_KIND_TAG: "finetuning"})
+    use_experiment("kept")
+    assert tracking.get_experiment(exp).tags[EXPERIMENT_KIND_TAG] == "finetuning"
+
+
+def test_a_dvc_tracked_source_is_named_by_its_md5(tmp_path):
+    from mouaadnet.training.config import DataConfig, SourceConfig
+    from mouaadnet.training.sources import dataset_inputs
+
+    folder = tmp_path / "street"
+    folder.mkdir()
+    (tmp_path / "street.dvc").write_text("outs:\n- md5: 9f86d081884c7d659a2feaa0c55ad015.dir\n  path: street\n")
+    cfg = DataConfig(scene=[SourceConfig(path=str(folder))])
+    assert dataset_inputs(cfg) == [("street", "9f86d081884c7d659a2feaa0c55ad015.dir", str(folder.resolve()))]
