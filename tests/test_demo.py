@@ -58,3 +58,15 @@ def test_photo_hint_starts_the_server_then_detects(tmp_path):
     hint = demo.photo_hint(tmp_path / "triton_repo")
     assert f"mouaadnet serve --repo {tmp_path / 'triton_repo'}" in hint
     assert "mouaadnet detect YOUR_PHOTO.jpg --url 127.0.0.1:8001" in hint
+
+
+def test_the_demo_sends_real_photos_with_their_boxes():
+    from PIL import Image
+
+    photos = demo.real_photos(3)
+    names = [name for name, _, _ in photos]
+    assert names[:2] == ["astronaut.png (scikit-image)", "grace_hopper.jpg (matplotlib)"] and len(photos) == 5
+    for name, blob, truth in photos:
+        assert Image.open(io.BytesIO(blob)).size[0] > 100, name
+    assert all(truth and all(len(p["box"]) == 4 for p in truth) for _, _, truth in photos[2:])
+    assert photos[0][2] is None

@@ -4,13 +4,13 @@
 2. pipeline: `mouaadnet pipeline run` (kfp.local) with short epochs -> MLflow runs, registry version, a new
    version in `triton_repo/`; its full log goes to `<pipeline root>/pipeline.log`, progress lines to the terminal;
 3. serve: the real Triton server (`mouaadnet serve`) on free loopback ports;
-4. detect: validation images through gRPC (`mouaadnet detect`), people found printed beside the ground truth;
+4. detect: real photos through gRPC (`mouaadnet detect`): two that ship in pip packages (scikit-image's astronaut,
+   matplotlib's Grace Hopper) and CC BY 4.0 scenes from examples/real, people found printed beside their boxes;
 5. stop the server and print where to look: the MLflow UI on the run just made, and how to send your own photo.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -23,7 +23,7 @@ import numpy as np
 from mouaadnet.pipeline.tracking import PROJECT_ROOT
 
 PROGRESS = re.compile(r"Executing task|finished with status|^\s*epoch \d|gates (PASSED|FAILED)|^\s*\[(PASS|FAIL)|"
-                      r"^pipeline |^  \S.*  |Pipeline .* finished|^\s*progress\s")
+                      r"^pipeline |^  \S.*  |Pipeline .* finished|^\s*progress\s|^publish: |real_AP50 ")
 LIVE = re.compile(r"^\s*progress\s")  # the train task's progress lines: one live line on a terminal
 PARENT_RUN = re.compile(r"MLflow parent run\s+(\w+) \(\w+\) in experiment (.+) \(id (\w+|\?)\) at (\S+)$")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -104,15 +104,29 @@ def photo_hint(repo: Path, grpc_port: int = 8001) -> str:
             f"--draw YOUR_PHOTO_people.jpg")
 
 
-def ground_truth(annotations: Path) -> dict[str, list[dict]]:
-    data = json.loads(annotations.read_text())
-    by_id = {img["id"]: img["file_name"] for img in data["images"]}
-    people: dict[str, list[dict]] = {name: [] for name in by_id.values()}
-    for ann in data["annotations"]:
-        x, y, w, h = ann["bbox"]
-        people[by_id[ann["image_id"]]].append({"box": [x, y, x + w, y + h], "gender": ann.get("gender"),
-                                               "age": ann.get("age")})
-    return people
+def real_photos(count: int) -> list[tuple[str, bytes, list[dict] | None]]:
+    """(name, image bytes, labelled people or None): the pip packages' portraits, then ``count`` CC BY 4.0 scenes
+    of examples/real with their boxes (research-only data never enters the repository)."""
+    import io
+
+    from matplotlib import cbook
+    from PIL import Image
+    from skimage import data as skimage_data
+
+    from mouaadnet.data.readers import read_yolo
+
+    astronaut = io.BytesIO()
+    Image.fromarray(skimage_data.astronaut()).save(astronaut, format="PNG")
+    with cbook.get_sample_data("grace_hopper.jpg") as handle:
+        hopper = handle.read()
+    photos: list[tuple[str, bytes, list[dict] | None]] = [("astronaut.png (scikit-image)", astronaut.getvalue(), None),
+                                                          ("grace_hopper.jpg (matplotlib)", hopper, None)]
+    samples = read_yolo(PROJECT_ROOT / "examples" / "real").samples
+    step = max(1, len(samples) // max(count, 1))
+    for sample in samples[::step][:count]:
+        truth = [{"box": [float(v) for v in box], "gender": None, "age": None} for box in sample.boxes]
+        photos.append((Path(sample.image_path).name, Path(sample.image_path).read_bytes(), truth))
+    return photos
 
 
 def format_comparison(name: str, found: list[dict], truth: list[dict]) -> list[str]:
@@ -122,7 +136,8 @@ def format_comparison(name: str, found: list[dict], truth: list[dict]) -> list[s
     iou = box_iou(np.array([t["box"] for t in truth], np.float32).reshape(-1, 4),
                   np.array([p["box"] for p in found], np.float32).reshape(-1, 4))
     matched = int((iou >= MATCH_IOU).any(axis=1).sum()) if iou.size else 0
-    lines = [f"  {name}: found {len(found)}, ground truth {len(truth)}, matched {matched}"]
+    lines = [f"  {name}: found {len(found)}, labelled {len(truth)}, matched {matched}" if truth else
+             f"  {name}: found {len(found)} (no labels)"]
     for i in range(max(len(found), len(truth))):
         left = right = ""
         if i < len(found):
@@ -160,26 +175,25 @@ def demo(config: Path | None = None, images: int = 4, threshold: float = 0.3, pi
 
     version = max(numeric_versions(repo / "detector"), default=0)
     if not (repo / "detector" / str(version) / "model.onnx").is_file():
-        _say("nothing published (the quality gates failed?): no model to serve; see the gates in the log")
+        _say("no model to serve: Triton's version 1 should link the shipped weights (mouaadnet ship); see the log")
         return 1
 
-    from mouaadnet.serving.client import TritonDetector, read_images
+    from mouaadnet.serving.client import TritonDetector
     from mouaadnet.serving.server import ServerConfig, TritonServer, free_port
 
+    served = "the shipped weights" if version == 1 else "the champion the pipeline promoted"
     _say(f"[3/5] {_elapsed(start)}  serve: tritonserver on 127.0.0.1 (model repository {repo}, detector "
-         f"version {version}); same as `mouaadnet serve`")
+         f"version {version} = {served}); same as `mouaadnet serve`")
     log = root / "triton.log"
     cfg = ServerConfig(repo=repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
-    val = PROJECT_ROOT / "data" / "val"
-    truth = ground_truth(val / "annotations.json")
-    names = sorted(truth)[:images]
+    photos = real_photos(images)
     with TritonServer(cfg, log_path=log) as server:
-        _say(f"[4/5] {_elapsed(start)}  detect: {len(names)} validation images through gRPC {server.grpc_url} "
-             f"(same as `mouaadnet detect --url {server.grpc_url} data/val/images/...`)")
+        _say(f"[4/5] {_elapsed(start)}  detect: {len(photos)} real photos through gRPC {server.grpc_url} "
+             f"(same as `mouaadnet detect --url {server.grpc_url} examples/real/images/...`)")
         detector = TritonDetector(server.grpc_url)
-        found = detector.detect(read_images([val / "images" / n for n in names]), threshold)
-        for name, people in zip(names, found):
-            for line in format_comparison(name, people, truth[name]):
+        found = detector.detect([blob for _, blob, _ in photos], threshold)
+        for (name, _, truth), people in zip(photos, found):
+            for line in format_comparison(name, people, truth or []):
                 _say(line)
         _say(f"[5/5] {_elapsed(start)}  stop the server")
     _say(f"done in {_elapsed(start).strip()}. Where to look:\n"
