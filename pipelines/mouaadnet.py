@@ -61,17 +61,17 @@ def mouaadnet_pipeline(
     registered_model: str = "mouaadnet-detector",
     experiment: str = "mouaadnet-pipeline",
     repo_dir: str = ".",
-    pretrained: str = "weights/mouaadnet.pt",
+    pretrained: str = "auto",
     real_val: str = "examples/real",
     shipped: str = "weights",
 ):
     """config: YAML text or a path relative to repo_dir; data_version: the md5 data.dvc pins (refused if it
     differs); epochs / steps_per_epoch: 0 = the config's; min_ap50, max_model_mb, max_latency_ms: gates on top
     of mouaadnet.evaluation.gates; target_backend: python | onnxruntime (Triton backend of the published model);
-    serve_precision: fp32 | int8 (which ONNX is published); pretrained: the checkpoint training starts from (the
-    shipped weights; "" = from scratch); real_val: the real validation scenes the champion rule judges on;
+    serve_precision: fp32 | int8 (which ONNX is published); pretrained: the checkpoint training starts from ("auto" = the
+    shipped weights when weights/ has them, else from scratch; "" = from scratch); real_val: the real validation scenes the champion rule judges on;
     shipped: the shipped weights folder; its default scene ONNX is registered as the first champion (Triton's
-    committed version 1)."""
+    committed version 1); without a manifest there, the first candidate becomes champion."""
     kfp_run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
     exit_task = _with_env(finish_run(experiment=experiment, kfp_run_id=kfp_run_id), cache=False)
     with dsl.ExitHandler(exit_task, name="mlflow-parent-run"):

@@ -2,7 +2,9 @@
 
 Three runs share one pipeline root with caching on, so the second and third reuse the data/train/export tasks
 of the first (which also checks that the cache keys on the data version and config):
-1. success: MLflow parent + one child per step, ONNX logged, registry version with aliases, Triton version;
+1. success: MLflow parent + one child per step, training started from the `pretrained` checkpoint, ONNX logged,
+   registry version with aliases, Triton version (no shipped weights given: the first candidate is champion;
+   the champion rule itself: tests/test_champion.py and tests/test_pipeline_mlflow_server.py);
 2. gate fail (min_ap50 above 1): the pipeline succeeds, nothing is published, the parent says gates_passed false;
 3. a step raises (invalid config -> train fails): the run fails, the parent run is FAILED, nothing published.
 """
@@ -50,7 +52,14 @@ def pipeline_env(tmp_path_factory):
         for config in triton.rglob("*.pbtxt"):  # served at 96 px: the smallest size whose 12x12 map holds the top-100 rows
             config.write_text(config.read_text().replace("3, 320, 320", "3, 96, 96")
                               .replace('string_value: "320"', 'string_value: "96"'))
-        yield {"root": root, "triton": triton}
+        import torch
+
+        from model import ModelConfig, build_model
+
+        torch.manual_seed(0)
+        pretrained = root / "pretrained.pt"
+        torch.save({"model": build_model(ModelConfig(scene_size=96, crop_size=32)).state_dict()}, pretrained)
+        yield {"root": root, "triton": triton, "pretrained": pretrained}
 
 
 def run(env, **overrides):
@@ -59,7 +68,8 @@ def run(env, **overrides):
     config = env["root"] / "tiny.yaml"
     config.write_text(overrides.pop("config_text", TINY))
     args = pipeline_arguments(config, qat_steps=2, export_size=96, triton_repo=str(env["triton"]), experiment=EXPERIMENT,
-                              registered_model="mouaadnet-test", **overrides)
+                              registered_model="mouaadnet-test", pretrained=str(env["pretrained"]), shipped="",
+                              **overrides)
     return run_local(args, env["root"] / "kfp", cache=True)
 
 
@@ -103,6 +113,8 @@ def test_pipeline_runs_end_to_end_and_publishes(pipeline_env, first_run):
     assert STEPS <= set(kids), set(kids)
     assert all(k.info.status == "FINISHED" for k in kids.values())
     assert "val/score" in kids["train"].data.metrics and "fp32_mb" in kids["export_onnx"].data.metrics
+    assert kids["train"].data.params["pretrained"] == str(pipeline_env["pretrained"])  # the `pretrained` parameter
+    assert "real_AP50" in kids["evaluate"].data.metrics  # the champion rule's metric, on examples/real
     # what the MLflow UI shows: a model-training experiment; the data version as the runs' dataset; the source
     version = parent.data.params["data_version"]
     for run in (parent, kids["prepare_data"], kids["train"]):

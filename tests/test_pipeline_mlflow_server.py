@@ -98,3 +98,47 @@ def test_lineage_registry_and_s3_artifacts(mlflow_server_uri, s3_service, tiny_c
     assert failed.info.status == "FAILED" and failed.data.tags["pipeline.error"] == "prepare-data: refused"
     orphans = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent2}'")
     assert [o.info.status for o in orphans] == ["FAILED"]
+
+
+def test_shipped_weights_are_the_first_champion_and_a_worse_candidate_is_not_promoted(
+        mlflow_server_uri, s3_service, tiny_checkpoint, tmp_path):
+    import json
+    import shutil
+
+    from mlflow import MlflowClient
+
+    from model.artifacts import write_sidecar
+    from mouaadnet.pipeline import champion, dvc_data, steps
+
+    dvc_data.ensure_data(PROJECT_ROOT)
+    exp = "pipeline-champion-test"
+    steps.reparameterize_step(tiny_checkpoint, PROJECT_ROOT / "data", tmp_path / "deploy", exp)
+    exported = steps.export_step(tmp_path / "deploy" / "deploy.pt", PROJECT_ROOT / "data", tmp_path / "fp32",
+                                 tmp_path / "int8", None, size=320, experiment=exp)
+    weights = tmp_path / "weights"  # a shipped-weights folder: manifest, checkpoint, scene/crop ONNX, sidecars
+    weights.mkdir()
+    shutil.copy(tmp_path / "fp32" / "model.onnx", weights / "scene.onnx")
+    shutil.copy(tiny_checkpoint, weights / "ckpt.pt")
+    for name in ("scene.onnx", "ckpt.pt"):
+        write_sidecar(weights / name, "fp32")
+    models = {"scene": {"fp32": "scene.onnx", "default": "fp32"}, "crop": {"fp32": "scene.onnx", "default": "fp32"}}
+    (weights / "manifest.json").write_text(json.dumps({"checkpoint": "ckpt.pt", "models": models}))
+    triton = copy_repo(tmp_path / "triton_repo")
+    before = sorted(p.name for p in (triton / "detector").iterdir())
+    real = str(PROJECT_ROOT / "examples" / "real")
+
+    worse = champion.publish_step(tmp_path / "fp32", triton, exported["fp32_model_id"], -1.0,
+                                  registered_model="mouaadnet-champion-test", experiment=exp, real_val=real,
+                                  shipped=str(weights))
+    client = MlflowClient(mlflow_server_uri)
+    first = client.get_model_version_by_alias("mouaadnet-champion-test", "champion")
+    assert first.tags["shipped"] == "true" and first.tags["triton_version"] == "1"
+    assert 0.0 <= float(first.tags["real_AP50"]) <= 1.0  # measured on the real scenes, not copied from anywhere
+    assert worse["champion"] is False and "NOT promoted" in worse["decision"] and worse["triton_version"] == -1
+    assert sorted(p.name for p in (triton / "detector").iterdir()) == before
+
+    better = champion.publish_step(tmp_path / "fp32", triton, exported["fp32_model_id"], 2.0,
+                                   registered_model="mouaadnet-champion-test", experiment=exp, real_val=real,
+                                   shipped=str(weights))
+    assert better["champion"] is True and better["triton_version"] > 1
+    assert client.get_model_version_by_alias("mouaadnet-champion-test", "champion").version == better["registry_version"]

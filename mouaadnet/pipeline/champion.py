@@ -89,8 +89,10 @@ def publish_step(onnx_dir: str | os.PathLike, triton_repo: str | os.PathLike, mo
         mlflow = _mlflow()
         client = _client()
         champion = _champion(client, registered_model)
-        if champion is None and shipped:
+        if champion is None and shipped and (Path(shipped) / "manifest.json").is_file():
             champion = _register_shipped(client, registered_model, shipped, real_val, triton_model, triton_repo)
+        elif champion is None and shipped:
+            print(f"publish: no shipped weights in {shipped}: the first candidate becomes champion", flush=True)
         decision = decide(primary_metric, champion)
         print(f"publish: {decision.message}", flush=True)
         published = publish(artifact, triton_repo, model=triton_model, backend=backend) if decision.promote else None

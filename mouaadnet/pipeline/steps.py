@@ -88,17 +88,26 @@ def train_step(dataset_dir: str | os.PathLike, config: str, out_dir: str | os.Pa
                progress: bool = False, pretrained: str = "") -> dict[str, Any]:
     """Train on the dataset artifact; ``out_dir`` gets best.pt and config.yaml. Returns the summary values.
 
-    ``pretrained``: a checkpoint to start from (the pipeline passes the shipped weights, weights/mouaadnet.pt);
-    "" trains from scratch."""
+    ``pretrained``: "auto" = the shipped weights (weights/mouaadnet.pt) when they exist, else from scratch;
+    "" = from scratch; a path = that checkpoint."""
     from mouaadnet.training.trainer import train
+    from mouaadnet.weights import WeightsError
+    from mouaadnet.weights.shipped import shipped_checkpoint
 
     cfg = train_config(config, dataset_dir, epochs, steps_per_epoch)
     cfg.experiment = experiment
+    if pretrained == "auto":
+        try:
+            pretrained = str(shipped_checkpoint())
+        except WeightsError as error:
+            print(f"train: no shipped weights to start from, training from scratch ({error})", flush=True)
+            pretrained = ""
     if pretrained:
         if not Path(pretrained).is_file():
             raise PipelineStepError(f"pretrained checkpoint {pretrained} not found (pass pretrained='' to train "
                                     "from scratch)")
         cfg.pretrained = str(pretrained)
+        print(f"train: starting from {pretrained}", flush=True)
     work = Path(out_dir).parent / (Path(out_dir).name + ".work")
     datasets = [(DATASET_NAME, data_fingerprint, str(Path(dataset_dir).resolve()))] if data_fingerprint else None
     summary = train(cfg, work, progress=progress, run_name="train", progress_every=PROGRESS_EVERY_S,
