@@ -163,3 +163,32 @@ def test_sgd_and_cosine_schedule_train(tmp_path, tracking):
     cfg.optim.ema = False
     summary = train(cfg, tmp_path / "run", progress=False)
     assert math.isfinite(summary.last_metrics["loss"])
+
+
+def test_resume_on_another_machine_starts_a_new_run_with_the_history(tmp_path, monkeypatch):
+    """A committed last.pt resumed where its MLflow store does not exist: no crash, a new run that carries the
+    epochs done before (so the curves are whole) and names the run it continues."""
+    cfg = tiny_config(epochs=2, steps=2)
+    data = load_training_data(cfg.data, cfg.seed)
+    first = f"sqlite:///{tmp_path / 'machine_a.db'}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", first)
+    original = Trainer.validate
+
+    def killed_in_second_epoch(self):
+        if self.epoch == 1:
+            raise KeyboardInterrupt  # the session ended during epoch 2
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "validate", killed_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "run", progress=False, data=data)
+    monkeypatch.setattr(Trainer, "validate", original)
+    old = load_checkpoint(tmp_path / "run" / "last.pt")["mlflow_run_id"]
+    second = f"sqlite:///{tmp_path / 'machine_b.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", second)
+    summary = train(cfg, tmp_path / "run", resume=True, progress=False, data=data)
+    run = _client(second).get_run(summary.run_id)
+    assert summary.run_id != old and run.data.tags["resumed_from_run"] == old
+    steps = [m.step for m in _client(second).get_metric_history(summary.run_id, "loss")]
+    assert steps == [1, 2]  # epoch 1 from the checkpoint's history, epoch 2 trained here

@@ -279,6 +279,35 @@ def _log_plots(history: dict[str, list[float]], results: list[EvalResult]) -> No
                               f"plots/{result.name}_age_group_confusion.png")
 
 
+def _forget_unknown_run(trainer: Trainer) -> str | None:
+    """A checkpoint resumed on another machine names an MLflow run this tracking store does not have: start a
+    new run (returns the old id) instead of failing; the same store keeps resuming the same run."""
+    if trainer.run_id is None:
+        return None
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from mouaadnet.pipeline.tracking import tracking_uri
+
+    try:
+        MlflowClient(tracking_uri()).get_run(trainer.run_id)
+        return None
+    except MlflowException:
+        old, trainer.run_id = trainer.run_id, None
+        return old
+
+
+def _log_history(history: dict[str, list[float]]) -> None:
+    """Log the per-epoch metrics of earlier epochs (from the checkpoint) under their epoch numbers."""
+    import math
+
+    import mlflow
+
+    for index, epoch in enumerate(history.get("epoch", [])):
+        values = {k: v[index] for k, v in history.items() if k != "epoch" and index < len(v) and math.isfinite(v[index])}
+        mlflow.log_metrics(values, step=int(epoch))
+
+
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
           data: TrainingData | None = None, run_name: str | None = None,
           progress_every: float | None = None, datasets: list[tuple[str, str, str]] | None = None) -> TrainSummary:
@@ -298,6 +327,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
             raise FileNotFoundError(f"--resume: no checkpoint to resume at {last}")
         trainer.restore(last)
     trainer.out_dir.mkdir(parents=True, exist_ok=True)
+    moved_from = _forget_unknown_run(trainer)
     tags = {"git_commit": git_commit(), "data_fingerprint": trainer.data.fingerprint,
             "device": str(trainer.device), "amp": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "fp32"}
     results: list[EvalResult] = []
@@ -310,6 +340,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
                 log_dataset(name, digest, source)
             (trainer.out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
             mlflow.log_artifact(str(trainer.out_dir / "config.yaml"))
+            if moved_from:  # resumed on another machine: the new run carries the epochs done there
+                mlflow.set_tags({"resumed_from_run": moved_from, "resumed_at_epoch": str(trainer.epoch)})
+                _log_history(dict(trainer.history))
         for epoch in range(trainer.epoch, cfg.optim.epochs):
             trainer.epoch = epoch
             metrics = trainer.train_epoch()
