@@ -48,7 +48,7 @@ def real_ap50(onnx_path: str | Path, real_val: str | Path) -> float:
     sets = [s for s in load_eval_sets([str(real_val)]) if s.mode == "scene"]
     if not sets:
         raise ValueError(f"{real_val}: no scene images to judge the champion on")
-    result = evaluate_sets(OnnxModel([onnx_path]), sets, scene_size=onnx_input_size(onnx_path))[0]
+    result = evaluate_sets(OnnxModel([onnx_path]), sets, scene_size=onnx_input_size(onnx_path), crop_size=112)[0]
     return float(result.metrics["AP50"])
 
 
