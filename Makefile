@@ -23,7 +23,7 @@ venv: $(STAMP)
 $(SERVE_STAMP): pyproject.toml
 	test -x $(VENV_SERVE)/bin/python || $(SERVE_PYTHON) -m venv $(VENV_SERVE)
 	$(VENV_SERVE)/bin/python -m pip install -q --upgrade pip
-	$(VENV_SERVE)/bin/python -m pip install -q 'nvidia-pytriton==0.7.0' 'tritonclient[grpc]>=2.50' 'numpy<2' onnxruntime pillow
+	$(VENV_SERVE)/bin/python -m pip install -q 'nvidia-pytriton==0.7.0' 'tritonclient[grpc]>=2.50' 'numpy<2' onnxruntime pillow 'simplejpeg>=1.8'
 	$(VENV_SERVE)/bin/python -m pip install -q --no-deps -e .
 	touch $(SERVE_STAMP)
 

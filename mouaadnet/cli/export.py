@@ -97,7 +97,8 @@ def _load(checkpoint: Path):
     try:
         return load_model_checkpoint(checkpoint)
     except Exception as error:  # noqa: BLE001 - a CLI turns any load problem into one line
-        _fail(f"cannot load checkpoint {checkpoint}: {type(error).__name__}: {error}", 2)
+        message = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
+        _fail(f"cannot load checkpoint {checkpoint}: {message}", 2)
 
 
 def reparam(
