@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -51,7 +52,12 @@ def write_sidecar(artifact: str | Path, precision: str, source: str | Path | Non
         "extra": extra or {},
     }
     path = sidecar_path(artifact)
-    path.write_text(json.dumps(data, indent=2, default=float) + "\n")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:  # temp + rename: a full disk never leaves half a sidecar next to a good artifact
+        tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

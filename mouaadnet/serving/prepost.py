@@ -112,7 +112,8 @@ def open_image(
         raise ImageError(f"image too large: {error}") from None
     except Exception as error:
         head = bytes(data[:8])
-        raise ImageError(f"not an image ({len(data)} bytes starting {head!r}): {error}") from None
+        why = "no known image format" if "cannot identify image file" in str(error) else str(error)
+        raise ImageError(f"not an image ({len(data)} bytes starting {head!r}): {why}") from None
     if image.format not in ALLOWED_FORMATS:
         raise ImageError(f"unsupported image format {image.format}; send JPEG or PNG")
     if image.format == "PNG":
@@ -328,7 +329,7 @@ def _describe_range(name: str, array: np.ndarray, low: float, high: float) -> st
     if math.isnan(lo) or math.isnan(hi):
         return f"{name} contains NaN"
     if math.isinf(lo) or math.isinf(hi):
-        return f"{name} contains {'-' if math.isinf(lo) else '+'}Inf"
+        return f"{name} contains {'-' if lo == -math.inf else '+'}Inf"
     return f"{name} must lie in [{low:g}, {high:g}], got values from {lo:g} to {hi:g}"
 
 
@@ -354,7 +355,7 @@ def check_meta(meta: np.ndarray, max_side: int = MAX_SIDE) -> None:
 def check_threshold(threshold: float) -> float:
     value = float(threshold)
     if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"score_threshold must be in [0, 1], got {threshold}")
+        raise ValueError(f"score_threshold must be in [0, 1], got {value:g}")
     return value
 
 

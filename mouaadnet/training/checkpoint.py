@@ -38,7 +38,16 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+    _remove_stale_temps(path)
     return path
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Temp files of earlier writers of ``path`` that were killed mid-write (their pid no longer runs)."""
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            stale.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

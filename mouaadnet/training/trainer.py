@@ -266,12 +266,29 @@ def _log_plots(history: dict[str, list[float]], results: list[EvalResult]) -> No
                               f"plots/{result.name}_age_group_confusion.png")
 
 
+def _log_run_outputs(trainer: Trainer, results: list[EvalResult]) -> None:
+    """Plots, best.pt and summary tags; a failure (e.g. the artifact store is down) is reported, not fatal:
+    the checkpoints on disk are complete either way."""
+    import mlflow
+
+    from mouaadnet.pipeline.tracking import final_wait, retry_until
+
+    best = trainer.out_dir / "best.pt"
+    steps = [("plots", lambda: _log_plots(dict(trainer.history), results) if results else None),
+             ("checkpoints/best.pt", lambda: mlflow.log_artifact(str(best), artifact_path="checkpoints")
+              if best.is_file() else None),
+             ("summary tags", lambda: mlflow.set_tags({"best_epoch": str(trainer.best_epoch + 1),
+                                                       "bad_samples": str(trainer.bad_samples())}))]
+    for what, call in steps:
+        retry_until(call, min(final_wait(), 30.0), f"logging {what}")
+
+
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
           data: TrainingData | None = None, run_name: str | None = None) -> TrainSummary:
     """Train (or resume) one run, tracked as one MLflow run; returns the summary of the whole run."""
     import mlflow
 
-    from mouaadnet.pipeline.tracking import git_commit, log_params_safely, mlflow_run
+    from mouaadnet.pipeline.tracking import MetricSpool, final_wait, git_commit, log_params_safely, mlflow_run
 
     trainer = Trainer(cfg, out_dir, data=data, progress=progress)
     last = trainer.out_dir / "last.pt"
@@ -290,6 +307,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
             log_params_safely(flatten(cfg.model_dump()))
             (trainer.out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
             mlflow.log_artifact(str(trainer.out_dir / "config.yaml"))
+        spool = MetricSpool(trainer.run_id, trainer.out_dir / "mlflow-pending.jsonl")
+        if spool.load():  # a previous process of this run was killed while MLflow was unreachable
+            spool.flush()
         for epoch in range(trainer.epoch, cfg.optim.epochs):
             trainer.epoch = epoch
             metrics = trainer.train_epoch()
@@ -299,16 +319,15 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
             append_history(trainer.history, metrics, epoch + 1)
             score = val_metrics.get(cfg.best_metric, float("nan"))
             improved = trainer.save(metrics, score)
-            mlflow.log_metrics(metrics, step=epoch + 1)
+            spool.log(metrics, step=epoch + 1)  # an unreachable server never stops training
             if progress:
                 print(f"epoch {epoch + 1}: loss {metrics['loss']:.4f}  {cfg.best_metric} {score:.4f}"
                       f"{'  (best)' if improved else ''}  {metrics['images_per_second']:.1f} img/s", flush=True)
-        if results:
-            _log_plots(dict(trainer.history), results)
-        best = trainer.out_dir / "best.pt"
-        if best.is_file():
-            mlflow.log_artifact(str(best), artifact_path="checkpoints")
-        mlflow.set_tags({"best_epoch": str(trainer.best_epoch + 1), "bad_samples": str(trainer.bad_samples())})
+        if not spool.flush(wait=final_wait()):
+            print(f"warning: MLflow still unreachable: {len(spool.pending)} epoch(s) of metrics stay in "
+                  f"{spool.path} (delivered by `--resume` of this run); checkpoints are complete", flush=True)
+        else:
+            _log_run_outputs(trainer, results)
     rates = trainer.history.get("images_per_second") or [float("nan")]
     return TrainSummary(trainer.out_dir, len(trainer.history.get("epoch", [])), trainer.best_score,
                         trainer.best_epoch + 1, metrics, float(np.mean(rates)), trainer.bad_samples(),

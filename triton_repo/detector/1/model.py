@@ -17,6 +17,24 @@ from mouaadnet.serving.onnx_model import INPUT_NAME, OUTPUT_NAMES, OrtModel
 from mouaadnet.serving.prepost import check_model_input
 
 
+def verify_published(path):
+    """Refuse to load a model file whose sha256 differs from the sidecar `mouaadnet publish` wrote next to it
+    (bit rot, a hand edit, a partial copy): the version then fails to load, with this reason in the index."""
+    import hashlib
+
+    sidecar = path + ".json"
+    if not os.path.isfile(sidecar):
+        return
+    expected = json.loads(open(sidecar).read()).get("sha256")
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    if expected and digest.hexdigest() != expected:
+        raise RuntimeError(f"{path}: sha256 {digest.hexdigest()} does not match {expected} in {sidecar} "
+                           "(corrupt or replaced after publishing); not loading it")
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -25,6 +43,7 @@ class TritonPythonModel:
         path = os.path.join(version_dir, params.get("onnx_file", "model.onnx"))
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} is missing: publish a model with `mouaadnet publish MODEL.onnx`")
+        verify_published(path)
         self.model = OrtModel(path, threads=int(params.get("intra_op_threads", "2")))
 
     def execute(self, requests):
