@@ -10,7 +10,7 @@ VENV_SERVE := .venv-serve
 SERVE_PYTHON ?= $(shell command -v /usr/bin/python3.11 || command -v python3.11 || echo $(PYTHON))
 SERVE_STAMP := $(VENV_SERVE)/.installed
 
-.PHONY: test run venv serve-venv lint info clean
+.PHONY: test reliability run venv serve-venv lint info clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ serve-venv: $(SERVE_STAMP)
 
 test: $(STAMP) $(SERVE_STAMP)
 	$(BIN)/python -m pytest -q
+
+# The reliability suite at full size (60 s load, every fault variant; `make test` runs it bounded), plus the
+# existing cases that feed the scoreboard; writes the scoreboard into docs/RELIABILITY.md.
+reliability: $(STAMP) $(SERVE_STAMP)
+	MOUAADNET_RELIABILITY=full MOUAADNET_SCOREBOARD_DOC=docs/RELIABILITY.md $(BIN)/python -m pytest -q -m reliability
 
 # The main job (mouaadnet/pipeline/demo.py): default data verified against data.dvc -> the Kubeflow pipeline under kfp.local
 # (MLflow runs + registry, publish to triton_repo/) -> Triton on 127.0.0.1 -> validation images through gRPC.

@@ -76,6 +76,9 @@ def describe_load_error(path: str | Path, error: BaseException) -> str:
     import re
 
     text = str(error)
+    if "Unsupported operand" in text:
+        return (f"checkpoint {path} is not a MouaadNet checkpoint (a plain pickle or another file format); "
+                "refused without running it")
     if isinstance(error, pickle.UnpicklingError) or "Weights only load failed" in text:
         found = re.search(r"(Unsupported global: GLOBAL \S+|Unsupported operand \S+|"
                           r"Trying to load unsupported GLOBAL \S+|Trying to [^\n]*?)(?: whose|\.?\n|\.?$)", text)

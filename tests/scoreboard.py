@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,6 +53,14 @@ class Case:
         return self.ok and self.test_passed is not False
 
 
+_TMP = re.compile(r"/tmp/pytest-of-[^/\s]+/pytest-\d+/")
+
+
+def _clean(text: str) -> str:
+    """One line, pytest's per-run temp folders shortened to $TMP (so the table reads the same every run)."""
+    return _TMP.sub("$TMP/", " ".join(str(text).split()))
+
+
 class Recorder:
     def __init__(self, nodeid: str):
         self.nodeid = nodeid
@@ -61,8 +70,8 @@ class Recorder:
         if category not in CATEGORIES:
             raise ValueError(f"category must be one of {CATEGORIES}, got {category!r}")
         extra = {k: counts.pop(k) for k in list(counts) if k not in COUNTERS}
-        case = Case(self.nodeid, category, name, " ".join(done.split()), " ".join(str(observed).split())[:400],
-                    bool(ok), **counts, extra=extra)
+        case = Case(self.nodeid, category, name, _clean(done), _clean(observed)[:400], bool(ok), **counts,
+                    extra=extra)
         self.cases.append(case)
         _cases.append(case)
         return case

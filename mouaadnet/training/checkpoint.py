@@ -30,6 +30,9 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as error:  # e.g. ENOSPC: say which file; the previous one at ``path`` is untouched
+        raise OSError(error.errno, f"cannot write checkpoint {path} ({error.strerror or error}); "
+                                   f"the previous {path.name} is unchanged") from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -288,7 +288,14 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
     """Train (or resume) one run, tracked as one MLflow run; returns the summary of the whole run."""
     import mlflow
 
-    from mouaadnet.pipeline.tracking import MetricSpool, final_wait, git_commit, log_params_safely, mlflow_run
+    from mouaadnet.pipeline.tracking import (
+        MetricSpool,
+        final_wait,
+        git_commit,
+        log_params_safely,
+        mlflow_run,
+        retry_until,
+    )
 
     trainer = Trainer(cfg, out_dir, data=data, progress=progress)
     last = trainer.out_dir / "last.pt"
@@ -306,7 +313,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
             trainer.run_id = run.info.run_id
             log_params_safely(flatten(cfg.model_dump()))
             (trainer.out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-            mlflow.log_artifact(str(trainer.out_dir / "config.yaml"))
+            retry_until(lambda: mlflow.log_artifact(str(trainer.out_dir / "config.yaml")), 30.0,
+                        "logging config.yaml")  # an artifact store outage must not stop training
         spool = MetricSpool(trainer.run_id, trainer.out_dir / "mlflow-pending.jsonl")
         if spool.load():  # a previous process of this run was killed while MLflow was unreachable
             spool.flush()
