@@ -29,6 +29,9 @@ def rand_bn():
 # Real local services (SeaweedFS S3, mlflow server) for `integration` tests.
 from conftest_services import mlflow_server_uri, mlflow_tracking_server, s3_service  # noqa: E402, F401
 
+# Session fixtures of tests/reliability/ (the stand-in ONNX and one real Triton server).
+from reliability._fixtures import standin_onnx, triton  # noqa: E402, F401
+
 # The reliability scoreboard (tests/scoreboard.py): the `scoreboard` fixture and the hooks that write it.
 from scoreboard import (  # noqa: E402, F401
     pytest_runtest_makereport,

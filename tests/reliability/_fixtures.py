@@ -1,4 +1,5 @@
-"""Shared pieces of the reliability suite: bounded vs full mode, one real Triton server for the request cases.
+"""Session fixtures of the reliability suite (registered by tests/conftest.py; a conftest.py here would shadow
+tests/conftest.py for the modules that import helpers from it): one real Triton server for the request cases.
 
 `make test` runs the suite bounded (short load, the costliest faults at their smallest size); `make reliability`
 sets MOUAADNET_RELIABILITY=full (60 s load, every fault variant) and writes the scoreboard into
