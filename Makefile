@@ -17,7 +17,7 @@ CHROMIUM ?= /usr/bin/chromium
 # in an index folder that lacks it ("Location ... is ignored"), and setuptools' notice on every editable install.
 PIP_INSTALL := -m pip install --disable-pip-version-check --no-input -qq
 
-.PHONY: test run venv serve-venv peer-venv web-deps chromium screenshots web app lint info clean
+.PHONY: test reliability run venv serve-venv peer-venv web-deps chromium screenshots web app lint info clean
 
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV) (the project and its test extras; a few minutes the first time)"
@@ -32,7 +32,7 @@ $(SERVE_STAMP): pyproject.toml
 	@echo "setting up $(VENV_SERVE) (Triton server and its Python backend)"
 	@test -x $(VENV_SERVE)/bin/python || $(SERVE_PYTHON) -m venv $(VENV_SERVE)
 	@$(VENV_SERVE)/bin/python $(PIP_INSTALL) --upgrade pip
-	@$(VENV_SERVE)/bin/python $(PIP_INSTALL) 'nvidia-pytriton==0.7.0' 'tritonclient[grpc]>=2.50' 'numpy<2' onnxruntime pillow
+	@$(VENV_SERVE)/bin/python $(PIP_INSTALL) 'nvidia-pytriton==0.7.0' 'tritonclient[grpc]>=2.50' 'numpy<2' onnxruntime pillow 'simplejpeg>=1.8'
 	@$(VENV_SERVE)/bin/python $(PIP_INSTALL) --no-deps -e .
 	@touch $(SERVE_STAMP)
 
@@ -74,6 +74,11 @@ web: $(STAMP) web-deps
 
 app: $(STAMP)
 	$(BIN)/mouaadnet app
+
+# The reliability suite at full size (60 s load, every fault variant; `make test` runs it bounded), plus the
+# existing cases that feed the scoreboard; writes the scoreboard into docs/RELIABILITY.md.
+reliability: $(STAMP) $(SERVE_STAMP)
+	MOUAADNET_RELIABILITY=full MOUAADNET_SCOREBOARD_DOC=docs/RELIABILITY.md $(BIN)/python -m pytest -q -m reliability
 
 # The main job (mouaadnet/pipeline/demo.py): default data verified against data.dvc -> the Kubeflow pipeline under kfp.local
 # (MLflow runs + registry, publish to triton_repo/) -> Triton on 127.0.0.1 -> validation images through gRPC.

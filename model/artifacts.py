@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -51,7 +52,12 @@ def write_sidecar(artifact: str | Path, precision: str, source: str | Path | Non
         "extra": extra or {},
     }
     path = sidecar_path(artifact)
-    path.write_text(json.dumps(data, indent=2, default=float) + "\n")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:  # temp + rename: a full disk never leaves half a sidecar next to a good artifact
+        tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -61,6 +67,27 @@ def read_sidecar(artifact: str | Path, verify: bool = True) -> dict:
     if verify and data["sha256"] != sha256_file(artifact):
         raise ValueError(f"{artifact}: sha256 differs from its sidecar {sidecar_path(artifact)} (file changed?)")
     return data
+
+
+def describe_load_error(path: str | Path, error: BaseException) -> str:
+    """One clear line for a torch.load(weights_only=True) failure, without torch's advice to retry with
+    weights_only=False (that would run whatever code the file pickled)."""
+    import pickle
+    import re
+
+    text = str(error)
+    if "Unsupported operand" in text:
+        return (f"checkpoint {path} is not a MouaadNet checkpoint (a plain pickle or another file format); "
+                "refused without running it")
+    if isinstance(error, pickle.UnpicklingError) or "Weights only load failed" in text:
+        found = re.search(r"(Unsupported global: GLOBAL \S+|Unsupported operand \S+|"
+                          r"Trying to load unsupported GLOBAL \S+|Trying to [^\n]*?)(?: whose|\.?\n|\.?$)", text)
+        why = found.group(1) if found else text.splitlines()[-1][:200] if text else type(error).__name__
+        return (f"refusing checkpoint {path}: it holds pickled objects other than tensors and plain containers "
+                f"({why}); MouaadNet checkpoints never do, so it is foreign or tampered with and is not loaded "
+                "(only weights are ever read: weights_only=True)")
+    first = text.strip().splitlines()[0][:300] if text.strip() else type(error).__name__
+    return f"checkpoint {path} is corrupt, truncated or not a MouaadNet checkpoint: {first}"
 
 
 def load_model_checkpoint(path: str | Path):
@@ -74,7 +101,10 @@ def load_model_checkpoint(path: str | Path):
     from .network import build_model
     from .reparam import reparameterize_model
 
-    data = torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - truncated, foreign or tampered files: one clear line
+        raise ValueError(describe_load_error(path, error)) from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a checkpoint dict, got {type(data).__name__}")
     state = data.get("ema") or data.get("model", data)  # EMA weights when present: what validation measured

@@ -29,9 +29,10 @@ Cfg = TypeVar("Cfg", bound=BaseModel)
 
 
 class StrictConfig(BaseModel):
-    """Base for every config: unknown keys and wrong types are errors, not silent defaults."""
+    """Base for every config: unknown keys, wrong types and non-finite numbers (`.inf`, `.nan`) are errors, not
+    silent defaults or a run that fails later without naming the key."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(StrictConfig):

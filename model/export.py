@@ -19,6 +19,7 @@ and the exporter is isolated in ``_torch_export`` so switching is one function.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -142,18 +143,27 @@ def export_onnx(model: nn.Module, path: str | Path, mode: Mode = "scene", size: 
     size = size or (getattr(cfg, f"{mode}_size", None) if cfg is not None else None) or (320 if mode == "scene" else 112)
     example = images[:1] if images is not None else torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     names = output_names(mode)
-    _torch_export(wrapper, example, path, names, opset)
-    if simplify:
-        simplify_onnx(path)
-    with torch.no_grad():
-        _set_output_shapes(path, [list(t.shape[1:]) for t in wrapper(example)])
-    validate_onnx(path, mode)
-    if images is None:
-        images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1))
-    report = parity(path, wrapper, images, mode)
-    failed = parity_failures(report)
-    if failed:
-        raise OnnxValidationError(f"{path}: ONNX Runtime disagrees with PyTorch: {', '.join(failed)}")
+    # Built and checked in a temp file beside ``path``, renamed over it only when complete: a full disk or a
+    # kill mid-export never leaves a truncated model.onnx, and the previous good file stays until then.
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        _torch_export(wrapper, example, tmp, names, opset)
+        if simplify:
+            simplify_onnx(tmp)
+        with torch.no_grad():
+            _set_output_shapes(tmp, [list(t.shape[1:]) for t in wrapper(example)])
+        validate_onnx(tmp, mode)
+        if images is None:
+            images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+        report = parity(tmp, wrapper, images, mode)
+        failed = parity_failures(report)
+        if failed:
+            raise OnnxValidationError(f"{path}: ONNX Runtime disagrees with PyTorch: {', '.join(failed)}")
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return report
 
 

@@ -30,3 +30,14 @@ def rand_bn():
 # The apps' stand-in model and browser-toolchain helpers (tests/test_web*.py, tests/test_app.py).
 from conftest_apps import screenshot_dir, standin  # noqa: E402, F401
 from conftest_services import mlflow_server_uri, mlflow_tracking_server, s3_service  # noqa: E402, F401
+
+# Session fixtures of tests/reliability/ (the stand-in ONNX and one real Triton server).
+from reliability._fixtures import standin_onnx, triton  # noqa: E402, F401
+
+# The reliability scoreboard (tests/scoreboard.py): the `scoreboard` fixture and the hooks that write it.
+from scoreboard import (  # noqa: E402, F401
+    pytest_runtest_makereport,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+    scoreboard,
+)

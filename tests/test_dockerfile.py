@@ -42,8 +42,14 @@ def test_hadolint_clean():
     assert result.returncode == 0, result.stderr
 
 
-def test_multi_stage_cpu_default_non_root_entrypoint():
+@pytest.mark.reliability
+def test_multi_stage_cpu_default_non_root_entrypoint(scoreboard):
     instructions = _instructions()
+    users = [rest for kw, rest in instructions if kw == "USER"]
+    scoreboard.record("security", "the Docker image runs as a non-root user",
+                      done="read the runtime stage's last USER instruction of the Dockerfile",
+                      observed=f"USER {users[-1] if users else '- (root)'} (numeric uid: runAsNonRoot can check it)",
+                      ok=bool(users) and users[-1].split(":")[0].isdigit() and users[-1].split(":")[0] != "0")
     froms = [rest for kw, rest in instructions if kw == "FROM"]
     assert len(froms) >= 2 and all("${BASE_IMAGE}" in f for f in froms)
     base = next(rest for kw, rest in instructions if kw == "ARG" and rest.startswith("BASE_IMAGE="))

@@ -185,7 +185,8 @@ def test_corrupted_cache_object_is_repaired_by_pull(s3_repo):
 
 
 @pytest.mark.integration
-def test_corrupted_remote_object_is_refused_on_pull(s3_repo, s3_service):
+@pytest.mark.reliability
+def test_corrupted_remote_object_is_refused_on_pull(s3_repo, s3_service, scoreboard):
     repo, env, prefix = s3_repo
     dvc_data.push(repo, env=env)
     client = s3_service.client()
@@ -193,8 +194,12 @@ def test_corrupted_remote_object_is_refused_on_pull(s3_repo, s3_service):
     body = client.get_object(Bucket="mouaadnet-data", Key=key)["Body"].read()
     client.put_object(Bucket="mouaadnet-data", Key=key, Body=body[:-8] + b"tampered")
     _drop_cache_and_data(repo)
-    with pytest.raises(DvcError, match="Checkout failed"):
+    with pytest.raises(DvcError, match="Checkout failed") as info:
         dvc_data.pull(repo, env=env)  # `verify = true` re-hashes what was downloaded
+    scoreboard.record("fault", "corrupted object in the S3 remote", done="8 bytes of one pushed object replaced, "
+                      "then dvc pull into an empty cache", observed=f"DvcError: {str(info.value).splitlines()[-1]}; "
+                      "nothing checked out as valid", ok=not (repo / "data").exists() or
+                      dvc_data.verify_cache(repo) == [], faults=1)
 
 
 @pytest.mark.integration

@@ -142,7 +142,8 @@ def test_pipeline_runs_end_to_end_and_publishes(pipeline_env, first_run):
     assert tags["registry_version"] == str(reg.version)
 
 
-def test_gate_failure_skips_publish(pipeline_env, first_run):
+@pytest.mark.reliability
+def test_gate_failure_skips_publish(pipeline_env, first_run, scoreboard):
     from mlflow import MlflowClient
 
     before = versions(pipeline_env)
@@ -156,10 +157,16 @@ def test_gate_failure_skips_publish(pipeline_env, first_run):
     kids = children(result["parent_run_id"])
     assert "publish" not in kids and "evaluate" in kids
     # the cached tasks of the first run were reused, and the parent says so
-    assert any(key.startswith("reused.") for key in result["tags"]), result["tags"]
+    reused = sorted(key.removeprefix("reused.") for key in result["tags"] if key.startswith("reused."))
+    scoreboard.record("fault", "Kubeflow re-run with caching after a completed run",
+                      done="the same pipeline again (caching on) with a gate it cannot pass",
+                      observed=f"steps reused from the cache: {reused}; gates_passed "
+                               f"{result['tags']['gates_passed']}; nothing published", ok=bool(reused))
+    assert reused, result["tags"]
 
 
-def test_failing_step_fails_run_and_parent(pipeline_env, first_run):
+@pytest.mark.reliability
+def test_failing_step_fails_run_and_parent(pipeline_env, first_run, scoreboard):
     from mlflow import MlflowClient
 
     before = versions(pipeline_env)
@@ -167,6 +174,14 @@ def test_failing_step_fails_run_and_parent(pipeline_env, first_run):
     result = run(pipeline_env, config_text=TINY.replace("epochs: 1", "epochs: 0"))  # invalid: train raises
     assert result["state"] == "FAILED"
     assert result["status"] == "FAILED"
-    assert "train" in result["tags"].get("pipeline.error", "") or result["error"]
+    error = result["tags"].get("pipeline.error", "")
+    reused = sorted(key.removeprefix("reused.") for key in result["tags"] if key.startswith("reused."))
+    named = result["tags"].get("pipeline.failed_steps") == "train" and "step train failed" in error
+    scoreboard.record("fault", "a Kubeflow step fails (train: invalid config)",
+                      done="pipeline run whose config has epochs: 0, so the train step raises",
+                      observed=f"MLflow parent FAILED; pipeline.failed_steps={result['tags'].get('pipeline.failed_steps')}; "
+                               f"pipeline.error: {error[:200]}; reused from the cache: {reused}; nothing published",
+                      ok=named and versions(pipeline_env) == before, faults=1)
+    assert named, error
     assert versions(pipeline_env) == before
     assert len(MlflowClient().search_model_versions("name = 'mouaadnet-test'")) == len(registered)

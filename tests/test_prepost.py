@@ -187,3 +187,44 @@ def test_every_exif_orientation_matches_pillow(orientation):
     ours, full = prepost.decode_image(buf.getvalue())
     theirs = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(buf.getvalue()))).convert("RGB"))
     assert np.array_equal(ours, theirs) and full == (theirs.shape[1], theirs.shape[0])
+
+
+def test_corrupt_png_and_jpeg_are_refused_not_decoded():
+    png = bytearray(encode(gradient(60, 80)))
+    pos = png.find(b"IDAT")
+    (length,) = struct.unpack(">I", png[pos - 4:pos])
+    png[pos + 4 + length] ^= 0xFF  # the IDAT CRC only: the pixels themselves would still inflate
+    with pytest.raises(ImageError, match="fails its CRC check"):
+        prepost.preprocess_one(bytes(png), 64)
+    jpeg = bytearray(encode(gradient(300, 400), "JPEG", quality=90))
+    start = len(jpeg) // 3
+    jpeg[start:start + 2000] = b"\0" * 2000
+    with pytest.raises(ImageError, match="Corrupt JPEG data"):
+        prepost.preprocess_one(bytes(jpeg), 64)
+
+
+def test_16_bit_png_is_scaled_by_65535():
+    grey = gradient(40, 50)[..., 0] // 2  # max 127: stretching by the image's own max would double it
+    png16 = encode(grey.astype(np.uint16) * 257)
+    png8 = encode(grey)
+    a, _ = prepost.preprocess_one(png16, 64)
+    b, _ = prepost.preprocess_one(png8, 64)
+    np.testing.assert_allclose(a, b, atol=1 / 255)
+
+
+def test_request_budget_is_checked_before_decoding():
+    with pytest.raises(prepost.BudgetError, match="request too expensive"):
+        prepost.preprocess_batch([png_header_only(16_384, 3_051)] * 2, 64)  # 100 MP of headers, nothing decoded
+    images, _ = prepost.preprocess_batch([encode(gradient(50, 50))] * 3, 64, max_request_pixels=10_000)
+    assert images.shape == (3, 3, 64, 64)
+
+
+def test_model_input_and_meta_checks():
+    prepost.check_model_input(np.zeros((1, 3, 8, 8), np.float32))
+    for bad, message in ((np.nan, "NaN"), (np.inf, "Inf"), (2.0, "must lie in")):
+        frame = np.zeros((1, 3, 8, 8), np.float32)
+        frame[0, 0, 0, 0] = bad
+        with pytest.raises(ValueError, match=message):
+            prepost.check_model_input(frame)
+    with pytest.raises(ValueError, match="meta column scale"):
+        prepost.check_meta(np.array([[0.0, 0, 0, 10, 10]], np.float32))

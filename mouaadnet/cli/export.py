@@ -97,7 +97,8 @@ def _load(checkpoint: Path):
     try:
         return load_model_checkpoint(checkpoint)
     except Exception as error:  # noqa: BLE001 - a CLI turns any load problem into one line
-        _fail(f"cannot load checkpoint {checkpoint}: {type(error).__name__}: {error}", 2)
+        message = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
+        _fail(f"cannot load checkpoint {checkpoint}: {message}", 2)
 
 
 def reparam(
@@ -180,10 +181,12 @@ def export(
     fp32 = out if int8 == Int8Opt.none else out.with_name(out.stem + ".fp32.onnx")
     try:
         parity = export_onnx(model, fp32, mode.value, size, top_k, opset, images=check)
+        metrics = {"parity_fp32_vs_torch": parity, "parity_images_real": n_real}
+        write_sidecar(fp32, "fp32", source=model_path, metrics=metrics, extra={"mode": mode.value, "size": size})
     except OnnxValidationError as error:
         _fail(f"export FAILED: {error}")
-    metrics = {"parity_fp32_vs_torch": parity, "parity_images_real": n_real}
-    write_sidecar(fp32, "fp32", source=model_path, metrics=metrics, extra={"mode": mode.value, "size": size})
+    except (OSError, RuntimeError) as error:  # e.g. a full disk: the previous file at --out is left as it was
+        _fail(f"export FAILED: cannot write {fp32}: {str(error).strip().splitlines()[-1][:300]}")
     typer.echo(f"wrote {fp32}  parity vs PyTorch: " + ", ".join(f"{k} {v:.2e}" for k, v in parity.items()
                                                               if isinstance(v, float)))
     if int8 == Int8Opt.none:

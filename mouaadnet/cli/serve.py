@@ -25,10 +25,15 @@ def register(app: typer.Typer) -> None:
             help="explicit mode: model to load at start (repeatable; default all).")] = None,
         log_file: Annotated[Path | None, typer.Option(help="Write Triton's log here instead of the terminal.")] = None,
         timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 180.0,
+        recover: Annotated[bool, typer.Option(
+            help="When a Python-backend stub dies: reload its model (explicit) or restart the server (none/poll), "
+                 "at most 3 times in 10 minutes. --no-recover exits 1 instead (for a supervisor).")] = True,
     ) -> None:
         """Run the real tritonserver (from the serving venv) on 127.0.0.1 until Ctrl-C / SIGTERM.
 
-        Exits 1 with Triton's own reason when a model fails to load.
+        Exits 1 with Triton's own reason when a model fails to load. Watches the Python-backend stubs: Triton
+        does not notice one that died (it stays READY and fails the requests routed to it), so serve reloads
+        the model or restarts the server and says so.
         """
         from mouaadnet.serving.server import ServerConfig, ServerError
         from mouaadnet.serving.server import serve as run
@@ -36,7 +41,7 @@ def register(app: typer.Typer) -> None:
         cfg = ServerConfig(repo=repo, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                            control_mode=model_control_mode, load_models=list(load_model or []))
         try:
-            code = run(cfg, echo=typer.echo, timeout=timeout, log_path=log_file)
+            code = run(cfg, echo=typer.echo, timeout=timeout, log_path=log_file, recover=recover)
         except ServerError as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(1) from None

@@ -40,6 +40,19 @@ def _exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _check_data_specs(specs: Optional[list[str]]) -> None:
+    """Every --data spec names a readable source of a known format (or synthetic:N[:SEED] with N >= 1);
+    otherwise one line naming it and exit 2, before any work starts."""
+    from mouaadnet.data.sources import check_source_spec
+
+    for spec in specs or []:
+        try:
+            check_source_spec(spec)
+        except (ValueError, OSError) as error:
+            typer.echo(f"error: --data {spec}: {error}", err=True)
+            raise typer.Exit(2) from None
+
+
 def _load_train_config(config: Path, data: Optional[list[str]], epochs: Optional[int]):
     from model.config import ConfigError
     from mouaadnet.training.config import SourceConfig, TrainConfig
@@ -50,6 +63,10 @@ def _load_train_config(config: Path, data: Optional[list[str]], epochs: Optional
     except ConfigError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(2) from None
+    _check_data_specs(data)
+    if epochs is not None and epochs < 1:
+        typer.echo(f"error: --epochs must be >= 1, got {epochs}", err=True)
+        raise typer.Exit(2)
     if data:
         scene, crop = sources_by_mode(data)
         cfg.data.scene = [SourceConfig(path=p) for p in scene]
@@ -69,6 +86,7 @@ def train(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Train the multi-task model; every run is tracked in MLflow (MLFLOW_TRACKING_URI or ./mlflow.db)."""
+    from mouaadnet.training.checkpoint import CheckpointError
     from mouaadnet.training.trainer import train as run_training
 
     cfg = _load_train_config(config, data, epochs)
@@ -78,7 +96,7 @@ def train(
     except KeyboardInterrupt:
         typer.echo(f"\ninterrupted: the MLflow run is marked KILLED; resume with --resume --out {out}", err=True)
         raise typer.Exit(130) from None
-    except (FileNotFoundError, ValueError, FloatingPointError) as error:
+    except (OSError, ValueError, FloatingPointError, CheckpointError) as error:
         typer.echo(f"training failed: {error}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"done: {summary.epochs_run} epochs, best {cfg.best_metric} {summary.best_score:.4f} at epoch "
@@ -106,12 +124,24 @@ def evaluate(
     if not data and config is None:
         typer.echo("error: give --data SOURCE (repeatable) and/or --config TRAINING_CONFIG", err=True)
         raise typer.Exit(2)
+    if limit is not None and limit < 1:
+        typer.echo(f"error: --limit must be >= 1, got {limit}", err=True)
+        raise typer.Exit(2)
+    _check_data_specs(data or [])
     try:
         model, _ = model_from_checkpoint(checkpoint)
     except CheckpointError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(2) from None
-    sets = load_eval_sets(data or [], limit, config)
+    try:
+        sets = load_eval_sets(data or [], limit, config)
+    except (ValueError, OSError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    for eval_set in sets:
+        if not eval_set.samples:
+            typer.echo(f"error: {eval_set.name}: no usable samples (see `mouaadnet data check`)", err=True)
+            raise typer.Exit(2)
     results = evaluate_sets(model, sets, model.cfg.scene_size, model.cfg.crop_size, threshold=threshold)
     if as_json:
         typer.echo(json.dumps({r.name: r.metrics for r in results}, indent=2, default=float))

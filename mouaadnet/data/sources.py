@@ -23,8 +23,9 @@ def _parse_synthetic(spec: str) -> tuple[int, int]:
         seed = int(parts[2]) if len(parts) > 2 else 0
     except (IndexError, ValueError):
         raise ValueError(f"data source {spec!r}: expected synthetic:N[:SEED] with integers") from None
-    if len(parts) > 3 or n < 0:
-        raise ValueError(f"data source {spec!r}: expected synthetic:N[:SEED] with N >= 0")
+    if len(parts) > 3 or n < 1:
+        raise ValueError(f"data source {spec!r}: expected synthetic:N[:SEED] with N >= 1 (N is the number of "
+                         "samples)")
     return n, seed
 
 
@@ -53,6 +54,15 @@ def detect_format(path: Path) -> str:
     if any(_is_yolo(p) for p in path.iterdir() if p.is_dir()):
         return "yolo_tree"
     raise ValueError(f"data source {str(path)!r}: unknown format; expected {FORMATS_HELP}")
+
+
+def check_source_spec(spec: str) -> str:
+    """'synthetic' / 'synthetic-crops' or the detected format of a path; ValueError naming the spec otherwise.
+    Cheap (no file is read beyond a directory listing): for command-line checks before any work starts."""
+    if spec.startswith(("synthetic:", "synthetic-crops:")):
+        _parse_synthetic(spec)
+        return spec.split(":")[0]
+    return detect_format(Path(spec).expanduser())
 
 
 def load_source(spec: str) -> ReadResult:

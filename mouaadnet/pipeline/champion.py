@@ -25,6 +25,7 @@ from mouaadnet.pipeline.lineage import (
     _client,
     _mlflow,
     log_onnx_model,
+    records_failure,
     step_run,
 )
 from mouaadnet.pipeline.params import PipelineStepError
@@ -74,6 +75,7 @@ def decide(candidate: float, champion: tuple[str, float] | None) -> Decision:
                                                        "Triton keeps serving the champion")
 
 
+@records_failure("publish")
 def publish_step(onnx_dir: str | os.PathLike, triton_repo: str | os.PathLike, model_id: str = "",
                  primary_metric: float = float("nan"), backend: str = "python", registered_model: str = DEFAULT_REGISTERED_MODEL,
                  triton_model: str = "detector", parent_run_id: str = "", kfp_run_id: str = "",

@@ -68,7 +68,11 @@ _HINTS = {
                        "re-push it from a good copy or rebuild the data",
     "missing-files": "objects are missing from the cache/remote: was `dvc push` run?",
     "not inside of a DVC repository": "run it inside the repository (where `dvc init` was done)",
+    "InternalError": "the S3 endpoint kept answering server errors (5xx) through dvc's retries: is it healthy?",
+    "ServiceUnavailable": "the S3 endpoint kept answering 503 through dvc's retries: is it overloaded?",
+    "SlowDown": "the S3 endpoint kept answering 503 through dvc's retries: is it overloaded?",
 }
+_BOILERPLATE = "Having any troubles? Hit us up at https://dvc.org/support, we are always happy to help!"
 
 
 def run_dvc(
@@ -85,7 +89,7 @@ def run_dvc(
     except subprocess.TimeoutExpired as error:
         raise DvcError(f"`dvc {' '.join(args)}` in {repo} took more than {timeout:.0f} s") from error
     if check and result.returncode != 0:
-        output = (result.stderr.strip() + "\n" + result.stdout.strip()).strip()
+        output = (result.stderr.replace(_BOILERPLATE, "").strip() + "\n" + result.stdout.strip()).strip()
         hints = [hint for needle, hint in _HINTS.items() if needle in output]
         message = f"`dvc {' '.join(args)}` in {repo} failed (exit {result.returncode}):\n{output[-3000:]}"
         if hints:

@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import math
 import time
 from collections.abc import Iterator
@@ -23,6 +25,8 @@ from mouaadnet.pipeline.params import config_digest, validate_params
 
 PARENT_TAG = "mlflow.parentRunId"
 STEP_TAG = "pipeline.step"
+STEP_ERROR_TAG = "pipeline.step_error"
+FAILED_STEPS_TAG = "pipeline.failed_steps"
 KFP_RUN_TAG = "pipeline.kfp_run_id"
 PIPELINE_TAG = "pipeline.name"
 PIPELINE_NAME = "mouaadnet"
@@ -124,19 +128,66 @@ def finish_pipeline_run(experiment: str, kfp_run_id: str, state: str, error: str
     start = since_ms if since_ms is not None else run.info.start_time
     orphans = client.search_runs([run.info.experiment_id], filter_string=f"attributes.start_time >= {start}",
                                  max_results=200)
+    failed: dict[str, str] = {}
     for orphan in orphans:
         tags = orphan.data.tags
         if orphan.info.run_id == parent or tags.get(STEP_TAG) in (None, "pipeline"):
             continue
         if not tags.get(PARENT_TAG):
             client.set_tag(orphan.info.run_id, PARENT_TAG, parent)
-        if tags.get(PARENT_TAG, parent) == parent and orphan.info.status == "RUNNING":
+        if tags.get(PARENT_TAG, parent) != parent:
+            continue
+        if orphan.info.status == "RUNNING":  # its process died: the step did not finish
             client.set_terminated(orphan.info.run_id, "FAILED")
+            failed.setdefault(tags[STEP_TAG], tags.get(STEP_ERROR_TAG, "its process ended without finishing"))
+        elif orphan.info.status in ("FAILED", "KILLED"):
+            failed[tags[STEP_TAG]] = tags.get(STEP_ERROR_TAG) or failed.get(tags[STEP_TAG]) or orphan.info.status
     client.set_tag(parent, "pipeline.state", state)
+    if failed and not ok:
+        client.set_tag(parent, FAILED_STEPS_TAG, ",".join(sorted(failed)))
+        named = "; ".join(f"step {step} failed: {why}" for step, why in sorted(failed.items()))
+        error = f"{named} ({error})" if error else named
     if error:
         client.set_tag(parent, "pipeline.error", error[:4000])
     client.set_terminated(parent, "FINISHED" if ok else "FAILED")
     return parent
+
+
+def _record_step_failure(step: str, experiment: str, parent_run_id: str, error: BaseException) -> None:
+    """A FAILED run tagged with the step and its error, so the exit handler can name the step that failed even
+    when it died before opening its own run (an invalid config, a missing artifact). Best effort: it never
+    hides the step's own error."""
+    try:
+        client = _client()
+        exp = client.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+        text = f"{type(error).__name__}: {error}".strip()
+        tags = {STEP_TAG: step, STEP_ERROR_TAG: text[:4000], **({PARENT_TAG: parent_run_id} if parent_run_id else {})}
+        run = client.create_run(exp_id, tags=tags, run_name=f"{step} (failed)")
+        client.set_terminated(run.info.run_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+    except Exception:  # noqa: BLE001 - tracking down must not replace the real error
+        pass
+
+
+def records_failure(step: str):
+    """Decorator for a pipeline step function: when it raises, record the failure (see _record_step_failure)."""
+
+    def wrap(func):
+        signature = inspect.signature(func)
+
+        @functools.wraps(func)
+        def inner(*args, **kwargs):
+            try:
+                return func(*args, **kwargs)
+            except BaseException as error:
+                bound = signature.bind_partial(*args, **kwargs).arguments
+                _record_step_failure(step, bound.get("experiment") or DEFAULT_EXPERIMENT,
+                                     bound.get("parent_run_id") or "", error)
+                raise
+
+        return inner
+
+    return wrap
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ from mouaadnet.pipeline.lineage import (
     _mlflow,
     adopt_runs,
     log_onnx_model,
+    records_failure,
     step_run,
 )
 from mouaadnet.pipeline.params import PipelineStepError, config_digest, train_config, val_specs
@@ -37,6 +38,7 @@ REPARAM_TOLERANCE = 1e-3
 PROGRESS_EVERY_S = 10.0  # the train task prints a progress line this often (kfp.local relays it live)
 
 
+@records_failure("prepare_data")
 def prepare_data(out_dir: str | os.PathLike, repo_dir: str | os.PathLike = ".", data_version: str = "",
                  experiment: str = DEFAULT_EXPERIMENT, use_remote: bool | None = None) -> dict[str, Any]:
     """Pull (when a DVC remote is configured) or build the pinned dataset, verify it (DVC md5 of every file +
@@ -83,6 +85,7 @@ def prepare_data(out_dir: str | os.PathLike, repo_dir: str | os.PathLike = ".", 
         return {"fingerprint": fingerprint, "files": files, "run_id": run.info.run_id}
 
 
+@records_failure("train")
 def train_step(dataset_dir: str | os.PathLike, config: str, out_dir: str | os.PathLike, epochs: int = 0,
                steps_per_epoch: int = 0, data_fingerprint: str = "", experiment: str = DEFAULT_EXPERIMENT,
                progress: bool = False, pretrained: str = "") -> dict[str, Any]:
@@ -139,6 +142,7 @@ def _val_images(dataset_dir: str | os.PathLike, size: int, count: int):
     return load_images(images[:count], size), len(images[:count])
 
 
+@records_failure("reparameterize")
 def reparameterize_step(checkpoint: str | os.PathLike, dataset_dir: str | os.PathLike, out_dir: str | os.PathLike,
                         experiment: str = DEFAULT_EXPERIMENT) -> dict[str, Any]:
     """Fuse RepVGG branches and Conv+BN; check fused == training form (max abs diff <= 1e-3); out_dir/deploy.pt."""
@@ -171,6 +175,7 @@ def reparameterize_step(checkpoint: str | os.PathLike, dataset_dir: str | os.Pat
         return {"run_id": run.info.run_id, "params": params, "max_abs_diff": max(diffs.values())}
 
 
+@records_failure("qat")
 def qat_step(checkpoint: str | os.PathLike, dataset_dir: str | os.PathLike, config: str, out_dir: str | os.PathLike,
              steps: int = 50, experiment: str = DEFAULT_EXPERIMENT) -> dict[str, Any]:
     """Quantization-aware fine-tune (``mouaadnet.training.qat.run_qat``) of the trained checkpoint: out_dir/qat.pt."""
@@ -189,6 +194,7 @@ def qat_step(checkpoint: str | os.PathLike, dataset_dir: str | os.PathLike, conf
         return {"run_id": run.info.run_id, "seconds": summary.seconds}
 
 
+@records_failure("export_onnx")
 def export_step(deploy_checkpoint: str | os.PathLike, dataset_dir: str | os.PathLike, fp32_dir: str | os.PathLike,
                 int8_dir: str | os.PathLike, qat_checkpoint: str | os.PathLike | None = None, size: int = 320,
                 experiment: str = DEFAULT_EXPERIMENT, log_models: bool = True) -> dict[str, Any]:
@@ -235,6 +241,7 @@ def export_step(deploy_checkpoint: str | os.PathLike, dataset_dir: str | os.Path
                 "int8_mb": int8.stat().st_size / 1e6}
 
 
+@records_failure("compile_tensorrt")
 def compile_tensorrt_step(onnx_dir: str | os.PathLike, out_dir: str | os.PathLike, precision: str = "fp16",
                           parent_run_id: str = "", experiment: str = DEFAULT_EXPERIMENT) -> dict[str, Any]:
     """Build a TensorRT engine (needs TensorRT + an NVIDIA GPU; raises TensorRTUnavailable otherwise)."""
@@ -266,6 +273,7 @@ def _latency_ms(onnx_path: Path, size: int, runs: int = 20) -> float:
     return float(np.median(times))
 
 
+@records_failure("evaluate")
 def evaluate_step(checkpoint: str | os.PathLike, fp32_dir: str | os.PathLike, int8_dir: str | os.PathLike,
                   dataset_dir: str | os.PathLike, config: str, int8_variant: str = "int8_qat", min_ap50: float = 0.0,
                   max_model_mb: float = 5.0, max_latency_ms: float = 250.0, serve_precision: str = "fp32",

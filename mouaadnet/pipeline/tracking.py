@@ -4,8 +4,11 @@ dataset it used (name + DVC md5 as digest + where it was read)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,13 +77,145 @@ def log_dataset(name: str, digest: str, source: str, context: str = "training", 
     mlflow.MlflowClient().log_inputs(run_id, datasets=[entity])
 
 
+# How long the end of a run waits for an unreachable tracking server (final metrics, status) before giving up.
+FINAL_WAIT_ENV = "MOUAADNET_MLFLOW_WAIT"
+DEFAULT_FINAL_WAIT = 120.0
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def final_wait() -> float:
+    try:
+        return max(0.0, float(os.environ.get(FINAL_WAIT_ENV, DEFAULT_FINAL_WAIT)))
+    except ValueError:
+        return DEFAULT_FINAL_WAIT
+
+
+@contextmanager
+def quick_http(retries: int = 1, timeout: int = 10) -> Iterator[None]:
+    """MLflow REST calls that fail within seconds instead of MLflow's default minutes of retries (7 retries with
+    exponential backoff): for calls whose failure is handled by retrying later (the epoch metrics)."""
+    wanted = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+              "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout)}
+    saved = {key: os.environ.get(key) for key in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200] if text else ''}"
+
+
+def retry_until(call, wait: float, what: str) -> bool:
+    """Call ``call()`` (quick HTTP) until it succeeds or ``wait`` seconds passed; False (warned) on giving up."""
+    deadline = time.monotonic() + wait
+    delay = 1.0
+    while True:
+        try:
+            with quick_http():
+                call()
+            return True
+        except Exception as error:  # noqa: BLE001 - any tracking failure: retry, then report
+            if time.monotonic() + delay > deadline:
+                _warn(f"MLflow: {what} failed and was given up after {wait:.0f} s: {_short(error)}")
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+class MetricSpool:
+    """Epoch metrics that survive a tracking-server outage.
+
+    ``log`` queues the metrics with their step and wall-clock time, then delivers everything queued (oldest
+    first, one ``log_batch`` each, original timestamps kept). While the server is unreachable the queue is
+    also written to ``path`` (JSON lines), so a run killed during the outage keeps them on disk; a resumed
+    run (``load``) delivers them. ``flush(wait)`` at the end keeps trying for ``wait`` seconds.
+    """
+
+    def __init__(self, run_id: str, path: str | Path):
+        self.run_id, self.path = run_id, Path(path)
+        self.pending: list[tuple[int, dict[str, float], int]] = []
+        self.failed_attempts = 0
+        self.delivered_late = 0
+        self._warned = False
+
+    def load(self) -> int:
+        if not self.path.is_file():
+            return 0
+        for line in self.path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+                self.pending.append((int(entry["step"]), dict(entry["metrics"]), int(entry["timestamp"])))
+            except (ValueError, KeyError, TypeError):
+                continue
+        return len(self.pending)
+
+    def log(self, metrics: dict[str, float], step: int) -> bool:
+        self.pending.append((step, {k: float(v) for k, v in metrics.items()}, int(time.time() * 1000)))
+        return self.flush()
+
+    def _save(self) -> None:
+        if not self.pending:
+            self.path.unlink(missing_ok=True)
+            return
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("".join(json.dumps({"run_id": self.run_id, "step": step, "timestamp": ts, "metrics": m})
+                               + "\n" for step, m, ts in self.pending))
+        os.replace(tmp, self.path)
+
+    def _deliver(self) -> None:
+        from mlflow import MlflowClient
+        from mlflow.entities import Metric
+
+        client = MlflowClient()
+        while self.pending:
+            step, metrics, ts = self.pending[0]
+            client.log_batch(self.run_id, metrics=[Metric(k, v, ts, step) for k, v in metrics.items()])
+            self.pending.pop(0)
+            if self._warned:
+                self.delivered_late += 1
+
+    def flush(self, wait: float = 0.0) -> bool:
+        if not self.pending:
+            return True
+        delivered = retry_until(self._deliver, wait, "logging epoch metrics") if wait > 0 else self._try_once()
+        if delivered and self._warned:
+            _warn(f"MLflow reachable again: {self.delivered_late} queued epoch(s) of metrics delivered")
+        self._save()
+        return delivered
+
+    def _try_once(self) -> bool:
+        try:
+            with quick_http():
+                self._deliver()
+            return True
+        except Exception as error:  # noqa: BLE001 - kept locally, retried at the next epoch / the end
+            self.failed_attempts += 1
+            if not self._warned:
+                _warn(f"MLflow unreachable ({_short(error)}); training goes on, epoch metrics are kept in "
+                      f"{self.path} and retried")
+                self._warned = True
+            return False
+
+
 @contextmanager
 def mlflow_run(experiment: str, run_name: str | None = None, run_id: str | None = None,
                tags: dict[str, str] | None = None, nested: bool = False, entry_point: str | None = None) -> Iterator[Any]:
     """Start (or resume, with ``run_id``) a run; an exception ends it FAILED, Ctrl-C/SIGTERM ends it KILLED.
 
     A new run gets the source tags (entry point: ``entry_point``, else ``run_name``); its experiment is a
-    model-training one."""
+    model-training one. The final status is retried for up to $MOUAADNET_MLFLOW_WAIT seconds (default 120) when
+    the tracking server is unreachable, so a short outage at the end of a run still leaves the right status."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
@@ -88,15 +223,25 @@ def mlflow_run(experiment: str, run_name: str | None = None, run_id: str | None 
         use_experiment(experiment)
         tags = {**source_tags(entry_point if entry_point is not None else run_name or ""), **(tags or {})}
     run = mlflow.start_run(run_id=run_id, run_name=run_name, tags=tags, nested=nested)
+
+    def finish(status: str) -> None:
+        retry_until(lambda: mlflow.MlflowClient().set_terminated(run.info.run_id, status), final_wait(),
+                    f"marking run {run.info.run_id} {status}")
+        try:
+            with quick_http(retries=0, timeout=5):
+                mlflow.end_run(status)  # pops the fluent run stack (its own status call repeats ours)
+        except Exception:  # noqa: BLE001 - the status was set above, or its failure reported
+            pass
+
     try:
         yield run
     except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
+        finish("KILLED")
         raise
     except BaseException:
-        mlflow.end_run("FAILED")
+        finish("FAILED")
         raise
-    mlflow.end_run("FINISHED")
+    finish("FINISHED")
 
 
 def log_params_safely(params: dict[str, Any]) -> None:

@@ -3,7 +3,9 @@
 The Triton Python models (`triton_repo/preprocess`, `triton_repo/postprocess`), the gRPC client's in-process
 ONNX Runtime path and the tests all call these, so the server and the in-process path cannot drift apart.
 
-Preprocess: encoded bytes -> decode (bounded size, EXIF orientation) -> letterbox to SIZE x SIZE with grey 114
+Preprocess: encoded bytes -> integrity checks (PNG chunk CRCs; JPEG decoded in strict mode, so libjpeg's
+"corrupt data" warnings are errors) -> decode (bounded size and a per-request pixel/byte budget, EXIF
+orientation) -> letterbox to SIZE x SIZE with grey 114
 (centered, the training convention of `mouaadnet.data.augment.letterbox`) -> float32 [3,S,S] RGB / 255, plus one
 `meta` row per image = (scale, pad_x, pad_y, orig_w, orig_h) so boxes can be mapped back.
 Postprocess: model outputs in input pixels -> keep score >= threshold -> boxes in ORIGINAL image pixels.
@@ -13,11 +15,18 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile
+
+try:  # libjpeg-turbo with its warnings surfaced: corrupt entropy-coded data is an error, not garbled pixels
+    import simplejpeg
+except ImportError:  # pragma: no cover - a dependency; without it JPEG corruption is caught only when fatal
+    simplejpeg = None
 
 PAD_VALUE = 114  # == model.preprocess.PAD_VALUE (checked by a test; importing `model` would pull torch)
 DEFAULT_SIZE = 320
@@ -25,6 +34,11 @@ DEFAULT_THRESHOLD = 0.3
 # Decompression-bomb bounds, checked on the header BEFORE any pixel is decoded.
 MAX_PIXELS = 50_000_000  # 50 MP (a 48 MP phone photo fits)
 MAX_SIDE = 16_384
+# Per-request budget (sum over the request's images), so one request cannot hold a preprocess instance for long:
+# pixels actually decoded (JPEGs count at the reduced DCT scale they are decoded at) and encoded bytes.
+# ~1 s of one core on this project's 2-core reference machine under load (about 0.5 s when it is quiet).
+MAX_REQUEST_PIXELS = 64_000_000
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "BMP", "WEBP", "GIF", "TIFF", "MPO"})
 META_COLUMNS = ("scale", "pad_x", "pad_y", "orig_w", "orig_h")
 OUTPUT_NAMES = ("boxes", "scores", "gender", "age")
@@ -32,6 +46,14 @@ OUTPUT_NAMES = ("boxes", "scores", "gender", "age")
 
 class ImageError(ValueError):
     """The bytes are not a usable image (empty, not an image, truncated, too large). The message says which."""
+
+
+class BudgetError(ImageError):
+    """The request as a whole asks for more decoding than one request may (MAX_REQUEST_PIXELS / _BYTES)."""
+
+
+# Never decode a truncated file into partly grey pixels, whatever another module set this global to.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
 @dataclass(frozen=True)
@@ -90,9 +112,12 @@ def open_image(
         raise ImageError(f"image too large: {error}") from None
     except Exception as error:
         head = bytes(data[:8])
-        raise ImageError(f"not an image ({len(data)} bytes starting {head!r}): {error}") from None
+        why = "no known image format" if "cannot identify image file" in str(error) else str(error)
+        raise ImageError(f"not an image ({len(data)} bytes starting {head!r}): {why}") from None
     if image.format not in ALLOWED_FORMATS:
         raise ImageError(f"unsupported image format {image.format}; send JPEG or PNG")
+    if image.format == "PNG":
+        check_png_chunks(data)
     w, h = image.size
     if w < 1 or h < 1:
         raise ImageError(f"image has no pixels ({w}x{h})")
@@ -102,6 +127,66 @@ def open_image(
             f"{max_pixels / 1e6:.0f} MP (refused before decoding, against decompression bombs)"
         )
     return image
+
+
+def check_png_chunks(data: bytes) -> None:
+    """Walk a PNG's chunks and check each one's CRC (Pillow checks none of IDAT's while decoding, so a damaged
+    pixel stream would decode into wrong pixels); raises ImageError naming the chunk."""
+    view, pos, n = memoryview(bytes(data)), 8, len(data)
+    while pos < n:
+        if pos + 12 > n:
+            raise ImageError(f"truncated PNG: chunk header at byte {pos} is cut off ({n} bytes)")
+        length, tag = struct.unpack(">I4s", view[pos:pos + 8])
+        end = pos + 8 + length
+        if end + 4 > n:
+            raise ImageError(f"truncated PNG: chunk {tag.decode('latin-1')!r} at byte {pos} needs {length} bytes, "
+                             f"the file ends after {n - pos - 8}")
+        (crc,) = struct.unpack(">I", view[end:end + 4])
+        if zlib.crc32(view[pos + 4:end]) & 0xFFFFFFFF != crc:
+            raise ImageError(f"corrupt PNG: chunk {tag.decode('latin-1')!r} at byte {pos} fails its CRC check")
+        if tag == b"IEND":
+            return
+        pos = end + 4
+    raise ImageError(f"truncated PNG: no IEND chunk in {n} bytes")
+
+
+def _jpeg_target(image: Image.Image, size: int | None) -> tuple[int, int]:
+    """Smallest decoded (w, h) that still covers the letterboxed ``size`` (0, 0 = full size)."""
+    if size is None:
+        return 0, 0
+    scale = size / max(image.size)
+    if scale >= 1:
+        return 0, 0
+    return math.ceil(image.size[0] * scale), math.ceil(image.size[1] * scale)
+
+
+def decode_cost(image: Image.Image, size: int | None) -> int:
+    """Pixels the decoder will materialise: JPEGs at the DCT scale (1, 1/2, 1/4 or 1/8) that covers ``size``."""
+    w, h = image.size
+    if image.format in ("JPEG", "MPO"):
+        tw, th = _jpeg_target(image, size)
+        if tw:
+            factor = max(f for f in (1, 2, 4, 8) if math.ceil(w / f) >= tw and math.ceil(h / f) >= th)
+            return math.ceil(w / factor) * math.ceil(h / factor)
+    return w * h
+
+
+def _decode_jpeg_strict(data: bytes, image: Image.Image, size: int | None) -> np.ndarray | None:
+    """libjpeg-turbo in strict mode (simplejpeg): "Corrupt JPEG data" warnings raise instead of filling in.
+
+    Returns the RGB array for YCbCr/grayscale JPEGs; for other colour spaces (CMYK, YCCK) only checks the data
+    and returns None so Pillow decodes (with Adobe's inverted CMYK handled)."""
+    if simplejpeg is None:
+        return None
+    tw, th = _jpeg_target(image, size)
+    try:
+        if image.mode in ("RGB", "L"):
+            return simplejpeg.decode_jpeg(bytes(data), colorspace="RGB", min_width=tw, min_height=th, strict=True)
+        simplejpeg.decode_jpeg(bytes(data), colorspace="CMYK" if image.mode == "CMYK" else "RGB",
+                               min_factor=8, strict=True)
+    except ValueError as error:
+        raise ImageError(f"truncated or corrupt JPEG image ({len(data)} bytes): {error}") from None
+    return None
 
 
 def decode_image(
@@ -114,14 +199,22 @@ def decode_image(
     then be smaller than the full size, which is returned separately for mapping boxes back.
     """
     image = open_image(data, max_pixels=max_pixels, max_side=max_side)
+    return _decode_opened(data, image, size)
+
+
+def _decode_opened(data: bytes, image: Image.Image, size: int | None) -> tuple[np.ndarray, tuple[int, int]]:
     orientation = _orientation(image)
     full_w, full_h = _oriented_size(image, orientation)
     try:
-        if size is not None and image.format in ("JPEG", "MPO"):
-            scale = size / max(image.size)
-            if scale < 1:
-                image.draft("RGB", (math.ceil(image.size[0] * scale), math.ceil(image.size[1] * scale)))
-        image.load()
+        strict = _decode_jpeg_strict(data, image, size) if image.format in ("JPEG", "MPO") else None
+        if strict is not None:
+            image = Image.fromarray(strict)
+        else:
+            if size is not None and image.format in ("JPEG", "MPO"):
+                tw, th = _jpeg_target(image, size)
+                if tw:
+                    image.draft("RGB", (tw, th))
+            image.load()
         for method in _ORIENT.get(orientation, ()):
             image = image.transpose(method)
         if image.mode != "RGB":
@@ -142,10 +235,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (PAD_VALUE, PAD_VALUE, PAD_VALUE, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit samples (Pillow opens 16-bit PNGs as I;16 / I): full scale is 65535, as 255 is for 8 bits, so
+        # the same picture enters the model equally bright at either depth (not stretched by its own maximum).
         array = np.asarray(image, dtype=np.float64)
-        top = array.max() if array.size else 1.0
-        return Image.fromarray((array / max(top, 1.0) * 255).astype(np.uint8)).convert("RGB")
+        return Image.fromarray(np.rint(np.clip(array / 65535.0, 0.0, 1.0) * 255).astype(np.uint8)).convert("RGB")
     return image.convert("RGB")
 
 
@@ -176,37 +270,92 @@ def normalize(image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 
 def preprocess_one(
     data: bytes, size: int = DEFAULT_SIZE, *, max_pixels: int = MAX_PIXELS, max_side: int = MAX_SIDE,
-    out: np.ndarray | None = None,
+    out: np.ndarray | None = None, image: Image.Image | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Encoded bytes -> (float32 [3,size,size], meta float32 [5]); raises ImageError."""
-    array, full = decode_image(data, size, max_pixels=max_pixels, max_side=max_side)
+    """Encoded bytes -> (float32 [3,size,size], meta float32 [5]); raises ImageError.
+
+    ``image``: the already opened (and checked) header of ``data``, to avoid parsing it twice."""
+    if image is None:
+        image = open_image(data, max_pixels=max_pixels, max_side=max_side)
+    array, full = _decode_opened(data, image, size)
     boxed, box = letterbox_image(array, size, full)
     return normalize(boxed, out), box.as_row()
 
 
 def preprocess_batch(
-    blobs: list[bytes], size: int = DEFAULT_SIZE, *, max_pixels: int = MAX_PIXELS, max_side: int = MAX_SIDE
+    blobs: list[bytes], size: int = DEFAULT_SIZE, *, max_pixels: int = MAX_PIXELS, max_side: int = MAX_SIDE,
+    max_request_pixels: int = MAX_REQUEST_PIXELS, max_request_bytes: int = MAX_REQUEST_BYTES,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A list of encoded images -> (float32 [N,3,S,S], meta float32 [N,5]).
+    """A list of encoded images (one request) -> (float32 [N,3,S,S], meta float32 [N,5]).
 
-    Raises ImageError naming the index of the first bad image.
+    Every header is checked and the request's decoding budget added up *before* any pixel is decoded.
+    Raises ImageError naming the index of the first bad image, or BudgetError for the request as a whole.
     """
     if len(blobs) == 0:
         raise ImageError("no images in the request")
-    images = np.empty((len(blobs), 3, size, size), np.float32)
-    meta = np.empty((len(blobs), len(META_COLUMNS)), np.float32)
+    opened, pixels, total_bytes = [], 0, 0
     for i, blob in enumerate(blobs):
         try:
-            _, meta[i] = preprocess_one(blob, size, max_pixels=max_pixels, max_side=max_side, out=images[i])
+            image = open_image(blob, max_pixels=max_pixels, max_side=max_side)
+        except ImageError as error:
+            raise ImageError(f"image {i}: {error}") from None
+        opened.append(image)
+        pixels += decode_cost(image, size)
+        total_bytes += len(blob)
+    if pixels > max_request_pixels or total_bytes > max_request_bytes:
+        raise BudgetError(
+            f"request too expensive: its {len(blobs)} image(s) decode to {pixels / 1e6:.1f} MP from "
+            f"{total_bytes / 2**20:.1f} MiB; one request may decode at most {max_request_pixels / 1e6:.0f} MP "
+            f"from {max_request_bytes / 2**20:.0f} MiB (JPEGs count at the reduced scale they are decoded at): "
+            "send fewer or smaller images per request")
+    images = np.empty((len(blobs), 3, size, size), np.float32)
+    meta = np.empty((len(blobs), len(META_COLUMNS)), np.float32)
+    for i, (blob, image) in enumerate(zip(blobs, opened)):
+        try:
+            _, meta[i] = preprocess_one(blob, size, out=images[i], image=image)
         except ImageError as error:
             raise ImageError(f"image {i}: {error}") from None
     return images, meta
 
 
+def _describe_range(name: str, array: np.ndarray, low: float, high: float) -> str | None:
+    """None when every value of ``array`` is finite and in [low, high]; else what is wrong (one reduction each
+    for min and max: NaN propagates through both, so NaN, +-Inf and out-of-range all show up)."""
+    if array.size == 0:
+        return None
+    lo, hi = float(np.min(array)), float(np.max(array))
+    if low <= lo and hi <= high:
+        return None
+    if math.isnan(lo) or math.isnan(hi):
+        return f"{name} contains NaN"
+    if math.isinf(lo) or math.isinf(hi):
+        return f"{name} contains {'-' if lo == -math.inf else '+'}Inf"
+    return f"{name} must lie in [{low:g}, {high:g}], got values from {lo:g} to {hi:g}"
+
+
+def check_model_input(images: np.ndarray) -> None:
+    """The detector's input contract: float32 RGB / 255, so every value finite and in [0, 1]; ValueError else."""
+    problem = _describe_range("images", np.asarray(images), 0.0, 1.0)
+    if problem:
+        raise ValueError(f"{problem} (the input is RGB / 255: finite values in [0, 1])")
+
+
+def check_meta(meta: np.ndarray, max_side: int = MAX_SIDE) -> None:
+    """Letterbox rows (scale, pad_x, pad_y, orig_w, orig_h) as preprocess writes them; ValueError naming the
+    first bad column otherwise."""
+    meta = np.asarray(meta, np.float64).reshape(-1, len(META_COLUMNS))
+    bounds = {"scale": (1e-6, 1e6), "pad_x": (0.0, 1e5), "pad_y": (0.0, 1e5),
+              "orig_w": (1.0, float(max_side)), "orig_h": (1.0, float(max_side))}
+    for j, name in enumerate(META_COLUMNS):
+        problem = _describe_range(f"meta column {name}", meta[:, j], *bounds[name])
+        if problem:
+            raise ValueError(f"{problem} (meta rows are scale, pad_x, pad_y, orig_w, orig_h from preprocess)")
+
+
 def check_threshold(threshold: float) -> float:
     value = float(threshold)
     if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"score_threshold must be in [0, 1], got {threshold}")
+        raise ValueError(f"score_threshold must be in [0, 1], got {value:g}")
     return value
 
 
@@ -232,6 +381,12 @@ def postprocess(
     if np.shape(gender) != scores.shape or np.shape(age) != scores.shape:
         raise ValueError(f"gender {np.shape(gender)} / age {np.shape(age)} must match scores {scores.shape}")
     meta = np.asarray(meta, np.float32).reshape(n, len(META_COLUMNS))
+    check_meta(meta)
+    for name, values, low, high in (("boxes", boxes, -1e6, 1e6), ("scores", scores, -1e-3, 1.001),
+                                    ("gender", gender, -1e-3, 1.001), ("age", age, -1.0, 101.0)):
+        problem = _describe_range(name, np.asarray(values, np.float32), low, high)
+        if problem:
+            raise ValueError(f"{problem} (detector outputs must be finite)")
     thresholds = np.broadcast_to(np.asarray(threshold, np.float32).reshape(-1), (n,))
     for t in np.unique(thresholds):
         check_threshold(t)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -29,6 +30,7 @@ BACKENDS = {"python": "model.onnx", "onnxruntime": "model.onnx", "tensorrt": "mo
 DEFAULT_MODEL = "detector"
 DEFAULT_KEEP = 3
 SEED_VERSION = 1
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # one path component, no "..", no separators
 
 
 class PublishError(RuntimeError):
@@ -109,6 +111,9 @@ def publish(
     sidecar: str | Path | None = None,
 ) -> Published:
     artifact, repo = Path(artifact), Path(repo)
+    if not isinstance(model, str) or not MODEL_NAME.fullmatch(model) or ".." in model:
+        raise PublishError(f"invalid model name {model!r}: one folder name of letters, digits, '_', '-', '.' "
+                           "(no path separators, no '..')")
     if backend not in BACKENDS:
         raise PublishError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if keep < 1:
@@ -116,7 +121,7 @@ def publish(
     if not artifact.is_file():
         raise PublishError(f"artifact {artifact} does not exist")
     model_dir = repo / model
-    if not model_dir.is_dir():
+    if not model_dir.is_dir() or model_dir.resolve().parent != repo.resolve():
         raise PublishError(f"{model_dir} is not a model folder of repository {repo}")
     variant = model_dir / "configs" / f"{backend}.pbtxt"
     config = model_dir / "config.pbtxt"
@@ -132,6 +137,7 @@ def publish(
 
     with open(model_dir / ".publish.lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        _remove_debris(model_dir)
         versions = numeric_versions(model_dir)
         version = (versions[-1] + 1) if versions else 1
         staging = Path(tempfile.mkdtemp(prefix=".publish-", dir=model_dir))
@@ -166,6 +172,18 @@ def publish(
             os.replace(tmp, config)
         removed = prune(model_dir, keep)
     return Published(model, version, final, digest, backend, removed)
+
+
+def _remove_debris(model_dir: Path) -> list[str]:
+    """Staging and trash folders left by a publish that was killed (SIGKILL, power loss). Called with the
+    publish lock held, so no publish is running: every such folder is debris. Triton ignores them anyway
+    (non-numeric), so they only cost disk space."""
+    removed = []
+    for debris in sorted(model_dir.glob(".publish-*")) + sorted(model_dir.glob(".trash-*")):
+        if debris.is_dir():
+            shutil.rmtree(debris, ignore_errors=True)
+            removed.append(debris.name)
+    return removed
 
 
 def is_seed(version_dir: Path) -> bool:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from model import ModelConfig, build_model
+from model.artifacts import describe_load_error
 from model.network import MouaadNet
 
 
@@ -29,6 +30,9 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as error:  # e.g. ENOSPC: say which file; the previous one at ``path`` is untouched
+        raise OSError(error.errno, f"cannot write checkpoint {path} ({error.strerror or error}); "
+                                   f"the previous {path.name} is unchanged") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -37,7 +41,16 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+    _remove_stale_temps(path)
     return path
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Temp files of earlier writers of ``path`` that were killed mid-write (their pid no longer runs)."""
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            stale.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -48,7 +61,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated / foreign files
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a MouaadNet checkpoint: {error}") from None
+        raise CheckpointError(describe_load_error(path, error)) from None
     if isinstance(data, dict) and "model" not in data and all(isinstance(v, torch.Tensor) for v in data.values()):
         data = {"model": data}  # a bare state dict
     if not isinstance(data, dict) or "model" not in data:
@@ -59,7 +72,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def model_from_checkpoint(path: str | Path, use_ema: bool = True) -> tuple[MouaadNet, dict[str, Any]]:
     """Rebuild the training-form model of a checkpoint (EMA weights when present)."""
     data = load_checkpoint(path)
-    cfg = ModelConfig.model_validate(data.get("model_config") or {})
+    try:
+        cfg = ModelConfig.model_validate(data.get("model_config") or {})
+    except ValueError as error:
+        raise CheckpointError(f"checkpoint {path} has an invalid model_config: {error}") from None
     model = build_model(cfg)
     state = data.get("ema") if use_ema and data.get("ema") else data["model"]
     try:

@@ -126,6 +126,27 @@ class OptimConfig(StrictConfig):
             raise ValueError(f"must be >= 1, got {value}")
         return value
 
+    @field_validator("lr")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if not value > 0:
+            raise ValueError(f"must be > 0, got {value}")
+        return value
+
+    @field_validator("weight_decay", "grad_clip", "ema_ramp_steps")
+    @classmethod
+    def _non_negative(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError(f"must be >= 0, got {value}")
+        return value
+
+    @field_validator("momentum", "warmup_fraction", "ema_decay")
+    @classmethod
+    def _unit(cls, value: float) -> float:
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"must be in [0, 1), got {value}")
+        return value
+
 
 class TrainConfig(StrictConfig):
     model: ModelConfig = Field(default_factory=ModelConfig)

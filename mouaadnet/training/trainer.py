@@ -292,7 +292,9 @@ def _forget_unknown_run(trainer: Trainer) -> str | None:
     try:
         MlflowClient(tracking_uri()).get_run(trainer.run_id)
         return None
-    except MlflowException:
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":  # an unreachable server is not another machine
+            return None
         old, trainer.run_id = trainer.run_id, None
         return old
 
@@ -308,6 +310,23 @@ def _log_history(history: dict[str, list[float]]) -> None:
         mlflow.log_metrics(values, step=int(epoch))
 
 
+def _log_run_outputs(trainer: Trainer, results: list[EvalResult]) -> None:
+    """Plots, best.pt and summary tags; a failure (e.g. the artifact store is down) is reported, not fatal:
+    the checkpoints on disk are complete either way."""
+    import mlflow
+
+    from mouaadnet.pipeline.tracking import final_wait, retry_until
+
+    best = trainer.out_dir / "best.pt"
+    steps = [("plots", lambda: _log_plots(dict(trainer.history), results) if results else None),
+             ("checkpoints/best.pt", lambda: mlflow.log_artifact(str(best), artifact_path="checkpoints")
+              if best.is_file() else None),
+             ("summary tags", lambda: mlflow.set_tags({"best_epoch": str(trainer.best_epoch + 1),
+                                                       "bad_samples": str(trainer.bad_samples())}))]
+    for what, call in steps:
+        retry_until(call, min(final_wait(), 30.0), f"logging {what}")
+
+
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
           data: TrainingData | None = None, run_name: str | None = None,
           progress_every: float | None = None, datasets: list[tuple[str, str, str]] | None = None) -> TrainSummary:
@@ -318,7 +337,15 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
     digest, source) to record the data by; default: one per training source of the config."""
     import mlflow
 
-    from mouaadnet.pipeline.tracking import git_commit, log_dataset, log_params_safely, mlflow_run
+    from mouaadnet.pipeline.tracking import (
+        MetricSpool,
+        final_wait,
+        git_commit,
+        log_dataset,
+        log_params_safely,
+        mlflow_run,
+        retry_until,
+    )
 
     trainer = Trainer(cfg, out_dir, data=data, progress=progress, progress_every=progress_every)
     last = trainer.out_dir / "last.pt"
@@ -339,10 +366,14 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
             for name, digest, source in dataset_inputs(cfg.data) if datasets is None else datasets:
                 log_dataset(name, digest, source)
             (trainer.out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-            mlflow.log_artifact(str(trainer.out_dir / "config.yaml"))
+            retry_until(lambda: mlflow.log_artifact(str(trainer.out_dir / "config.yaml")), 30.0,
+                        "logging config.yaml")  # an artifact store outage must not stop training
             if moved_from:  # resumed on another machine: the new run carries the epochs done there
                 mlflow.set_tags({"resumed_from_run": moved_from, "resumed_at_epoch": str(trainer.epoch)})
                 _log_history(dict(trainer.history))
+        spool = MetricSpool(trainer.run_id, trainer.out_dir / "mlflow-pending.jsonl")
+        if spool.load():  # a previous process of this run was killed while MLflow was unreachable
+            spool.flush()
         for epoch in range(trainer.epoch, cfg.optim.epochs):
             trainer.epoch = epoch
             metrics = trainer.train_epoch()
@@ -352,16 +383,15 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
             append_history(trainer.history, metrics, epoch + 1)
             score = val_metrics.get(cfg.best_metric, float("nan"))
             improved = trainer.save(metrics, score)
-            mlflow.log_metrics(metrics, step=epoch + 1)
+            spool.log(metrics, step=epoch + 1)  # an unreachable server never stops training
             if progress or progress_every is not None:
                 print(f"epoch {epoch + 1}: loss {metrics['loss']:.4f}  {cfg.best_metric} {score:.4f}"
                       f"{'  (best)' if improved else ''}  {metrics['images_per_second']:.1f} img/s", flush=True)
-        if results:
-            _log_plots(dict(trainer.history), results)
-        best = trainer.out_dir / "best.pt"
-        if best.is_file():
-            mlflow.log_artifact(str(best), artifact_path="checkpoints")
-        mlflow.set_tags({"best_epoch": str(trainer.best_epoch + 1), "bad_samples": str(trainer.bad_samples())})
+        if not spool.flush(wait=final_wait()):
+            print(f"warning: MLflow still unreachable: {len(spool.pending)} epoch(s) of metrics stay in "
+                  f"{spool.path} (delivered by `--resume` of this run); checkpoints are complete", flush=True)
+        else:
+            _log_run_outputs(trainer, results)
     rates = trainer.history.get("images_per_second") or [float("nan")]
     return TrainSummary(trainer.out_dir, len(trainer.history.get("epoch", [])), trainer.best_score,
                         trainer.best_epoch + 1, metrics, float(np.mean(rates)), trainer.bad_samples(),

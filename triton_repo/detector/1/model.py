@@ -2,6 +2,9 @@
 
 Requests queued by dynamic batching are concatenated into one ORT run and split back: one response per
 request. `mouaadnet publish` copies this file into every new version folder next to the new model.onnx.
+Triton cannot hide this model from clients (an ensemble's steps are ordinary models; its restricted-API
+options work per API, not per model), so every request is checked here: a batch with NaN, Inf or values
+outside [0, 1] fails alone with INVALID_ARG and never reaches ONNX Runtime.
 """
 
 import json
@@ -11,6 +14,25 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from mouaadnet.serving.onnx_model import INPUT_NAME, OUTPUT_NAMES, OrtModel
+from mouaadnet.serving.prepost import check_model_input
+
+
+def verify_published(path):
+    """Refuse to load a model file whose sha256 differs from the sidecar `mouaadnet publish` wrote next to it
+    (bit rot, a hand edit, a partial copy): the version then fails to load, with this reason in the index."""
+    import hashlib
+
+    sidecar = path + ".json"
+    if not os.path.isfile(sidecar):
+        return
+    expected = json.loads(open(sidecar).read()).get("sha256")
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    if expected and digest.hexdigest() != expected:
+        raise RuntimeError(f"{path}: sha256 {digest.hexdigest()} does not match {expected} in {sidecar} "
+                           "(corrupt or replaced after publishing); not loading it")
 
 
 class TritonPythonModel:
@@ -21,19 +43,35 @@ class TritonPythonModel:
         path = os.path.join(version_dir, params.get("onnx_file", "model.onnx"))
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} is missing: publish a model with `mouaadnet publish MODEL.onnx`")
+        verify_published(path)
         self.model = OrtModel(path, threads=int(params.get("intra_op_threads", "2")))
 
     def execute(self, requests):
-        arrays = [pb_utils.get_input_tensor_by_name(r, INPUT_NAME).as_numpy() for r in requests]
+        responses = [None] * len(requests)
+        arrays, good = [], []
+        for i, request in enumerate(requests):
+            array = pb_utils.get_input_tensor_by_name(request, INPUT_NAME).as_numpy()
+            try:
+                check_model_input(array)
+            except ValueError as error:
+                responses[i] = pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"detector: {error}", pb_utils.TritonError.INVALID_ARG))
+                continue
+            arrays.append(array)
+            good.append(i)
+        if not good:
+            return responses
         try:
             outputs = self.model(np.concatenate(arrays) if len(arrays) > 1 else arrays[0])
         except Exception as error:
             err = pb_utils.TritonError(f"detector: ONNX Runtime failed: {error}")
-            return [pb_utils.InferenceResponse(error=err) for _ in requests]
-        responses, start = [], 0
-        for array in arrays:
+            for i in good:
+                responses[i] = pb_utils.InferenceResponse(error=err)
+            return responses
+        start = 0
+        for i, array in zip(good, arrays):
             stop = start + array.shape[0]
-            responses.append(pb_utils.InferenceResponse(
-                output_tensors=[pb_utils.Tensor(name, outputs[name][start:stop]) for name in OUTPUT_NAMES]))
+            responses[i] = pb_utils.InferenceResponse(
+                output_tensors=[pb_utils.Tensor(name, outputs[name][start:stop]) for name in OUTPUT_NAMES])
             start = stop
         return responses

@@ -1,6 +1,8 @@
 """Triton Python model `preprocess`: reads requests, calls mouaadnet.serving.prepost, builds responses.
 
-One response per request; a bad image fails only its own request (the error names the problem).
+One response per request; a bad image fails only its own request (the error names the problem). A request is
+refused before any pixel is decoded when its images add up to more than the per-request decoding budget
+(`max_request_pixels`, `max_request_bytes`), so no single request can hold an instance for long.
 """
 
 import json
@@ -17,6 +19,8 @@ class TritonPythonModel:
         self.size = int(params.get("input_size", "320"))
         self.max_pixels = int(params.get("max_pixels", "50000000"))
         self.max_side = int(params.get("max_side", "16384"))
+        self.max_request_pixels = int(params.get("max_request_pixels", "64000000"))
+        self.max_request_bytes = int(params.get("max_request_bytes", str(64 * 1024 * 1024)))
 
     def execute(self, requests):
         responses = []
@@ -24,7 +28,8 @@ class TritonPythonModel:
             try:
                 blobs = pb_utils.get_input_tensor_by_name(request, "image").as_numpy().reshape(-1)
                 images, meta = preprocess_batch(list(blobs), self.size, max_pixels=self.max_pixels,
-                                                max_side=self.max_side)
+                                                max_side=self.max_side, max_request_pixels=self.max_request_pixels,
+                                                max_request_bytes=self.max_request_bytes)
                 responses.append(pb_utils.InferenceResponse(output_tensors=[
                     pb_utils.Tensor("images", images), pb_utils.Tensor("meta", meta)]))
             except ImageError as error:
