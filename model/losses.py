@@ -3,6 +3,10 @@
 Every term is masked by the label masks and normalised by the number of labelled items, so a batch that
 mixes fully labelled scenes, face crops with exact ages and body crops with age groups weighs each label
 type by what it really has. ``MultiTaskLoss`` returns the weighted sum and each term for logging.
+
+Each term is computed as (sum over labelled items, item count) before the division, so data-parallel training
+can divide by the count of the *global* batch (``count_reducer``): then the per-process losses add up to the
+one-process loss of the whole batch, and so do their gradients.
 """
 
 from __future__ import annotations
@@ -38,15 +42,22 @@ class LossConfig(StrictConfig):
         return value
 
 
-def focal_heatmap_loss(logits: torch.Tensor, target: torch.Tensor, image_mask: torch.Tensor) -> torch.Tensor:
-    """CenterNet penalty-reduced focal loss (alpha=2, beta=4), summed over labelled images / #centers."""
+def focal_heatmap_parts(logits: torch.Tensor, target: torch.Tensor, image_mask: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """CenterNet penalty-reduced focal loss (alpha=2, beta=4): (sum over labelled images, #centers)."""
     pred = torch.sigmoid(logits.float()).clamp(1e-4, 1 - 1e-4)
     weight = image_mask.float().view(-1, 1, 1, 1)
     pos = (target >= 1.0).float() * weight
     neg = (1.0 - pos) * weight
     pos_loss = -torch.log(pred) * (1 - pred) ** 2 * pos
     neg_loss = -torch.log(1 - pred) * pred**2 * (1 - target) ** 4 * neg
-    return (pos_loss.sum() + neg_loss.sum()) / pos.sum().clamp(min=1.0)
+    return pos_loss.sum() + neg_loss.sum(), pos.sum()
+
+
+def focal_heatmap_loss(logits: torch.Tensor, target: torch.Tensor, image_mask: torch.Tensor) -> torch.Tensor:
+    """CenterNet penalty-reduced focal loss (alpha=2, beta=4), summed over labelled images / #centers."""
+    total, count = focal_heatmap_parts(logits, target, image_mask)
+    return total / count.clamp(min=1.0)
 
 
 def ciou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -126,29 +137,55 @@ def _gather_rows(maps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return maps.reshape(n, c, -1).gather(2, index.unsqueeze(1).expand(n, c, index.shape[1])).transpose(1, 2)
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _masked_sum(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mask = mask.float()
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+    return (values * mask).sum(), mask.sum()
+
+
+def _normalise(parts: dict[str, tuple[torch.Tensor, torch.Tensor]], count_reducer=None) -> dict[str, torch.Tensor]:
+    """{term: (sum, count)} -> {term: sum / max(count, 1)}; ``count_reducer`` maps the stacked counts to the global
+    ones (a sum over data-parallel processes)."""
+    counts = torch.stack([count for _, count in parts.values()])
+    if count_reducer is not None:
+        counts = count_reducer(counts.detach())
+    return {name: total / counts[i].clamp(min=1.0) for i, (name, (total, _)) in enumerate(parts.items())}
 
 
 class MultiTaskLoss:
-    """``loss(outputs, batch)`` -> (weighted total, {term: value}) for scene or crop batches."""
+    """``loss(outputs, batch)`` -> (weighted total, {term: value}) for scene or crop batches.
 
-    def __init__(self, cfg: LossConfig | None = None, stride: int = HEAD_STRIDE):
+    ``count_reducer`` (data-parallel training): a function that sums a tensor of per-term item counts over the
+    processes; each term is then normalised by the labelled items of the global batch, so the processes' losses
+    sum to the loss of the global batch. None: normalise by this batch alone.
+    """
+
+    def __init__(self, cfg: LossConfig | None = None, stride: int = HEAD_STRIDE, count_reducer=None):
         self.cfg = cfg or LossConfig()
         self.stride = stride
+        self.count_reducer = count_reducer
 
     def __call__(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if "heatmap" in outputs:
-            terms = self.scene_terms(outputs, batch)
+            parts = self.scene_parts(outputs, batch)
         else:
-            terms = self.attribute_terms(outputs["gender"], outputs["age"], batch["gender"], batch["age"],
+            parts = self.attribute_parts(outputs["gender"], outputs["age"], batch["gender"], batch["age"],
                                          batch["age_group"])
+        terms = _normalise(parts, self.count_reducer)
         weights = self.cfg.model_dump()
         total = sum(weights[name] * value for name, value in terms.items())
         return total, terms
 
     def scene_terms(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return _normalise(self.scene_parts(outputs, batch))
+
+    def attribute_terms(self, gender_logit: torch.Tensor, age_logits: torch.Tensor, gender: torch.Tensor,
+                        age: torch.Tensor, age_group: torch.Tensor, valid: torch.Tensor | None = None
+                        ) -> dict[str, torch.Tensor]:
+        """BCE gender, soft-label CE age and L1 of the expected age, each over the rows that have the label."""
+        return _normalise(self.attribute_parts(gender_logit, age_logits, gender, age, age_group, valid))
+
+    def scene_parts(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
+                    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         _, _, h, w = outputs["heatmap"].shape
         target = scene_targets(batch, h, w, self.stride)
         valid = target["valid"]
@@ -158,20 +195,20 @@ class MultiTaskLoss:
         center = (target["cell"] + offset) * self.stride
         half = torch.exp(log_size) * self.stride / 2
         pred_boxes = torch.cat([center - half, center + half], -1)
-        terms = {
-            "heatmap": focal_heatmap_loss(outputs["heatmap"], target["heatmap"], batch["has_boxes"]),
-            "box": _masked_mean(ciou_loss(pred_boxes, batch["boxes"].float()), valid),
-            "offset": _masked_mean((offset - target["offset"]).abs().sum(-1), valid),
+        parts = {
+            "heatmap": focal_heatmap_parts(outputs["heatmap"], target["heatmap"], batch["has_boxes"]),
+            "box": _masked_sum(ciou_loss(pred_boxes, batch["boxes"].float()), valid),
+            "offset": _masked_sum((offset - target["offset"]).abs().sum(-1), valid),
         }
         gender = _gather_rows(outputs["gender"].float(), index)[..., 0]
         age = _gather_rows(outputs["age"].float(), index)
-        attr = self.attribute_terms(gender, age, batch["gender"], batch["age"], batch["age_group"], valid)
-        return {**terms, **attr}
+        attr = self.attribute_parts(gender, age, batch["gender"], batch["age"], batch["age_group"], valid)
+        return {**parts, **attr}
 
-    def attribute_terms(self, gender_logit: torch.Tensor, age_logits: torch.Tensor, gender: torch.Tensor,
+    def attribute_parts(self, gender_logit: torch.Tensor, age_logits: torch.Tensor, gender: torch.Tensor,
                         age: torch.Tensor, age_group: torch.Tensor, valid: torch.Tensor | None = None
-                        ) -> dict[str, torch.Tensor]:
-        """BCE gender, soft-label CE age and L1 of the expected age, each over the rows that have the label."""
+                        ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """(sum, count) of BCE gender, soft-label CE age and L1 of the expected age over the rows with the label."""
         valid = torch.ones_like(gender, dtype=torch.bool) if valid is None else valid
         gender_mask = valid & (gender >= 0)
         bce = F.binary_cross_entropy_with_logits(gender_logit.float(), gender.float().clamp(min=0), reduction="none")
@@ -182,7 +219,7 @@ class MultiTaskLoss:
         exact_mask = valid & (age >= 0)
         l1 = (expected_age(age_logits) - age.float()).abs()
         return {
-            "gender": _masked_mean(bce, gender_mask),
-            "age": _masked_mean(cross_entropy, age_mask),
-            "age_l1": _masked_mean(l1, exact_mask),
+            "gender": _masked_sum(bce, gender_mask),
+            "age": _masked_sum(cross_entropy, age_mask),
+            "age_l1": _masked_sum(l1, exact_mask),
         }

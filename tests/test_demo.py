@@ -66,7 +66,7 @@ def test_the_demo_sends_real_photos_with_their_boxes():
     photos = demo.real_photos(3)
     names = [name for name, _, _ in photos]
     assert names[:2] == ["astronaut.png (scikit-image)", "grace_hopper.jpg (matplotlib)"] and len(photos) == 5
-    for name, blob, truth in photos:
+    for name, blob, _ in photos:
         assert Image.open(io.BytesIO(blob)).size[0] > 100, name
     assert all(truth and all(len(p["box"]) == 4 for p in truth) for _, _, truth in photos[2:])
     assert photos[0][2] is None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -84,21 +86,49 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt exactly where it stopped.")] = False,
     epochs: Annotated[Optional[int], typer.Option(help="Override optim.epochs.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    nproc_per_node: Annotated[int, typer.Option(
+        "--nproc-per-node", min=1, help="Data-parallel training on this machine with N processes (one per GPU; "
+                                        "gloo on CPU): execs torchrun. Batch sizes in the config are global. "
+                                        "Several machines: start torchrun yourself (README).")] = 1,
+    run_name: Annotated[Optional[str], typer.Option(help="Name of the MLflow run.")] = None,
 ) -> None:
-    """Train the multi-task model; every run is tracked in MLflow (MLFLOW_TRACKING_URI or ./mlflow.db)."""
+    """Train the multi-task model; every run is tracked in MLflow (MLFLOW_TRACKING_URI or ./mlflow.db).
+
+    Under torchrun (`torchrun --nproc-per-node N -m mouaadnet.cli train ...`) the processes train together with
+    DistributedDataParallel; rank 0 writes the checkpoints and the MLflow run."""
+    from mouaadnet.training import distributed
+
+    if nproc_per_node > 1:
+        if distributed.launched_by_torchrun():
+            typer.echo("--nproc-per-node: already running under torchrun; drop the option", err=True)
+            raise typer.Exit(2)
+        command = distributed.torchrun_command(nproc_per_node, distributed.strip_option(sys.argv[1:]))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(command[0], command)  # torchrun's elastic agent replaces this process
     from mouaadnet.training.checkpoint import CheckpointError
     from mouaadnet.training.trainer import train as run_training
 
     cfg = _load_train_config(config, data, epochs)
     _exit_on_sigterm()
+    main_rank = os.environ.get("RANK", "0") == "0"
     try:
-        summary = run_training(cfg, out, resume=resume, progress=not quiet)
+        summary = run_training(cfg, out, resume=resume, progress=not quiet, run_name=run_name)
     except KeyboardInterrupt:
-        typer.echo(f"\ninterrupted: the MLflow run is marked KILLED; resume with --resume --out {out}", err=True)
+        if main_rank:
+            typer.echo(f"\ninterrupted: the MLflow run is marked KILLED; resume with --resume --out {out}", err=True)
         raise typer.Exit(130) from None
     except (OSError, ValueError, FloatingPointError, CheckpointError) as error:
+        distributed.record_failure(error)
         typer.echo(f"training failed: {error}", err=True)
         raise typer.Exit(1) from None
+    except Exception as error:
+        distributed.record_failure(error)
+        raise
+    finally:
+        distributed.shutdown()
+    if not main_rank:
+        return
     typer.echo(f"done: {summary.epochs_run} epochs, best {cfg.best_metric} {summary.best_score:.4f} at epoch "
                f"{summary.best_epoch}, {summary.images_per_second:.1f} img/s, {summary.bad_samples} bad samples "
                f"skipped, checkpoints in {summary.out_dir}, MLflow run {summary.run_id}")

@@ -33,6 +33,7 @@ from mouaadnet.pipeline.lineage import (
 )
 from mouaadnet.pipeline.params import PipelineStepError, config_digest, train_config, val_specs
 from mouaadnet.pipeline.tracking import log_dataset
+from mouaadnet.pipeline.trainjob import SHARED_DIR
 
 REPARAM_TOLERANCE = 1e-3
 PROGRESS_EVERY_S = 10.0  # the train task prints a progress line this often (kfp.local relays it live)
@@ -85,40 +86,74 @@ def prepare_data(out_dir: str | os.PathLike, repo_dir: str | os.PathLike = ".", 
         return {"fingerprint": fingerprint, "files": files, "run_id": run.info.run_id}
 
 
-@records_failure("train")
-def train_step(dataset_dir: str | os.PathLike, config: str, out_dir: str | os.PathLike, epochs: int = 0,
-               steps_per_epoch: int = 0, data_fingerprint: str = "", experiment: str = DEFAULT_EXPERIMENT,
-               progress: bool = False, pretrained: str = "") -> dict[str, Any]:
-    """Train on the dataset artifact; ``out_dir`` gets best.pt and config.yaml. Returns the summary values.
-
-    ``pretrained``: "auto" = the shipped weights (weights/mouaadnet.pt) when they exist, else from scratch;
-    "" = from scratch; a path = that checkpoint."""
-    from mouaadnet.training.trainer import train
+def _resolve_pretrained(pretrained: str) -> str:
+    """"auto" -> the shipped checkpoint if there is one (else ""); a path must exist."""
     from mouaadnet.weights import WeightsError
     from mouaadnet.weights.shipped import shipped_checkpoint
 
-    cfg = train_config(config, dataset_dir, epochs, steps_per_epoch)
-    cfg.experiment = experiment
     if pretrained == "auto":
         try:
             pretrained = str(shipped_checkpoint())
         except WeightsError as error:
             print(f"train: no shipped weights to start from, training from scratch ({error})", flush=True)
-            pretrained = ""
+            return ""
+    if pretrained and not Path(pretrained).is_file():
+        raise PipelineStepError(f"pretrained checkpoint {pretrained} not found (pass pretrained='' to train from "
+                                "scratch)")
     if pretrained:
-        if not Path(pretrained).is_file():
-            raise PipelineStepError(f"pretrained checkpoint {pretrained} not found (pass pretrained='' to train "
-                                    "from scratch)")
-        cfg.pretrained = str(pretrained)
         print(f"train: starting from {pretrained}", flush=True)
+    return pretrained
+
+
+@records_failure("train")
+def train_step(dataset_dir: str | os.PathLike, config: str, out_dir: str | os.PathLike, epochs: int = 0,
+               steps_per_epoch: int = 0, data_fingerprint: str = "", experiment: str = DEFAULT_EXPERIMENT,
+               progress: bool = False, pretrained: str = "", num_nodes: int = 1, gpus_per_node: int = 0,
+               image: str = "", train_volume: str = "", trainer_runtime: str = "", namespace: str = "",
+               shared_dir: str | os.PathLike = SHARED_DIR, kube: tuple[Any, Any] | None = None) -> dict[str, Any]:
+    """Train on the dataset artifact; ``out_dir`` gets best.pt and config.yaml. Returns the summary values.
+
+    ``pretrained``: "auto" = the shipped weights (weights/mouaadnet.pt) when they exist, else from scratch;
+    "" = from scratch; a path = that checkpoint. Where it trains:
+    - ``num_nodes`` 1, ``gpus_per_node`` 0: one process in this task (kfp.local, a CPU pod);
+    - ``num_nodes`` 1, ``gpus_per_node`` G: torchrun with G processes (DDP, nccl) in this task's pod, which
+      requests the G GPUs;
+    - ``num_nodes`` N > 1: a Kubeflow Trainer TrainJob of N pods x G GPUs running the same entry point
+      (``mouaadnet.pipeline.trainjob``, the ``image``, ``trainer_runtime``), the dataset and the checkpoint passing
+      through the ReadWriteMany PVC ``train_volume`` mounted at ``shared_dir``; ``kube``: (CustomObjectsApi,
+      CoreV1Api), default: the pod's service account.
+    """
+    if num_nodes < 1 or gpus_per_node < 0:
+        raise PipelineStepError(f"num_nodes must be >= 1 and gpus_per_node >= 0, got {num_nodes} and {gpus_per_node}")
+    from mouaadnet.pipeline import launch
+
+    pretrained = _resolve_pretrained(pretrained)
     work = Path(out_dir).parent / (Path(out_dir).name + ".work")
-    datasets = [(DATASET_NAME, data_fingerprint, str(Path(dataset_dir).resolve()))] if data_fingerprint else None
-    summary = train(cfg, work, progress=progress, run_name="train", progress_every=PROGRESS_EVERY_S,
-                    datasets=datasets)
+    scratch = work
+    if num_nodes > 1:
+        work, scratch = launch.train_on_nodes(dataset_dir, config, epochs, steps_per_epoch, experiment, num_nodes,
+                                              gpus_per_node, image, train_volume, trainer_runtime, namespace,
+                                              shared_dir, kube)
+        summary = launch.summary_from_checkpoint(work)
+    elif gpus_per_node > 0:
+        cfg = train_config(config, dataset_dir, epochs, steps_per_epoch)
+        cfg.experiment, cfg.pretrained = experiment, pretrained or None
+        launch.train_with_torchrun(cfg, work, gpus_per_node)
+        summary = launch.summary_from_checkpoint(work)
+    else:
+        from mouaadnet.training.trainer import train
+
+        cfg = train_config(config, dataset_dir, epochs, steps_per_epoch)
+        cfg.experiment, cfg.pretrained = experiment, pretrained or None
+        datasets = [(DATASET_NAME, data_fingerprint, str(Path(dataset_dir).resolve()))] if data_fingerprint else None
+        result = train(cfg, work, progress=progress, run_name="train", progress_every=PROGRESS_EVERY_S,
+                       datasets=datasets)
+        summary = {"run_id": result.run_id, "best_score": result.best_score, "best_epoch": result.best_epoch,
+                   "metrics": result.last_metrics}
     client = _client()
-    client.set_tag(summary.run_id, STEP_TAG, "train")
-    client.set_tag(summary.run_id, "pipeline.data_version", data_fingerprint)
-    client.set_tag(summary.run_id, "config_sha", config_digest(config))
+    client.set_tag(summary["run_id"], STEP_TAG, "train")
+    client.set_tag(summary["run_id"], "pipeline.data_version", data_fingerprint)
+    client.set_tag(summary["run_id"], "config_sha", config_digest(config))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     best = work / "best.pt"
@@ -126,10 +161,10 @@ def train_step(dataset_dir: str | os.PathLike, config: str, out_dir: str | os.Pa
         raise PipelineStepError(f"training wrote no best.pt in {work}")
     shutil.copyfile(best, out / "best.pt")
     shutil.copyfile(work / "config.yaml", out / "config.yaml")
-    shutil.rmtree(work, ignore_errors=True)
-    metrics = _finite(summary.last_metrics)
-    return {"run_id": summary.run_id, "best_score": summary.best_score if math.isfinite(summary.best_score) else -1.0,
-            "best_epoch": summary.best_epoch, "metrics": metrics}
+    shutil.rmtree(scratch, ignore_errors=True)
+    best_score = summary["best_score"]
+    return {"run_id": summary["run_id"], "best_score": best_score if math.isfinite(best_score) else -1.0,
+            "best_epoch": summary["best_epoch"], "metrics": _finite(summary["metrics"])}
 
 
 def _val_images(dataset_dir: str | os.PathLike, size: int, count: int):

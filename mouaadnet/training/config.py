@@ -89,10 +89,13 @@ class DataConfig(StrictConfig):
     scene: list[SourceConfig] = []
     crop: list[SourceConfig] = []
     crop_fraction: float = 0.5  # share of steps that are crop batches when both modes have sources
+    # Global batch sizes: one optimisation step sees this many images in all, whatever the number of processes
+    # (torchrun splits each batch evenly over them, so it must divide by the world size). The same config trains
+    # the same recipe on 1 CPU, 8 GPUs or N nodes; grow these (and see optim.lr_scaling) to use more hardware.
     scene_batch_size: int = 16
     crop_batch_size: int = 32
     augment: bool = True
-    num_workers: int = 0
+    num_workers: int = 0  # data-loading processes per training process
     cache: bool = False  # decode + shrink each image once into a disk cache ($MOUAADNET_CACHE, ~/.cache/mouaadnet)
     paste: PasteConfig = Field(default_factory=PasteConfig)
     crop_framing: CropFramingConfig = Field(default_factory=CropFramingConfig)
@@ -104,10 +107,22 @@ class DataConfig(StrictConfig):
             raise ValueError(f"must be in [0, 1], got {value}")
         return value
 
+    @field_validator("scene_batch_size", "crop_batch_size")
+    @classmethod
+    def _batch(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"must be >= 1, got {value}")
+        return value
+
 
 class OptimConfig(StrictConfig):
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = 3e-3  # peak learning rate
+    lr: float = 3e-3  # peak learning rate (at lr_base_batch when lr_scaling is linear)
+    # none: `lr` as written. linear: lr * global batch / lr_base_batch (Goyal et al. 2017), for configs that grow
+    # the global batch with the hardware; the batch is data.scene_batch_size (crop_batch_size for crop-only runs).
+    # The number of processes alone never changes the LR: batch sizes are global.
+    lr_scaling: Literal["none", "linear"] = "none"
+    lr_base_batch: int = 16
     weight_decay: float = 0.05
     momentum: float = 0.9  # SGD only
     scheduler: Literal["onecycle", "cosine"] = "onecycle"
@@ -119,7 +134,7 @@ class OptimConfig(StrictConfig):
     ema_decay: float = 0.999
     ema_ramp_steps: float = 500.0  # decay ramps in over about this many updates
 
-    @field_validator("epochs", "steps_per_epoch")
+    @field_validator("epochs", "steps_per_epoch", "lr_base_batch")
     @classmethod
     def _positive_int(cls, value: int) -> int:
         if value < 1:
@@ -148,11 +163,28 @@ class OptimConfig(StrictConfig):
         return value
 
 
+class DistributedConfig(StrictConfig):
+    """Data-parallel training under torchrun (DistributedDataParallel); a single process ignores it."""
+
+    # GPU (nccl): BatchNorm statistics over the global batch (SyncBatchNorm). CPU (gloo): PyTorch has no CPU
+    # SyncBatchNorm, each process normalises its own share (see docs/DISTRIBUTED.md).
+    sync_batchnorm: bool = True
+    timeout_min: float = 30.0  # a collective that waits longer (a hung or lost process) ends the job
+
+    @field_validator("timeout_min")
+    @classmethod
+    def _timeout(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError(f"must be > 0, got {value}")
+        return value
+
+
 class TrainConfig(StrictConfig):
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: fp16 on CUDA, fp32 on CPU

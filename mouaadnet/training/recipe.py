@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mouaadnet.training.config import TrainConfig
+from mouaadnet.training.distributed import SINGLE, DistContext, local_batch, rank_slice
 from mouaadnet.training.sources import ModeData
 
 
@@ -68,21 +69,41 @@ def step_modes(steps: int, crop_fraction: float, has_scene: bool, has_crop: bool
 
 
 class BatchStream:
-    """Batches of one mode, drawn with the sources' sampling weights; the draw depends only on (seed, epoch)."""
+    """Batches of one mode, drawn with the sources' sampling weights; the draw depends only on (seed, epoch).
 
-    def __init__(self, dataset, data: ModeData, batch_size: int, collate, num_workers: int, seed: int, tag: int):
+    ``batch_size`` is the global batch. Under data parallelism (``dist``) every process makes the same draw and
+    loads only its slice of each global batch, so the processes' batches together are the one-process batches.
+    """
+
+    def __init__(self, dataset, data: ModeData, batch_size: int, collate, num_workers: int, seed: int, tag: int,
+                 dist: DistContext = SINGLE):
         self.dataset, self.batch_size, self.collate = dataset, batch_size, collate
-        self.num_workers, self.seed, self.tag = num_workers, seed, tag
+        self.num_workers, self.seed, self.tag, self.dist = num_workers, seed, tag, dist
+        self.local_batch_size = local_batch(batch_size, dist, f"data.{('scene', 'crop')[tag]}_batch_size")
         self.probabilities = np.asarray(data.weights, dtype=np.float64)
         self.probabilities /= self.probabilities.sum()
 
-    def epoch(self, epoch: int, n_batches: int):
+    def indices(self, epoch: int, n_batches: int) -> np.ndarray:
+        """This process's sample indices for one epoch (all of them for one process)."""
         rng = np.random.default_rng([self.seed, epoch, self.tag])
-        indices = rng.choice(len(self.dataset), size=n_batches * self.batch_size, p=self.probabilities)
+        draw = rng.choice(len(self.dataset), size=n_batches * self.batch_size, p=self.probabilities)
+        return rank_slice(draw, self.batch_size, self.dist)
+
+    def epoch(self, epoch: int, n_batches: int):
+        indices = self.indices(epoch, n_batches)
         self.dataset.set_epoch(epoch)
-        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=indices.tolist(),
+        loader = DataLoader(self.dataset, batch_size=self.local_batch_size, sampler=indices.tolist(),
                             collate_fn=self.collate, num_workers=self.num_workers, drop_last=True)
         return iter(loader)
+
+
+def peak_lr(cfg: TrainConfig) -> float:
+    """``optim.lr``, or under ``lr_scaling: linear`` lr * global batch / lr_base_batch (the batch: the scene
+    batch size, the crop one for crop-only runs). The number of processes never enters: batches are global."""
+    if cfg.optim.lr_scaling == "none":
+        return cfg.optim.lr
+    batch = cfg.data.crop_batch_size if cfg.data.crop and not cfg.data.scene else cfg.data.scene_batch_size
+    return cfg.optim.lr * batch / cfg.optim.lr_base_batch
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -92,14 +113,14 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         (no_decay if param.ndim <= 1 else decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optim.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=cfg.optim.lr)
+        return torch.optim.SGD(groups, lr=peak_lr(cfg), momentum=cfg.optim.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=peak_lr(cfg))
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
     total = cfg.optim.epochs * cfg.optim.steps_per_epoch
     if cfg.optim.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.optim.lr, total_steps=total,
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peak_lr(cfg), total_steps=total,
                                                    pct_start=max(cfg.optim.warmup_fraction, 1e-3))
     warmup = max(1, int(total * cfg.optim.warmup_fraction))
 

@@ -1,4 +1,7 @@
-"""Multi-task training: mixed scene/crop batches, AMP, One-Cycle, EMA, atomic resumable checkpoints, MLflow."""
+"""Multi-task training: mixed scene/crop batches, AMP, One-Cycle, EMA, atomic resumable checkpoints, MLflow.
+
+One process, or several that torchrun started (DistributedDataParallel, see ``mouaadnet.training.distributed``):
+then rank 0 alone validates, writes checkpoints, logs to MLflow and shows progress."""
 
 from __future__ import annotations
 
@@ -29,13 +32,16 @@ from mouaadnet.data.dataset import (
     collate_scene,
 )
 from mouaadnet.evaluation.evaluate import EvalResult, evaluate_sets, flat_metrics
+from mouaadnet.training import distributed
 from mouaadnet.training.checkpoint import atomic_save, load_checkpoint, restore_rng_state, rng_state
 from mouaadnet.training.config import TrainConfig, flatten
+from mouaadnet.training.distributed import DistContext
 from mouaadnet.training.progress import ProgressLog
 from mouaadnet.training.recipe import (
     BatchStream,
     build_optimizer,
     build_scheduler,
+    peak_lr,
     ramped_ema,
     resolve_amp,
     resolve_device,
@@ -60,17 +66,18 @@ class TrainSummary:
 
 
 class Trainer:
-    """Owns the model, optimizer state and data streams of one run."""
+    """Owns the model, optimizer state and data streams of one run (of this process, under torchrun)."""
 
     def __init__(self, cfg: TrainConfig, out_dir: str | Path, data: TrainingData | None = None, progress: bool = True,
-                 progress_every: float | None = None):
+                 progress_every: float | None = None, dist: DistContext | None = None):
         self.cfg = cfg
         self.out_dir = Path(out_dir)
-        self.progress = progress
-        self.progress_every = progress_every  # seconds between plain progress lines (logs, pipelines); None: none
+        self.dist = dist if dist is not None else distributed.current()
+        self.progress = progress and self.dist.is_main
+        self.progress_every = progress_every if self.dist.is_main else None  # seconds between plain progress lines
         self.progress_log: ProgressLog | None = None
         seed_everything(cfg.seed)
-        self.device = resolve_device(cfg.device)
+        self.device = distributed.device_for(resolve_device(cfg.device), self.dist)
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
         self.data = data or load_training_data(cfg.data, cfg.seed)
         if not self.data.scene.samples and not self.data.crop.samples:
@@ -78,15 +85,23 @@ class Trainer:
         self.model = build_model(cfg.model).to(self.device)
         if cfg.pretrained:
             self._load_pretrained(cfg.pretrained)
+        self.model = distributed.convert_batchnorm(self.model, self.dist, self.device, cfg.distributed.sync_batchnorm)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.loss = MultiTaskLoss(cfg.loss)
+        if self.dist.enabled:  # same weights everywhere (built from cfg.seed); own dropout draws per process
+            seed_everything(distributed.rank_seed(cfg.seed, self.dist))
+        self.loss = MultiTaskLoss(cfg.loss, count_reducer=self.dist.all_reduce_sum if self.dist.enabled else None)
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.ema = (AveragedModel(self.model, multi_avg_fn=ramped_ema(cfg.optim.ema_decay, cfg.optim.ema_ramp_steps),
                                   use_buffers=True) if cfg.optim.ema else None)
         self.streams = self._streams()
+        # what the forward pass runs through: DistributedDataParallel under torchrun (crop batches leave the
+        # detection head unused), the model itself for one process
+        self.train_module = distributed.wrap(self.model, self.dist, self.device,
+                                             find_unused_parameters="crop" in self.streams)
+        self.rng_ranks: list[dict[str, Any]] = []  # every process's RNG state at the end of the last epoch
         self.epoch = 0  # next epoch to run
         self.best_score = -math.inf
         self.best_epoch = -1
@@ -109,14 +124,14 @@ class Trainer:
             dataset = SceneDataset(self.data.scene.samples, cfg.model.scene_size, data.augment, cfg.seed,
                                    cache=scene_cache, paste=paste)
             streams["scene"] = BatchStream(dataset, self.data.scene, data.scene_batch_size, collate_scene,
-                                           data.num_workers, cfg.seed, 0)
+                                           data.num_workers, cfg.seed, 0, self.dist)
         if self.data.crop.samples:
             framing = CropFraming(tuple(data.crop_framing.zoom), tuple(data.crop_framing.aspect),
                                   data.crop_framing.shift)
             dataset = CropDataset(self.data.crop.samples, cfg.model.crop_size, data.augment, cfg.seed,
                                   cache=crop_cache, framing=framing)
             streams["crop"] = BatchStream(dataset, self.data.crop, data.crop_batch_size, collate_crop,
-                                          data.num_workers, cfg.seed, 1)
+                                          data.num_workers, cfg.seed, 1, self.dist)
         return streams
 
     @property
@@ -138,13 +153,17 @@ class Trainer:
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype
                     else contextlib.nullcontext())
         with autocast:
-            outputs = self.model(batch["images"], mode=mode)
-        total, terms = self.loss(outputs, batch)  # losses in fp32: the loss casts the head outputs
+            outputs = self.train_module(batch["images"], mode=mode)
+        # losses in fp32 (the loss casts the head outputs); under DDP normalised by the global batch's counts
+        total, terms = self.loss(outputs, batch)
         if not torch.isfinite(total):
             values = {k: round(float(v), 4) for k, v in terms.items()}
-            raise FloatingPointError(f"non-finite {mode} loss at epoch {self.epoch + 1}: {values}")
+            raise FloatingPointError(f"non-finite {mode} loss at epoch {self.epoch + 1}"
+                                     f"{f' on rank {self.dist.rank}' if self.dist.enabled else ''}: {values}")
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
+        # DDP averages gradients over the processes; this process's loss is its share of the global-batch loss,
+        # so world_size * loss makes the average the gradient of the global loss (exactly 1x for one process)
+        self.scaler.scale(total * self.dist.world_size if self.dist.enabled else total).backward()
         if self.cfg.optim.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
@@ -153,11 +172,16 @@ class Trainer:
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(self.model)
-        return {"loss": total.item(), **{f"loss_{mode}_{k}": v.item() for k, v in terms.items()}}
+        if not self.dist.enabled:
+            return {"loss": total.item(), **{f"loss_{mode}_{k}": v.item() for k, v in terms.items()}}
+        # the processes' shares add up to the global-batch loss: log that sum, the same on every process
+        values = self.dist.all_reduce_sum(torch.stack([total.detach(), *(v.detach() for v in terms.values())]))
+        values = values.tolist()
+        return {"loss": values[0], **{f"loss_{mode}_{k}": v for k, v in zip(terms, values[1:])}}
 
     def train_epoch(self) -> dict[str, float]:
         """One epoch of ``steps_per_epoch`` steps; returns mean losses, LR and throughput."""
-        self.model.train()
+        self.train_module.train()
         steps = self.cfg.optim.steps_per_epoch
         modes = step_modes(steps, self.cfg.data.crop_fraction, "scene" in self.streams, "crop" in self.streams)
         iterators = {m: s.epoch(self.epoch, modes.count(m)) for m, s in self.streams.items() if m in modes}
@@ -176,7 +200,7 @@ class Trainer:
             for name, value in self.train_step(batch, mode).items():
                 sums[name] += value
                 counts[name] += 1
-            images += len(batch["images"])
+            images += len(batch["images"]) * self.dist.world_size  # the global batch
             rate = images / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{sums['loss'] / counts['loss']:.3f}", img_s=f"{rate:.1f}")
             if self.progress_log is not None:
@@ -209,6 +233,9 @@ class Trainer:
             "history": dict(self.history),
             "metrics": metrics,
             "rng": rng_state(),
+            # one RNG state per process (this one's now, the others' at the end of the epoch), for an exact resume
+            "rng_ranks": [rng_state(), *self.rng_ranks[1:]],
+            "world_size": self.dist.world_size,
             "config": self.cfg.model_dump(),
             "model_config": self.cfg.model.model_dump(),
             "data_fingerprint": self.data.fingerprint,
@@ -216,8 +243,12 @@ class Trainer:
         }
 
     def restore(self, path: str | Path) -> None:
-        """Continue exactly where ``path`` (a last.pt) stopped: weights, optimizer, scheduler, scaler, RNG."""
-        state = load_checkpoint(path)
+        """Continue exactly where ``path`` (a last.pt) stopped: weights, optimizer, scheduler, scaler, RNG.
+
+        Under torchrun rank 0 reads the file and sends its content to the others: every process resumes from
+        the same checkpoint, and only rank 0 needs to see the file."""
+        state = load_checkpoint(path) if self.dist.is_main else None
+        state = self.dist.broadcast_object(state)
         self.model.load_state_dict(state["model"])
         if self.ema is not None and state.get("ema"):
             self.ema.module.load_state_dict(state["ema"])
@@ -229,7 +260,19 @@ class Trainer:
         self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
         self.history = defaultdict(list, {k: list(v) for k, v in state["history"].items()})
         self.run_id = state.get("mlflow_run_id")
-        restore_rng_state(state["rng"])
+        ranks = state.get("rng_ranks") or [state["rng"]]
+        if len(ranks) == self.dist.world_size:
+            restore_rng_state(ranks[self.dist.rank])
+        else:  # another number of processes: the data stream continues exactly, the dropout draws cannot
+            restore_rng_state(state["rng"])
+            if self.dist.enabled:
+                seed_everything(distributed.rank_seed(self.cfg.seed + self.epoch, self.dist))
+            distributed.note(f"resuming with {self.dist.world_size} processes a run checkpointed with {len(ranks)}: "
+                             f"batches continue exactly, dropout draws differ", self.dist)
+
+    def gather_rng(self) -> None:
+        """Collect every process's RNG state on all of them (a collective: every process calls it each epoch)."""
+        self.rng_ranks = self.dist.all_gather_object(rng_state()) if self.dist.enabled else []
 
     def save(self, metrics: dict[str, float], score: float) -> bool:
         """Write last.pt every epoch and best.pt when ``score`` improves; returns whether it improved."""
@@ -347,16 +390,20 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
         retry_until,
     )
 
-    trainer = Trainer(cfg, out_dir, data=data, progress=progress, progress_every=progress_every)
+    ctx = distributed.setup(cfg.device, cfg.distributed.timeout_min)  # one process: no process group
+    trainer = Trainer(cfg, out_dir, data=data, progress=progress, progress_every=progress_every, dist=ctx)
     last = trainer.out_dir / "last.pt"
     if resume:
-        if not last.is_file():
+        if ctx.is_main and not last.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint to resume at {last}")
         trainer.restore(last)
+    if not ctx.is_main:
+        return _follow(trainer)
     trainer.out_dir.mkdir(parents=True, exist_ok=True)
     moved_from = _forget_unknown_run(trainer)
     tags = {"git_commit": git_commit(), "data_fingerprint": trainer.data.fingerprint,
-            "device": str(trainer.device), "amp": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "fp32"}
+            "device": str(trainer.device), "amp": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "fp32",
+            "world_size": str(ctx.world_size), "dist_backend": ctx.backend or "none", "lr_peak": f"{peak_lr(cfg):g}"}
     results: list[EvalResult] = []
     metrics: dict[str, float] = {}
     with mlflow_run(cfg.experiment, run_name=run_name, run_id=trainer.run_id, tags=tags, entry_point="train") as run:
@@ -377,6 +424,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
         for epoch in range(trainer.epoch, cfg.optim.epochs):
             trainer.epoch = epoch
             metrics = trainer.train_epoch()
+            trainer.gather_rng()
             val_metrics, results = trainer.validate()
             metrics.update(val_metrics)
             metrics["bad_samples"] = float(trainer.bad_samples())
@@ -387,6 +435,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
             if progress or progress_every is not None:
                 print(f"epoch {epoch + 1}: loss {metrics['loss']:.4f}  {cfg.best_metric} {score:.4f}"
                       f"{'  (best)' if improved else ''}  {metrics['images_per_second']:.1f} img/s", flush=True)
+            ctx.barrier()  # the other ranks wait here while rank 0 validates and checkpoints
         if not spool.flush(wait=final_wait()):
             print(f"warning: MLflow still unreachable: {len(spool.pending)} epoch(s) of metrics stay in "
                   f"{spool.path} (delivered by `--resume` of this run); checkpoints are complete", flush=True)
@@ -396,3 +445,15 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
     return TrainSummary(trainer.out_dir, len(trainer.history.get("epoch", [])), trainer.best_score,
                         trainer.best_epoch + 1, metrics, float(np.mean(rates)), trainer.bad_samples(),
                         trainer.run_id, dict(trainer.history))
+
+
+def _follow(trainer: Trainer) -> TrainSummary:
+    """Ranks other than 0: the same epochs on their share of every batch; no validation, checkpoint or MLflow."""
+    metrics: dict[str, float] = {}
+    for epoch in range(trainer.epoch, trainer.cfg.optim.epochs):
+        trainer.epoch = epoch
+        metrics = trainer.train_epoch()
+        trainer.gather_rng()
+        trainer.dist.barrier()
+    return TrainSummary(trainer.out_dir, trainer.cfg.optim.epochs, trainer.best_score, trainer.best_epoch + 1,
+                        metrics, metrics.get("images_per_second", float("nan")), trainer.bad_samples(), trainer.run_id)
