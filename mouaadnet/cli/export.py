@@ -29,6 +29,17 @@ class Int8Opt(str, Enum):
     qat = "qat"
 
 
+class FormatOpt(str, Enum):
+    onnx = "onnx"
+    openvino = "openvino"
+
+
+class OvPrecisionOpt(str, Enum):
+    default = "default"  # OpenVINO's own default on this CPU (bf16 with AMX), resolved and printed
+    f32 = "f32"
+    bf16 = "bf16"
+
+
 class ActOpt(str, Enum):
     u8 = "u8"
     s8 = "s8"
@@ -153,12 +164,21 @@ def export(
     val_data: Annotated[list[str] | None, typer.Option(help="Validation sources (repeatable, as for `evaluate "
                                                             "--data`): evaluate and print the quality gates.")] = None,
     val_limit: Annotated[int | None, typer.Option(help="At most this many validation samples per source.")] = None,
+    format: Annotated[FormatOpt, typer.Option("--format", help="onnx, or openvino: an OpenVINO IR (--out X.xml + "
+                                                               "X.bin) from the FP32 graph; with --int8 calib NNCF "
+                                                               "INT8 on the same images, with --int8 qat the QDQ "
+                                                               "graph's ranges.")] = FormatOpt.onnx,
 ) -> None:
     """Export to ONNX (decoding in the graph, BN folded, onnxslim), validate, optionally INT8 QDQ; write sidecars.
 
     With --val-data, PyTorch, FP32 ONNX and INT8 ONNX are evaluated on the sets of this mode and the quality gates
     (``mouaadnet.evaluation.gates``) are printed and stored in the sidecar; exit code 1 when an enforced gate fails.
+    --format openvino writes the IR (``mouaadnet.runtime.openvino_export``) beside the ONNX graphs it comes from.
     """
+    if format == FormatOpt.openvino:
+        _export_openvino(model_path, out, mode, int8, images, num_calib, activation, size, top_k, opset,
+                         calib_data, val_data, val_limit)
+        return
     import torch
 
     from model.artifacts import write_sidecar
@@ -216,14 +236,53 @@ def export(
         _gate_and_report(val_data, val_limit, model, [fp32], {variant: [out]}, out, gated=variant)
 
 
+def _export_openvino(model_path: Path, out: Path, mode: ModeOpt, int8: Int8Opt, images: Path | None, num_calib: int,
+                     activation: ActOpt, size: int | None, top_k: int | None, opset: int, calib_data: list[str] | None,
+                     val_data: list[str] | None, val_limit: int | None) -> None:
+    """`export --format openvino`: the ONNX graph(s) as --format onnx writes them, then the IR
+    (``mouaadnet.runtime.openvino_export.export_ir``): X.fp32.onnx (+ X.qdq.onnx for qat) beside X.xml/X.bin."""
+    from mouaadnet.runtime import openvino_available
+
+    if out.suffix != ".xml":
+        _fail(f"--format openvino writes an IR: --out must end with .xml, got {out}", 2)
+    if not openvino_available():
+        _fail("--format openvino needs the openvino package: pip install 'mouaadnet-ultra[openvino]'", 2)
+    from mouaadnet.runtime.openvino_export import OpenVinoExportError, export_ir
+
+    qdq = out.with_suffix(".qdq.onnx") if int8 == Int8Opt.qat else None
+    onnx_out = qdq or out.with_suffix(".fp32.onnx")
+    export(model_path, onnx_out, mode, Int8Opt.qat if qdq else Int8Opt.none, images, num_calib, activation, size,
+           top_k, opset, "dynamic", calib_data, None, None, FormatOpt.onnx)
+    fp32 = qdq.with_name(qdq.stem + ".fp32.onnx") if qdq else onnx_out
+    model, cfg = _load(model_path)
+    size = size or (cfg.scene_size if mode == ModeOpt.scene else cfg.crop_size)
+    check, _ = _export_images(images, calib_data, 8, size, mode.value, "the OpenVINO agreement check")
+    calib = None
+    if int8 == Int8Opt.calib:
+        calib, _ = _export_images(images, calib_data, num_calib, size, mode.value, "INT8 calibration")
+    try:
+        report = export_ir(fp32, out, check.numpy(), qdq=qdq, calibration=None if calib is None else calib.numpy(),
+                           source=model_path, mode=mode.value, size=size)
+    except OpenVinoExportError as error:
+        _fail(f"OpenVINO export FAILED: {error}")
+    typer.echo(f"wrote {out} + {out.with_suffix('.bin').name}  ({report['ir_mb']:.3f} MB, {report['precision']})  "
+               f"OpenVINO f32 vs ONNX Runtime FP32: " + json.dumps(report["agreement"]))
+    if val_data:
+        from mouaadnet.evaluation.gates import openvino_variants
+
+        _gate_and_report(val_data, val_limit, model, [fp32], {}, out, openvino=openvino_variants([out], (None,)))
+
+
 def _gate_and_report(val_data: list[str], limit: int | None, model, fp32: list[Path], int8: dict[str, list[Path]],
-                     sidecar_of: Path, gated: str = "int8_qat", as_json: bool = False) -> None:
-    """Evaluate and print the gates; add them to ``sidecar_of``'s JSON sidecar; exit 1 when one fails."""
+                     sidecar_of: Path, gated: str = "int8_qat", as_json: bool = False, openvino: dict | None = None,
+                     choose: Path | None = None) -> None:
+    """Evaluate and print the gates; add them to ``sidecar_of``'s JSON sidecar; exit 1 when one fails.
+    ``choose``: also time the variants that passed and write the runtime choice in that folder."""
     from model.artifacts import sidecar_path
     from mouaadnet.evaluation.gates import load_eval_sets, run_gates
 
     try:
-        report = run_gates(load_eval_sets(val_data, limit), model, fp32, int8, gated=gated)
+        report = run_gates(load_eval_sets(val_data, limit), model, fp32, int8, gated=gated, openvino=openvino)
     except (ValueError, FileNotFoundError) as error:
         _fail(f"gates: {error}", 2)
     typer.echo(json.dumps(report.to_dict(), indent=2, default=float) if as_json else report.format())
@@ -231,8 +290,47 @@ def _gate_and_report(val_data: list[str], limit: int | None, model, fp32: list[P
         data = json.loads(sidecar_path(sidecar_of).read_text())
         data.setdefault("metrics", {})["gates"] = report.to_dict()
         sidecar_path(sidecar_of).write_text(json.dumps(data, indent=2, default=float) + "\n")
+    if choose is not None:
+        path = _write_runtime_choice(report, fp32, int8, openvino or {}, choose, as_json)
+        typer.echo(f"wrote {path}", err=as_json)
     if not report.passed:
         raise typer.Exit(1)
+
+
+def _write_runtime_choice(report, fp32: list[Path], int8: dict[str, list[Path]], openvino: dict, folder: Path,
+                          quiet_stdout: bool = False) -> Path:
+    """Time every variant of ``report`` per mode, keep those whose gates all passed, record the fastest."""
+    import os
+
+    from mouaadnet.runtime.choice import Candidate, time_candidates, write_choice
+    from mouaadnet.runtime.session import open_model
+
+    def mode_of(path: Path) -> str:
+        return open_model(path, "openvino" if path.suffix == ".xml" else "onnxruntime", None, 1).mode
+
+    variants = ["fp32", *int8, *openvino]
+    failed_of: dict[str, list[str]] = {v: [] for v in variants}
+    for gate in report.gates:
+        # accuracy rows count even where only reported (PTQ); a size row only where enforced (not an IR's)
+        if gate.passed or (not gate.enforced and gate.name.endswith("_file_mb")):
+            continue
+        owner = "fp32" if gate.name.startswith("fp32_vs_pytorch") else \
+            max((v for v in variants if gate.name.startswith(v + "_")), key=len, default=None)
+        if owner is not None:
+            failed_of[owner].append(gate.name)
+    entries = [("fp32", p, "onnxruntime", None) for p in fp32]
+    entries += [(v, p, "onnxruntime", None) for v, files in int8.items() for p in files]
+    entries += [(v, Path(p), "openvino", spec.precision) for v, spec in openvino.items() for p in spec.files]
+    candidates = [Candidate(mode_of(Path(p)), v, runtime, precision, os.path.relpath(p, folder),
+                            not failed_of.get(v), failed_gates=failed_of.get(v, []))
+                  for v, p, runtime, precision in entries]
+    time_candidates(candidates, folder)
+    references = {mode_of(p): os.path.relpath(p, folder) for p in fp32}
+    for c in candidates:
+        typer.echo(f"runtime choice: {c.mode:<5} {c.variant:<14} {c.runtime:<11} {c.precision or '-':<5} "
+                   f"p50 {c.p50_ms:6.2f} ms  {'passed' if c.passed else 'FAILED ' + ', '.join(c.failed_gates)}",
+                   err=quiet_stdout)
+    return write_choice(folder, candidates, references)
 
 
 def gates(
@@ -245,14 +343,40 @@ def gates(
     checkpoint: Annotated[Path | None, typer.Option(help="The PyTorch model the FP32 graph must match.")] = None,
     limit: Annotated[int | None, typer.Option(help="At most this many validation samples per source.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    openvino: Annotated[list[Path] | None, typer.Option(help="Files to run in OpenVINO (repeatable): FP32 ONNX, "
+                                                             "OpenVINO IR .xml (FP32 or NNCF INT8) or QDQ ONNX; "
+                                                             "gated like INT8 against the FP32 ONNX in ONNX "
+                                                             "Runtime.")] = None,
+    ov_precision: Annotated[list[OvPrecisionOpt] | None, typer.Option(
+        help="OpenVINO inference precision(s) for --openvino (repeatable): default (OpenVINO's on this CPU: bf16 "
+             "with AMX), f32, bf16.")] = None,
+    choose: Annotated[bool, typer.Option(help="Also time every variant and write runtime_choice.json (the fastest "
+                                              "that passed; `detect --runtime auto` reads it) beside the first "
+                                              "--fp32 file.")] = False,
 ) -> None:
-    """Quality gates: FP32 ONNX == PyTorch, INT8 (QAT) drops <= 1 pt AP50 / gender acc, <= +0.3 y age MAE, <= 1 MB.
+    """Quality gates: FP32 ONNX == PyTorch, INT8 (QAT) drops <= 1 pt AP50 / gender acc, <= +0.3 y age MAE, <= 1 MB;
+    OpenVINO variants (bf16, INT8) gated like INT8.
 
     Exit code 1 when an enforced gate fails (PTQ rows are reported only).
     """
     model = _load(checkpoint)[0] if checkpoint is not None else None
     variants = {"int8_qat": list(int8 or []), "int8_ptq": list(ptq or [])}
-    _gate_and_report(data, limit, model, list(fp32 or []), variants, None, as_json=as_json)
+    ov_variants = None
+    if openvino:
+        from mouaadnet.evaluation.gates import openvino_variants
+        from mouaadnet.runtime import RuntimeLoadError, openvino_available
+
+        if not openvino_available():
+            _fail("--openvino needs the openvino package: pip install 'mouaadnet-ultra[openvino]'", 2)
+        precisions = [None if p == OvPrecisionOpt.default else p.value for p in (ov_precision or [OvPrecisionOpt.default])]
+        try:
+            ov_variants = openvino_variants(openvino, list(dict.fromkeys(precisions)))
+        except RuntimeLoadError as error:
+            _fail(f"gates: {error}", 2)
+    if choose and not fp32:
+        _fail("--choose needs the --fp32 graph(s): the choice is recorded beside them", 2)
+    _gate_and_report(data, limit, model, list(fp32 or []), variants, None, as_json=as_json, openvino=ov_variants,
+                     choose=Path(fp32[0]).parent if choose else None)
 
 
 def qat(

@@ -47,7 +47,14 @@ def register(app: typer.Typer) -> None:
         images: Annotated[list[Path], typer.Argument(help="Image files (JPEG/PNG).")],
         url: Annotated[str, typer.Option(help="Triton gRPC endpoint.")] = "127.0.0.1:8001",
         model: Annotated[Path | None, typer.Option(
-            "--model", help="Run this ONNX in-process with ONNX Runtime instead of asking the server.")] = None,
+            "--model", help="Run this model in-process (see --runtime) instead of asking the server.")] = None,
+        runtime: Annotated[str, typer.Option(
+            help="With --model: onnxruntime (default), openvino (.onnx or IR .xml), or auto (the fastest runtime "
+                 "that passed the gates, recorded by `gates --choose` beside the model; else onnxruntime).")
+        ] = "onnxruntime",
+        precision: Annotated[str | None, typer.Option(
+            help="OpenVINO inference precision: f32 or bf16 (default: OpenVINO's on this CPU, bf16 with AMX; "
+                 "printed). ONNX Runtime runs the graph's own precision.")] = None,
         threshold: Annotated[float, typer.Option(help="Minimum person score.")] = 0.3,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
         draw: Annotated[Path | None, typer.Option(
@@ -64,9 +71,16 @@ def register(app: typer.Typer) -> None:
         from mouaadnet.serving.client import as_json as to_json
         from mouaadnet.serving.client import draw as draw_image
 
+        if model is None and (runtime != "onnxruntime" or precision is not None):
+            typer.echo("error: --runtime/--precision choose how --model runs in-process; the server has its own "
+                       "(the detector's `runtime` parameter)", err=True)
+            raise typer.Exit(2)
         try:
             blobs = read_images(images)
-            detector = LocalDetector(model) if model is not None else TritonDetector(url)
+            detector = LocalDetector(model, runtime=runtime, precision=precision) if model is not None \
+                else TritonDetector(url)
+            if model is not None:
+                typer.echo(f"model: {detector.describe()}", err=True)
             people = detector.detect(blobs, threshold)
         except (ClientError, ValueError) as error:
             typer.echo(f"error: {error}", err=True)

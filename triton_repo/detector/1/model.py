@@ -1,7 +1,10 @@
-"""Triton Python model `detector`: the network run by ONNX Runtime (CPU) on this version's model.onnx.
+"""Triton Python model `detector`: the network run on the CPU by ONNX Runtime or OpenVINO on this version's model.
 
-Requests queued by dynamic batching are concatenated into one ORT run and split back: one response per
-request. `mouaadnet publish` copies this file into every new version folder next to the new model.onnx.
+The runtime is one config parameter (`runtime`: onnxruntime | openvino; `precision`: OpenVINO's inference
+precision f32 | bf16 | default = OpenVINO's default on this CPU, bf16 with AMX), read through mouaadnet.runtime,
+the interface `mouaadnet detect --model` uses too. Requests queued by dynamic batching are concatenated into one
+run and split back: one response per request. `mouaadnet publish` copies this file into every new version
+folder next to the new model.onnx.
 """
 
 import json
@@ -10,7 +13,8 @@ import os
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from mouaadnet.serving.onnx_model import INPUT_NAME, OUTPUT_NAMES, OrtModel
+from mouaadnet.runtime import open_model
+from mouaadnet.serving.onnx_model import INPUT_NAME, OUTPUT_NAMES
 
 
 class TritonPythonModel:
@@ -21,14 +25,20 @@ class TritonPythonModel:
         path = os.path.join(version_dir, params.get("onnx_file", "model.onnx"))
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} is missing: publish a model with `mouaadnet publish MODEL.onnx`")
-        self.model = OrtModel(path, threads=int(params.get("intra_op_threads", "2")))
+        self.runtime = params.get("runtime", "onnxruntime") or "onnxruntime"
+        precision = params.get("precision") or "default"
+        self.model = open_model(path, self.runtime, None if precision == "default" else precision,
+                                threads=int(params.get("intra_op_threads", "2")))
+        if sorted(self.model.output_names) != sorted(OUTPUT_NAMES):
+            raise ValueError(f"{path}: outputs {self.model.output_names}, expected {OUTPUT_NAMES}")
+        pb_utils.Logger.log_info(f"detector: {self.model.describe()}")
 
     def execute(self, requests):
         arrays = [pb_utils.get_input_tensor_by_name(r, INPUT_NAME).as_numpy() for r in requests]
         try:
             outputs = self.model(np.concatenate(arrays) if len(arrays) > 1 else arrays[0])
         except Exception as error:
-            err = pb_utils.TritonError(f"detector: ONNX Runtime failed: {error}")
+            err = pb_utils.TritonError(f"detector: {self.runtime} failed: {error}")
             return [pb_utils.InferenceResponse(error=err) for _ in requests]
         responses, start = [], 0
         for array in arrays:
