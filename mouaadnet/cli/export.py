@@ -461,9 +461,21 @@ def bench(
     quick: Annotated[bool, typer.Option(help="Tiny smoke setting (64/32 px, batch 1, 1 thread, 5 runs).")] = False,
     out: Annotated[Path | None, typer.Option(help="Also write the Markdown table here.")] = None,
     as_json: Annotated[Path | None, typer.Option("--json", help="Also write raw results as JSON here.")] = None,
+    backend: Annotated[list[str] | None, typer.Option(
+        help="Backends to run (repeatable; default all): torch-train, torch-deploy, ort-fp32, ort-int8, ov-f32, "
+             "ov-bf16, ov-int8.")] = None,
+    batch: Annotated[list[int] | None, typer.Option(help="Batch sizes (repeatable; default 1 and 8).")] = None,
+    threads: Annotated[list[int] | None, typer.Option(help="Thread counts (repeatable; default 1 and 2).")] = None,
+    peer: Annotated[bool, typer.Option(help="Also the YOLOv8n-architecture peer, interleaved with ours.")] = True,
+    rss: Annotated[bool, typer.Option(help="Peak RSS per runtime (a fresh process each).")] = True,
 ) -> None:
-    """Latency p50/p90 and throughput: PyTorch (train, deploy), ORT FP32 and INT8; batch 1/8, threads 1/2."""
-    from mouaadnet.bench.inference import markdown, run_bench
+    """Latency p50/p90 and throughput of PyTorch, ONNX Runtime (FP32, INT8) and OpenVINO (f32, bf16, NNCF INT8),
+    ours and the peer interleaved; the best runtime per model, ours/peer at each side's best, RSS per runtime."""
+    from mouaadnet.bench.inference import DEFAULT_BACKENDS, markdown, run_bench
+
+    unknown = sorted(set(backend or []) - set(DEFAULT_BACKENDS))
+    if unknown:
+        _fail(f"--backend: unknown {unknown}; choose from {', '.join(DEFAULT_BACKENDS)}", 2)
 
     cfg = model = None
     if checkpoint is not None:
@@ -475,9 +487,15 @@ def bench(
             cfg = ModelConfig.from_yaml(config)
         except ConfigError as error:
             _fail(str(error), 2)
-    kwargs: dict = {"runs": runs, "warmup": warmup}
+    kwargs: dict = {"runs": runs, "warmup": warmup, "peer": peer, "rss": rss}
     if quick:
-        kwargs = {"runs": 5, "warmup": 1, "sizes": {"scene": 64, "crop": 32}, "batches": (1,), "threads": (1,)}
+        kwargs.update({"runs": 5, "warmup": 1, "sizes": {"scene": 64, "crop": 32}, "batches": (1,), "threads": (1,)})
+    if backend:
+        kwargs["backends"] = tuple(backend)
+    if batch:
+        kwargs["batches"] = tuple(batch)
+    if threads:
+        kwargs["threads"] = tuple(threads)
     calib = None
     if images is not None:
         from model import ModelConfig
