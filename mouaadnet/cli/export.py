@@ -511,6 +511,61 @@ def bench(
         as_json.write_text(json.dumps(result, indent=2) + "\n")
 
 
+def profile(
+    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint to export (speed does not depend on the "
+                                                         "weights; default: --onnx).")] = None,
+    onnx: Annotated[Path | None, typer.Option(help="An exported FP32 scene graph instead of --checkpoint.")] = None,
+    size: Annotated[int, typer.Option(help="Scene input size (multiple of 32).")] = 320,
+    runs: Annotated[int, typer.Option(help="Profiled inferences per runtime.")] = 100,
+    threads: Annotated[int, typer.Option(help="Intra-op threads.")] = 1,
+    int8: Annotated[bool, typer.Option(help="Also ORT's INT8 QDQ graph and OpenVINO's NNCF INT8 (random "
+                                            "calibration: speed only).")] = True,
+    top: Annotated[int, typer.Option(help="Slowest layers listed per runtime.")] = 25,
+    out: Annotated[Path | None, typer.Option(help="Also write the Markdown here.")] = None,
+    as_json: Annotated[Path | None, typer.Option("--json", help="Also write the raw profile as JSON here.")] = None,
+) -> None:
+    """Per-layer profile of the scene graph: ONNX Runtime's profiler and OpenVINO's performance counters (f32, bf16,
+    INT8): time by op type and by block, slowest layers with FLOPs, FLOP/byte and memory- vs compute-bound."""
+    import tempfile
+
+    from mouaadnet.bench.profile import markdown, run_profile
+    from mouaadnet.runtime import openvino_available
+
+    if (checkpoint is None) == (onnx is None):
+        _fail("profile: give --checkpoint or --onnx", 2)
+    if not openvino_available():
+        _fail("profile needs the openvino package: pip install 'mouaadnet-ultra[openvino]'", 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = onnx
+        if checkpoint is not None:
+            from model.export import export_onnx
+
+            model, _ = _load(checkpoint)
+            fp32 = Path(tmp) / f"scene{size}.onnx"
+            export_onnx(model, fp32, "scene", size)
+        int8_onnx = ov_int8 = None
+        if int8:
+            import torch
+
+            from model.export import quantize_int8
+            from mouaadnet.runtime.openvino_export import quantize_openvino
+
+            calib = torch.rand(8, 3, size, size, generator=torch.Generator().manual_seed(0))
+            int8_onnx = quantize_int8(fp32, Path(tmp) / "int8.onnx", calib)
+            ov_int8 = quantize_openvino(fp32, Path(tmp) / "ov-int8.xml", calib.numpy())
+        result = run_profile(fp32, size, runs, threads, int8_onnx, ov_int8)
+    load = result["load_average"]
+    text = "\n\n".join([f"Scene {size}x{size}, batch 1, {threads} thread(s), {runs} profiled runs each; load average "
+                         f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end." if load else ""]
+                        + [markdown(name, summary, top) for name, summary in result["profiles"].items()])
+    typer.echo(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    if as_json:
+        as_json.write_text(json.dumps(result, indent=1, default=float) + "\n")
+
+
 def register(app: typer.Typer) -> None:
     """Add reparam, qat, export, gates, compile-trt and bench to the `mouaadnet` app."""
     app.command()(reparam)
@@ -519,3 +574,4 @@ def register(app: typer.Typer) -> None:
     app.command()(gates)
     app.command("compile-trt")(compile_trt_cmd)
     app.command()(bench)
+    app.command()(profile)
