@@ -152,12 +152,20 @@ class OrtRuntimeModel(RuntimeModel):
         shape = inputs[0].shape
         super().__init__(path, [o.name for o in self.session.get_outputs()],
                          shape[3] if isinstance(shape[3], int) else None)
-        self.quantized = bool(_onnx_is_quantized(path))
-        graph_precision = "int8" if self.quantized else "fp32"
-        if precision not in (None, graph_precision, "f32" if graph_precision == "fp32" else graph_precision):
-            raise RuntimeLoadError(f"{path}: ONNX Runtime runs this graph in {graph_precision}; precision {precision!r} "
-                                f"needs --runtime openvino (or another exported file)")
-        self.precision = graph_precision
+        self._quantized: bool | None = None
+        if precision is not None and precision not in (self.precision, "f32" if self.precision == "fp32" else None):
+            raise RuntimeLoadError(f"{path}: ONNX Runtime runs this graph in {self.precision}; precision {precision!r} "
+                                   f"needs --runtime openvino (or another exported file)")
+
+    @property
+    def quantized(self) -> bool:  # read from the file on first use: importing onnx costs ~RSS a deployment needn't pay
+        if self._quantized is None:
+            self._quantized = bool(_onnx_is_quantized(self.path))
+        return self._quantized
+
+    @property
+    def precision(self) -> str:
+        return "int8" if self.quantized else "fp32"
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         values = self.session.run(self.output_names, {INPUT_NAME: np.ascontiguousarray(images, np.float32)})
@@ -180,20 +188,23 @@ def is_quantized(path: str | Path) -> bool:
 
 
 def _read_openvino(path: Path):
-    """ov.Model from an IR (.xml) or an ONNX file; QDQ graphs with the crash pattern are rewritten in memory."""
+    """(ov.Model, dynamic batch only) of an IR (.xml) or an ONNX file. An ONNX INT8 graph that OpenVINO's own
+    check flags (a no-op Slice in a quantized graph) is rewritten in memory (``model.onnx_passes``, exact); where
+    that module cannot be imported (no onnx or no torch: the serving venv) it is kept on a dynamic batch, where
+    OpenVINO 2026.4 does not crash. onnx is imported only for such a graph (it costs RSS)."""
     core = _ov_core()
-    if path.suffix == ".xml":
-        return core.read_model(str(path)), False
+    model = core.read_model(str(path))
+    if path.suffix == ".xml" or not _ov_noop_slice_in_quantized(model):
+        return model, False
     try:
         import onnx
 
         from model.onnx_passes import has_crash_pattern, make_openvino_safe
-    except ImportError:  # no onnx or no torch (the serving venv): keep a suspect graph on a dynamic batch
-        model = core.read_model(str(path))
-        return model, _ov_noop_slice_in_quantized(model)
+    except ImportError:
+        return model, True
     proto = onnx.load(str(path))
     if not has_crash_pattern(proto):
-        return core.read_model(str(path)), False
+        return model, False
     make_openvino_safe(proto)
     return core.read_model(proto.SerializeToString(), b""), False
 
