@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 from collections import defaultdict
@@ -196,11 +197,11 @@ def copy_bandwidth_gbs(mbytes: float = 2.0, repeats: int = 200) -> float:
 
 
 def _match_cost(name: str, costs: dict[str, dict]) -> dict | None:
-    """The ONNX node behind a profiled layer: OpenVINO keeps ONNX names (+ '/WithoutBiases'), ORT keeps the name
-    of the first node of a fusion."""
+    """The ONNX node behind a profiled layer: OpenVINO keeps ONNX names (+ '/WithoutBiases'), ORT's QDQ fusions
+    keep the conv's name (+ '_token_N')."""
     if name in costs:
         return costs[name]
-    base = name.split("/WithoutBiases")[0]
+    base = re.sub(r"_token_\d+$", "", name.split("/WithoutBiases")[0])
     return costs.get(base)
 
 
@@ -215,9 +216,12 @@ def summarize(rows: list[dict], costs: dict[str, dict], bandwidth_gbs: float) ->
         by_block[r["block"]] += r["us"]
     layers = []
     for r in rows:
-        cost = _match_cost(r["name"], costs) or {}
-        if "flops" in r or "bytes" in r:  # ORT: from the profiled node's own shapes (fused nodes are renamed)
-            cost = {"flops": r.get("flops", 0), "bytes": r.get("bytes", 0), "kind": r.get("kind", r["op"].lower())}
+        # a layout reorder named after the conv it feeds is not that conv
+        cost = {} if r["op"] in LAYOUT_OPS else dict(_match_cost(r["name"], costs) or {})
+        if "flops" in r:  # ORT FP32: from the profiled node's own shapes (its fused nodes are renamed)
+            cost.update(flops=r["flops"], kind=r.get("kind", r["op"].lower()))
+        if r.get("bytes"):
+            cost["bytes"] = r["bytes"]
         flops, nbytes = cost.get("flops", 0), cost.get("bytes", 0)
         layers.append({**r, "kind": cost.get("kind", r["op"].lower()), "flops": flops,
                        "intensity": flops / nbytes if nbytes else 0.0,
