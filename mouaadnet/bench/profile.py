@@ -147,7 +147,12 @@ def layer_costs(onnx_path: str | Path, batch: int = 1) -> dict[str, dict]:
     import onnx
     from onnx import numpy_helper
 
-    proto = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path)))
+    proto = onnx.load(str(onnx_path))
+    if not _conv_shapes_known(proto):  # e.g. an unsimplified graph (the peer's): onnxslim resolves its shapes
+        import onnxslim
+
+        proto = onnxslim.slim(proto)
+    proto = onnx.shape_inference.infer_shapes(proto)
     shapes: dict[str, list[int]] = {}
     for v in [*proto.graph.value_info, *proto.graph.input, *proto.graph.output]:
         dims = [d.dim_value if d.HasField("dim_value") else batch for d in v.type.tensor_type.shape.dim]
@@ -182,6 +187,15 @@ def layer_costs(onnx_path: str | Path, batch: int = 1) -> dict[str, dict]:
         costs[node.name] = {"op": node.op_type, "kind": kind, "flops": flops, "bytes": nbytes,
                             "intensity": flops / nbytes if nbytes else 0.0, "block": block_of(node.name)}
     return costs
+
+
+def _conv_shapes_known(proto) -> bool:
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    known = {v.name for v in [*inferred.graph.value_info, *inferred.graph.output]
+             if all(d.HasField("dim_value") for d in v.type.tensor_type.shape.dim[1:])}
+    return all(n.output[0] in known for n in proto.graph.node if n.op_type == "Conv")
 
 
 def copy_bandwidth_gbs(mbytes: float = 2.0, repeats: int = 200) -> float:
