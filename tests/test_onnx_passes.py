@@ -71,7 +71,8 @@ def ov_compiles(path) -> subprocess.CompletedProcess:
 
 
 def _needs_openvino():
-    pytest.importorskip("openvino", reason="openvino is not installed: pip install 'mouaadnet-ultra[openvino]'")
+    pytest.importorskip("openvino", reason="openvino is not installed: pip install 'mouaadnet-ultra[openvino]'",
+                        exc_type=ImportError)
 
 
 def test_rewrites_remove_the_pattern_and_keep_outputs_bit_identical():

@@ -14,7 +14,8 @@ from model import build_model
 from model.export import export_onnx
 
 pytestmark = pytest.mark.openvino
-pytest.importorskip("openvino", reason="openvino is not installed: pip install 'mouaadnet-ultra[openvino]'")
+pytest.importorskip("openvino", reason="openvino is not installed: pip install 'mouaadnet-ultra[openvino]'",
+                    exc_type=ImportError)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ from mouaadnet.runtime import RuntimeLoadError, open_model, runtime_factory
 from mouaadnet.runtime.choice import CHOICE_FILE, Candidate, choose, resolve, write_choice
 
 pytestmark = pytest.mark.openvino
-ov = pytest.importorskip("openvino", reason="openvino is not installed: pip install 'mouaadnet-ultra[openvino]'")
+ov = pytest.importorskip("openvino", reason="openvino is not installed: pip install 'mouaadnet-ultra[openvino]'",
+                         exc_type=ImportError)
 
 # OpenVINO f32 vs ONNX Runtime FP32 on the same graph (max abs): float reassociation only.
 F32_TOL = {"scores": 1e-4, "gender": 1e-3, "age": 1e-2}
