@@ -21,7 +21,10 @@ dynamic batch on this CPU) and a dynamic-batch one for the rest. ONNX QDQ graphs
 ``model.onnx_passes`` existed are rewritten in memory first (exact; they crash OpenVINO 2026.4 otherwise).
 
 Only numpy and the runtime packages are imported (no torch): the Triton Python backend, which runs in the
-serving venv, uses this module too. ``runtime_factory`` is the hook for apps (the Gradio demo).
+serving venv, uses this module too. The exceptions: onnx, to read an ONNX graph's precision for ORT (on first use of
+``precision``/``quantized``), and ``model.onnx_passes`` (which imports torch through ``model``) only for an older
+INT8 graph OpenVINO flags; without them such a graph stays on a dynamic batch. ``runtime_factory`` is the hook for
+apps (the Gradio demo).
 """
 
 from __future__ import annotations
