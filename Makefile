@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Serving venv (Triton): nvidia-pytriton 0.7.0 pins numpy<2, the main venv has numpy 2, so the real tritonserver,
 # its Python-backend models and the ONNX Runtime they run live here. Built from the system Python 3.11 because the
-# wheel's triton_python_backend_stub embeds the system libpython3.11. See docs/SERVING.md.
+# wheel's triton_python_backend_stub embeds the system libpython3.11. See docs/SERVING.md. openvino: the detector's
+# `runtime` parameter; onnx: the in-memory fix of older INT8 graphs for OpenVINO (model/onnx_passes.py).
 VENV_SERVE := .venv-serve
 SERVE_PYTHON ?= $(shell command -v /usr/bin/python3.11 || command -v python3.11 || echo $(PYTHON))
 SERVE_STAMP := $(VENV_SERVE)/.installed
@@ -32,7 +33,7 @@ $(SERVE_STAMP): pyproject.toml
 	@echo "setting up $(VENV_SERVE) (Triton server and its Python backend)"
 	@test -x $(VENV_SERVE)/bin/python || $(SERVE_PYTHON) -m venv $(VENV_SERVE)
 	@$(VENV_SERVE)/bin/python $(PIP_INSTALL) --upgrade pip
-	@$(VENV_SERVE)/bin/python $(PIP_INSTALL) 'nvidia-pytriton==0.7.0' 'tritonclient[grpc]>=2.50' 'numpy<2' onnxruntime pillow 'simplejpeg>=1.8'
+	@$(VENV_SERVE)/bin/python $(PIP_INSTALL) 'nvidia-pytriton==0.7.0' 'tritonclient[grpc]>=2.50' 'numpy<2' onnxruntime openvino onnx pillow 'simplejpeg>=1.8'
 	@$(VENV_SERVE)/bin/python $(PIP_INSTALL) --no-deps -e .
 	@touch $(SERVE_STAMP)
 

@@ -115,6 +115,21 @@ def _set_output_shapes(path: Path, shapes: list[list[int]]) -> None:
     onnx.save(proto, str(path))
 
 
+def drop_noop_slices_file(path: str | Path) -> list[str]:
+    """``model.onnx_passes.drop_noop_slices`` on a file, in place: the GhostModule's channel slice keeps every
+    channel when its width is even, and left in the graph it becomes, after INT8 quantization, the pattern that
+    crashes OpenVINO's CPU plugin (``model/onnx_passes.py``). Exact: the outputs do not change."""
+    import onnx
+
+    from .onnx_passes import drop_noop_slices
+
+    proto = onnx.load(str(path))
+    removed = drop_noop_slices(proto)
+    if removed:
+        onnx.save(proto, str(path))
+    return removed
+
+
 def simplify_onnx(path: str | Path) -> None:
     """Simplify in place with onnxslim (constant folding, dead-code and shape-op elimination)."""
     import onnx
@@ -150,6 +165,7 @@ def export_onnx(model: nn.Module, path: str | Path, mode: Mode = "scene", size: 
         _torch_export(wrapper, example, tmp, names, opset)
         if simplify:
             simplify_onnx(tmp)
+        drop_noop_slices_file(tmp)
         with torch.no_grad():
             _set_output_shapes(tmp, [list(t.shape[1:]) for t in wrapper(example)])
         validate_onnx(tmp, mode)
@@ -413,6 +429,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: torc
     pre = out_path.with_name(out_path.stem + ".pre.onnx")
     try:
         quant_pre_process(str(fp32_path), str(pre), skip_optimization=False, skip_symbolic_shape=True)
+        drop_noop_slices_file(pre)  # an FP32 graph exported before export_onnx dropped them (OpenVINO crash)
         symmetric = activation == "s8"
         extra = {"ActivationSymmetric": symmetric, "WeightSymmetric": True}
         if overrides:

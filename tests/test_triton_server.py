@@ -288,3 +288,33 @@ def test_publish_while_serving_switches_without_failed_requests(server, client, 
     remote = TritonDetector(server.grpc_url).infer_raw([blob], THRESHOLD)
     local = LocalDetector(onnx_models[1]).infer_raw([blob], THRESHOLD)
     np.testing.assert_allclose(remote["scores"], local["scores"], rtol=1e-4, atol=1e-4)
+
+
+def test_detector_runs_openvino_when_its_config_says_so(tmp_path, photos, onnx_models):
+    """The detector's `runtime` parameter: the same ensemble served by OpenVINO (f32) gives the in-process
+    OpenVINO results, and its load log states runtime and precision."""
+    if subprocess.run([str(INSTALL.venv / "bin" / "python"), "-c", "import openvino"], capture_output=True).returncode:
+        pytest.skip("openvino is not installed in the serving venv; `make serve-venv` installs it")
+    repo = copy_repo(tmp_path / "repo")
+    variant = repo / "detector" / "configs" / "python.pbtxt"
+    text = variant.read_text()
+    for key, value in (("runtime", "openvino"), ("precision", "f32")):
+        old = next(line for line in text.splitlines() if f'key: "{key}"' in line)
+        text = text.replace(old, f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}')
+    variant.write_text(text)
+    publish(onnx_models[0], repo)
+    cfg = ServerConfig(repo=repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    log = tmp_path / "triton.log"
+    srv = TritonServer(cfg, INSTALL, log_path=log)
+    srv.start()
+    try:
+        srv.wait_ready(timeout=180)
+        blobs = [photos["astronaut"], photos["chelsea"]]
+        remote = TritonDetector(srv.grpc_url).infer_raw(blobs, THRESHOLD)
+    finally:
+        srv.stop()
+    local = LocalDetector(onnx_models[0], runtime="openvino", precision="f32").infer_raw(blobs, THRESHOLD)
+    assert remote["count"].ravel().tolist() == local["count"].ravel().tolist() and remote["count"].min() > 0
+    for name in ("boxes", "scores", "gender", "age"):
+        np.testing.assert_allclose(remote[name], local[name], rtol=1e-4, atol=1e-3, err_msg=name)
+    assert "openvino, FP32 graph, inference precision f32 (asked)" in log.read_text()

@@ -1,10 +1,15 @@
-"""`mouaadnet bench`: latency / throughput of every form of the model on this CPU, and the INT8 process RSS.
+"""`mouaadnet bench`: latency / throughput of every form of the model on this CPU, best runtime per model, and the
+process RSS per runtime.
 
-Backends: PyTorch eager (training form, deploy form), ONNX Runtime FP32 and INT8 QDQ (U8S8), and a peer in the
-same run: the YOLOv8n architecture (``mouaadnet.bench.peers``) in ONNX Runtime FP32 and INT8, exported and quantized
-the same way (scene size only). Each setting is
-timed after warm-up; ORT sessions run with idle-thread spinning off so sessions timed in turn don't steal
-each other's cores. Peak RSS is measured in a fresh subprocess that only loads the INT8 model and runs it.
+Backends: PyTorch eager (training form, deploy form), ONNX Runtime FP32 and INT8 QDQ (U8S8), OpenVINO with the
+FP32 graph at f32 and at bf16 inference precision (bf16: OpenVINO's default on AMX CPUs) and OpenVINO INT8 (NNCF
+PTQ on the same calibration images, ``mouaadnet.runtime.openvino_export``), and a peer in the same run: the
+YOLOv8n architecture (``mouaadnet.bench.peers``) through the same exporters, quantizers and runtimes (scene size
+only). All backends of one (mode, batch, threads) setting are timed in interleaved rounds after warm-up, so a
+load change on a shared machine hits every row alike; ORT sessions run with idle-thread spinning off, OpenVINO
+with one stream, a latency hint and a static batch. ``best`` names the fastest runtime/precision per model (scene,
+batch 1, 1 thread; crop too for ours) and the ratio ours/peer at each side's best. Peak RSS per runtime is
+measured in a fresh subprocess that only loads one model and runs it (``process_peak_rss_mb``).
 """
 
 from __future__ import annotations
@@ -22,7 +27,16 @@ import numpy as np
 import torch
 
 from model import ModelConfig, build_model, reparameterize_model
-from model.export import export_onnx, ort_session, quantize_int8
+from model.export import export_onnx, quantize_int8
+
+PEER = "peer-yolov8n"
+ORT_BACKENDS = ("ort-fp32", "ort-int8")
+OV_BACKENDS = ("ov-f32", "ov-bf16", "ov-int8")
+DEFAULT_BACKENDS = ("torch-train", "torch-deploy", *ORT_BACKENDS, *OV_BACKENDS)
+# backend -> (model file kind, runtime, OpenVINO precision)
+FILE_BACKENDS = {"ort-fp32": ("fp32", "onnxruntime", None), "ort-int8": ("int8", "onnxruntime", None),
+                 "ov-f32": ("fp32", "openvino", "f32"), "ov-bf16": ("fp32", "openvino", "bf16"),
+                 "ov-int8": ("ov-int8", "openvino", None)}
 
 
 @dataclass
@@ -36,28 +50,45 @@ class Row:
     p90_ms: float
     images_per_s: float
     file_mb: float | None = None
+    precision: str | None = None  # stated by the runtime; OpenVINO INT8: "int8/<precision of the float parts>"
 
 
 def time_fn(fn: Callable[[], object], runs: int, warmup: int) -> tuple[float, float, float]:
     """(p50 ms, p90 ms, mean ms) of ``fn`` over ``runs`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = np.empty(runs)
-    for i in range(runs):
-        start = time.perf_counter()
-        fn()
-        times[i] = time.perf_counter() - start
-    return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 90) * 1e3), float(times.mean() * 1e3)
+    return time_interleaved({"fn": fn}, runs, warmup, rounds=1)["fn"]
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], runs: int, warmup: int,
+                     rounds: int = 10) -> dict[str, tuple[float, float, float]]:
+    """(p50 ms, p90 ms, mean ms) of each function: ``warmup`` calls each, then ``rounds`` rounds in which every
+    function runs ``runs / rounds`` times in turn."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    rounds = max(1, min(rounds, runs))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(rounds):
+        n = runs // rounds + (1 if r < runs % rounds else 0)
+        for name, fn in fns.items():
+            for _ in range(n):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    out = {}
+    for name, values in times.items():
+        arr = np.asarray(values)
+        out[name] = (float(np.percentile(arr, 50) * 1e3), float(np.percentile(arr, 90) * 1e3), float(arr.mean() * 1e3))
+    return out
 
 
 _RSS_SCRIPT = """
-import resource, sys, numpy as np, onnxruntime as ort
-o = ort.SessionOptions(); o.intra_op_num_threads = 1; o.inter_op_num_threads = 1
-o.add_session_config_entry("session.intra_op.allow_spinning", "0")
-s = ort.InferenceSession(sys.argv[1], o, providers=["CPUExecutionProvider"])
-x = np.random.rand(1, 3, int(sys.argv[2]), int(sys.argv[2])).astype(np.float32)
+import resource, sys
+import numpy as np
+from mouaadnet.runtime import open_model
+m = open_model(sys.argv[1], sys.argv[2], None if sys.argv[3] == "-" else sys.argv[3], threads=1)
+x = np.random.rand(1, 3, m.size, m.size).astype(np.float32)
 for _ in range(20):
-    s.run(None, {"images": x})
+    m(x)
 # VmHWM (peak RSS of this address space) rather than ru_maxrss alone: Linux carries ru_maxrss over fork+exec,
 # so a child of a big parent (torch loaded) would report the parent's peak.
 try:
@@ -68,29 +99,72 @@ print(hwm)
 """
 
 
-def process_peak_rss_mb(onnx_path: str | Path, size: int) -> float:
-    """Peak RSS (MiB) of a fresh Python process that loads ``onnx_path`` in ORT and runs 20 inferences.
+def process_peak_rss_mb(path: str | Path, size: int | None = None, runtime: str = "onnxruntime",
+                        precision: str | None = None) -> float:
+    """Peak RSS (MiB) of a fresh Python process that loads ``path`` in ``runtime`` (``mouaadnet.runtime``, 1 thread)
+    and runs 20 inferences at batch 1. ``size`` is unused (the model's own input size is taken); kept for callers.
 
     Read from /proc/self/status VmHWM in the child (falls back to ``resource.getrusage`` ru_maxrss, which on
-    Linux is inherited across fork+exec and would report the parent's peak)."""
-    out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(onnx_path), str(size)], check=True,
-                         capture_output=True, text=True, timeout=300)
+    Linux is inherited across fork+exec and would report the parent's peak). The child imports only numpy and
+    the runtime (no torch), as a deployment would."""
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(path), runtime, precision or "-"], check=True,
+                         capture_output=True, text=True, timeout=300, env=env)
     return int(out.stdout.strip().splitlines()[-1]) / 1024.0  # KiB -> MiB
+
+
+def _openvino_ok(backends: tuple[str, ...]) -> tuple[str, ...]:
+    """Drop the OpenVINO backends (with a note) when openvino/nncf are not installed."""
+    from mouaadnet.runtime import openvino_available
+
+    wanted = [b for b in backends if b.startswith("ov-")]
+    if not wanted or openvino_available():
+        return backends
+    print("bench: openvino is not installed; OpenVINO rows skipped (pip install 'mouaadnet-ultra[openvino]')",
+          file=sys.stderr)
+    return tuple(b for b in backends if not b.startswith("ov-"))
+
+
+def _model_files(export: Callable[[Path], None], name: str, work: Path, size: int, backends: tuple[str, ...],
+                 calibration: torch.Tensor, contract: bool = True) -> dict[str, Path]:
+    """The files the backends need: FP32 ONNX, ORT INT8 QDQ, OpenVINO NNCF INT8 IR (same calibration images)."""
+    kinds = {FILE_BACKENDS[b][0] for b in backends if b in FILE_BACKENDS}
+    if not kinds:
+        return {}
+    files = {"fp32": work / f"{name}.onnx"}
+    export(files["fp32"])
+    if "int8" in kinds:
+        files["int8"] = quantize_int8(files["fp32"], work / f"{name}.int8.onnx", calibration, contract=contract)
+    if "ov-int8" in kinds:
+        from mouaadnet.runtime.openvino_export import quantize_openvino
+
+        files["ov-int8"] = quantize_openvino(files["fp32"], work / f"{name}.ov-int8.xml", calibration.numpy())
+    return files
+
+
+def _file_mb(path: Path) -> float:
+    from mouaadnet.runtime.openvino_export import ir_size_mb
+
+    return ir_size_mb(path) if path.suffix == ".xml" else path.stat().st_size / 1e6
 
 
 def run_bench(cfg: ModelConfig | None = None, model: torch.nn.Module | None = None,
               sizes: dict[str, int] | None = None, batches: tuple[int, ...] = (1, 8),
               threads: tuple[int, ...] = (1, 2), runs: int = 200, warmup: int = 20,
               calibration: torch.Tensor | None = None, workdir: str | Path | None = None,
-              backends: tuple[str, ...] = ("torch-train", "torch-deploy", "ort-fp32", "ort-int8"),
-              peer: bool = True) -> dict:
-    """Benchmark every backend x mode x batch x threads; returns {"rows": [...], "rss_mb": ..., "files": ...}.
+              backends: tuple[str, ...] = DEFAULT_BACKENDS, peer: bool = True, rss: bool = True) -> dict:
+    """Benchmark every backend x mode x batch x threads (the peer's rows interleaved with ours at the scene size);
+    returns {"rows": [...], "best": {...}, "rss_mb": {...}, "files_mb": {...}, ...}.
 
     ``model``: training form (random weights from ``cfg`` when None: speed does not depend on the weights).
     ``calibration``: float32 [N,3,S,S] scene-size images for INT8 (random when None: fine for timing only).
     """
+    from mouaadnet.runtime import open_model
+
     cfg = cfg or ModelConfig()
     sizes = sizes or {"scene": cfg.scene_size, "crop": cfg.crop_size}
+    backends = _openvino_ok(tuple(backends))
     if model is None:
         torch.manual_seed(0)  # reproducible random weights: export's parity check then sees the same graph every run
     train = (model or build_model(cfg)).eval()
@@ -99,75 +173,96 @@ def run_bench(cfg: ModelConfig | None = None, model: torch.nn.Module | None = No
     work = Path(tmp.name if tmp else workdir)
     work.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
-    files: dict[str, float] = {}
-    rss = peer_rss = None
+    files_mb: dict[str, float] = {}
+    rss_mb: dict[str, float] = {}
     old_threads = torch.get_num_threads()
     try:
+        files: dict[tuple[str, str], dict[str, Path]] = {}
         for mode, size in sizes.items():
-            fp32, int8 = work / f"{mode}{size}.onnx", work / f"{mode}{size}.int8.onnx"
-            if any(b.startswith("ort") for b in backends):
-                export_onnx(train, fp32, mode, size)
-                calib = calibration if calibration is not None and mode == "scene" else None
-                if calib is None or calib.shape[-1] != size:
-                    calib = torch.rand(8, 3, size, size, generator=torch.Generator().manual_seed(0))
-                quantize_int8(fp32, int8, calib)
-                files[f"{mode} fp32"] = fp32.stat().st_size / 1e6
-                files[f"{mode} int8"] = int8.stat().st_size / 1e6
+            calib = calibration if calibration is not None and mode == "scene" else None
+            if calib is None or calib.shape[-1] != size:
+                calib = torch.rand(8, 3, size, size, generator=torch.Generator().manual_seed(0))
+            files[("ours", mode)] = _model_files(lambda path, mode=mode, size=size: export_onnx(train, path, mode, size),
+                                                 f"{mode}{size}", work, size, backends, calib)
+        if peer and "scene" in sizes:
+            from mouaadnet.bench.peers import export_yolov8n_like
+
+            size = sizes["scene"]
+            files[("peer", "scene")] = _model_files(lambda path: export_yolov8n_like(path, size), f"peer{size}", work,
+                                                    size, backends, torch.rand(8, 3, size, size,
+                                                                               generator=torch.Generator().manual_seed(0)),
+                                                    contract=False)
+        for (who, mode), found in files.items():
+            for kind, path in found.items():
+                label = f"{mode} {kind}" if who == "ours" else f"peer yolov8n {kind}"
+                files_mb[label] = _file_mb(path)
+        for mode, size in sizes.items():
             for batch in batches:
                 x = torch.rand(batch, 3, size, size)
-                xn = x.numpy()
+                xn = np.ascontiguousarray(x.numpy())
                 for n in threads:
-                    for backend in backends:
-                        if backend.startswith("ort"):
-                            path = fp32 if backend == "ort-fp32" else int8
-                            rows.append(_time_ort(backend, path, mode, xn, n, runs, warmup))
+                    torch.set_num_threads(n)
+                    fns: dict[str, Callable[[], object]] = {}
+                    meta: dict[str, tuple[str, float | None, str | None]] = {}
+                    for who in ("ours", "peer"):
+                        found = files.get((who, mode))
+                        if found is None:
                             continue
-                        torch.set_num_threads(n)
-                        net = train if backend == "torch-train" else deploy
+                        for backend in backends:
+                            if backend not in FILE_BACKENDS:
+                                continue
+                            kind, runtime, precision = FILE_BACKENDS[backend]
+                            m = open_model(found[kind], runtime, precision, threads=n)
+                            name = backend if who == "ours" else f"{PEER}-{backend}"
+                            fns[name] = lambda m=m, xn=xn: m(xn)
+                            # an OpenVINO INT8 model: INT8 convs, the stated precision for what stays float
+                            stated = f"int8/{m.precision}" if m.runtime == "openvino" and m.quantized else m.precision
+                            meta[name] = (mode, _file_mb(found[kind]), stated)
+                    for backend in backends:
+                        if backend.startswith("torch"):
+                            net = train if backend == "torch-train" else deploy
 
-                        def fn(net=net, x=x, mode=mode):
-                            with torch.inference_mode():
-                                return net(x, mode=mode)
-                        p50, p90, mean = time_fn(fn, runs, warmup)
-                        rows.append(Row(backend, mode, size, batch, n, p50, p90, batch / mean * 1e3))
-        if "ort-int8" in backends and "scene" in sizes:
-            rss = process_peak_rss_mb(work / f"scene{sizes['scene']}.int8.onnx", sizes["scene"])
-        if peer and "scene" in sizes:
-            peer_rows, peer_files, peer_rss = _bench_peer(work, sizes["scene"], batches, threads, runs, warmup)
-            rows += peer_rows
-            files.update(peer_files)
+                            def fn(net=net, x=x, mode=mode):
+                                with torch.inference_mode():
+                                    return net(x, mode=mode)
+                            fns[backend], meta[backend] = fn, (mode, None, "fp32")
+                    for name, (p50, p90, mean) in time_interleaved(fns, runs, warmup).items():
+                        _, mb, precision = meta[name]
+                        rows.append(Row(name, mode, size, batch, n, p50, p90, batch / mean * 1e3, mb, precision))
+                    fns.clear()
+        if rss:
+            for (who, mode), found in files.items():
+                if mode != "scene":
+                    continue
+                for backend in backends:
+                    if backend in FILE_BACKENDS:
+                        kind, runtime, precision = FILE_BACKENDS[backend]
+                        name = backend if who == "ours" else f"{PEER}-{backend}"
+                        rss_mb[name] = process_peak_rss_mb(found[kind], None, runtime, precision)
     finally:
         torch.set_num_threads(old_threads)
         if tmp:
             tmp.cleanup()
-    return {"rows": [asdict(r) for r in rows], "rss_mb": rss, "files_mb": files, "runs": runs, "warmup": warmup,
-            "cpu": _cpu_name(), "cores": os.cpu_count(), "peer_rss_mb": peer_rss}
+    return {"rows": [asdict(r) for r in rows], "best": best_rows([asdict(r) for r in rows]), "rss_mb": rss_mb,
+            "files_mb": files_mb, "runs": runs, "warmup": warmup, "cpu": _cpu_name(), "cores": os.cpu_count(),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
-def _time_ort(backend: str, path: Path, mode: str, images: np.ndarray, threads: int, runs: int, warmup: int) -> Row:
-    """One ONNX Runtime row: a session with ``threads`` intra-op threads timed on ``images``."""
-    sess = ort_session(path, threads=threads)
-    p50, p90, mean = time_fn(lambda: sess.run(None, {"images": images}), runs, warmup)
-    batch, size = images.shape[0], images.shape[-1]
-    return Row(backend, mode, size, batch, threads, p50, p90, batch / mean * 1e3, path.stat().st_size / 1e6)
-
-
-def _bench_peer(work: Path, size: int, batches: tuple[int, ...], threads: tuple[int, ...], runs: int,
-                warmup: int) -> tuple[list[Row], dict[str, float], float]:
-    """Rows, file sizes and INT8 process peak RSS of the YOLOv8n-architecture peer at ``size`` (scene input)."""
-    from mouaadnet.bench.peers import export_yolov8n_like
-
-    fp32, int8 = work / f"peer{size}.onnx", work / f"peer{size}.int8.onnx"
-    export_yolov8n_like(fp32, size)
-    quantize_int8(fp32, int8, torch.rand(8, 3, size, size, generator=torch.Generator().manual_seed(0)), contract=False)
-    rows = []
-    for batch in batches:
-        x = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
-        for n in threads:
-            for name, path in (("peer-yolov8n-ort-fp32", fp32), ("peer-yolov8n-ort-int8", int8)):
-                rows.append(_time_ort(name, path, "scene", x, n, runs, warmup))
-    files = {"peer yolov8n fp32": fp32.stat().st_size / 1e6, "peer yolov8n int8": int8.stat().st_size / 1e6}
-    return rows, files, process_peak_rss_mb(int8, size)
+def best_rows(rows: list[dict], batch: int = 1, threads: int = 1) -> dict:
+    """The fastest exported-model row (ONNX Runtime / OpenVINO; PyTorch eager is not a deployment) per model and
+    mode at ``batch``/``threads``, and ours/peer at each side's best (scene)."""
+    best: dict[str, dict] = {}
+    for r in rows:
+        if r["batch"] != batch or r["threads"] != threads or r["backend"].startswith(("torch", f"{PEER}-torch")):
+            continue
+        who = "peer" if r["backend"].startswith(PEER) else "ours"
+        key = f"{who} {r['mode']}"
+        if key not in best or r["p50_ms"] < best[key]["p50_ms"]:
+            best[key] = r
+    out: dict = {"batch": batch, "threads": threads, "models": best}
+    if "ours scene" in best and "peer scene" in best:
+        out["ours_over_peer"] = best["ours scene"]["p50_ms"] / best["peer scene"]["p50_ms"]
+    return out
 
 
 def _cpu_name() -> str:
@@ -181,19 +276,28 @@ def _cpu_name() -> str:
 
 
 def markdown(result: dict) -> str:
-    """The benchmark as a Markdown table, plus peak RSS and file sizes."""
+    """The benchmark as a Markdown table, then the best runtime per model, peak RSS per runtime and file sizes."""
+    load = result.get("load_average")
+    load_text = f"; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end" if load else ""
     lines = [f"CPU: {result['cpu']} ({result['cores']} cores); {result['runs']} timed runs after "
-             f"{result['warmup']} warm-up; ORT spinning off.", "",
-             "| backend | mode | input | batch | threads | p50 ms | p90 ms | images/s | file MB |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             f"{result['warmup']} warm-up, backends interleaved in rounds; ORT spinning off{load_text}.", "",
+             "| backend | mode | input | batch | threads | precision | p50 ms | p90 ms | images/s | file MB |",
+             "|---|---|---|---:|---:|---|---:|---:|---:|---:|"]
     for r in result["rows"]:
         mb = f"{r['file_mb']:.3f}" if r["file_mb"] is not None else ""
         lines.append(f"| {r['backend']} | {r['mode']} | {r['size']}x{r['size']} | {r['batch']} | {r['threads']} | "
-                     f"{r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['images_per_s']:.1f} | {mb} |")
-    if result["rss_mb"] is not None:
-        lines += ["", f"Peak RSS of an ORT INT8 inference process (scene, batch 1, 1 thread): {result['rss_mb']:.1f} MiB"]
-    if result.get("peer_rss_mb") is not None:
-        lines.append(f"Same for the peer (YOLOv8n architecture, INT8): {result['peer_rss_mb']:.1f} MiB")
+                     f"{r.get('precision') or ''} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['images_per_s']:.1f} | {mb} |")
+    best = result.get("best") or {}
+    if best.get("models"):
+        lines += ["", f"Best exported runtime per model (batch {best['batch']}, {best['threads']} thread):"]
+        for key, r in best["models"].items():
+            lines.append(f"- {key}: {r['backend']} ({r.get('precision') or '-'}) {r['p50_ms']:.2f} ms")
+        if "ours_over_peer" in best:
+            lines.append(f"- ours / peer at each side's best (scene): {best['ours_over_peer']:.2f}x")
+    if result.get("rss_mb"):
+        lines += ["", "Peak RSS of an inference process (scene, batch 1, 1 thread; numpy + the runtime, no torch): "
+                  + ", ".join(f"{k} {v:.1f} MiB" for k, v in result["rss_mb"].items())]
     if result["files_mb"]:
-        lines.append("Files: " + ", ".join(f"{k} {v:.3f} MB" for k, v in result["files_mb"].items()))
+        lines.append("Files: " + ", ".join(f"{k} {v:.3f} MB" for k, v in result["files_mb"].items())
+                     + " (OpenVINO IR: .xml + .bin)")
     return "\n".join(lines)

@@ -29,6 +29,17 @@ class Int8Opt(str, Enum):
     qat = "qat"
 
 
+class FormatOpt(str, Enum):
+    onnx = "onnx"
+    openvino = "openvino"
+
+
+class OvPrecisionOpt(str, Enum):
+    default = "default"  # OpenVINO's own default on this CPU (bf16 with AMX), resolved and printed
+    f32 = "f32"
+    bf16 = "bf16"
+
+
 class ActOpt(str, Enum):
     u8 = "u8"
     s8 = "s8"
@@ -154,12 +165,21 @@ def export(
     val_data: Annotated[list[str] | None, typer.Option(help="Validation sources (repeatable, as for `evaluate "
                                                             "--data`): evaluate and print the quality gates.")] = None,
     val_limit: Annotated[int | None, typer.Option(help="At most this many validation samples per source.")] = None,
+    format: Annotated[FormatOpt, typer.Option("--format", help="onnx, or openvino: an OpenVINO IR (--out X.xml + "
+                                                               "X.bin) from the FP32 graph; with --int8 calib NNCF "
+                                                               "INT8 on the same images, with --int8 qat the QDQ "
+                                                               "graph's ranges.")] = FormatOpt.onnx,
 ) -> None:
     """Export to ONNX (decoding in the graph, BN folded, onnxslim), validate, optionally INT8 QDQ; write sidecars.
 
     With --val-data, PyTorch, FP32 ONNX and INT8 ONNX are evaluated on the sets of this mode and the quality gates
     (``mouaadnet.evaluation.gates``) are printed and stored in the sidecar; exit code 1 when an enforced gate fails.
+    --format openvino writes the IR (``mouaadnet.runtime.openvino_export``) beside the ONNX graphs it comes from.
     """
+    if format == FormatOpt.openvino:
+        _export_openvino(model_path, out, mode, int8, images, num_calib, activation, size, top_k, opset,
+                         calib_data, val_data, val_limit)
+        return
     import torch
 
     from model.artifacts import write_sidecar
@@ -219,15 +239,53 @@ def export(
         _gate_and_report(val_data, val_limit, model, [fp32], {variant: [out]}, out, gated=variant)
 
 
+def _export_openvino(model_path: Path, out: Path, mode: ModeOpt, int8: Int8Opt, images: Path | None, num_calib: int,
+                     activation: ActOpt, size: int | None, top_k: int | None, opset: int, calib_data: list[str] | None,
+                     val_data: list[str] | None, val_limit: int | None) -> None:
+    """`export --format openvino`: the ONNX graph(s) as --format onnx writes them, then the IR
+    (``mouaadnet.runtime.openvino_export.export_ir``): X.fp32.onnx (+ X.qdq.onnx for qat) beside X.xml/X.bin."""
+    from mouaadnet.runtime import openvino_available
+
+    if out.suffix != ".xml":
+        _fail(f"--format openvino writes an IR: --out must end with .xml, got {out}", 2)
+    if not openvino_available():
+        _fail("--format openvino needs the openvino package: pip install 'mouaadnet-ultra[openvino]'", 2)
+    from mouaadnet.runtime.openvino_export import OpenVinoExportError, export_ir
+
+    qdq = out.with_suffix(".qdq.onnx") if int8 == Int8Opt.qat else None
+    onnx_out = qdq or out.with_suffix(".fp32.onnx")
+    export(model_path, onnx_out, mode, Int8Opt.qat if qdq else Int8Opt.none, images, num_calib, activation, size,
+           top_k, opset, "dynamic", calib_data, None, None, FormatOpt.onnx)
+    fp32 = qdq.with_name(qdq.stem + ".fp32.onnx") if qdq else onnx_out
+    model, cfg = _load(model_path)
+    size = size or (cfg.scene_size if mode == ModeOpt.scene else cfg.crop_size)
+    check, _ = _export_images(images, calib_data, 8, size, mode.value, "the OpenVINO agreement check")
+    calib = None
+    if int8 == Int8Opt.calib:
+        calib, _ = _export_images(images, calib_data, num_calib, size, mode.value, "INT8 calibration")
+    try:
+        report = export_ir(fp32, out, check.numpy(), qdq=qdq, calibration=None if calib is None else calib.numpy(),
+                           source=model_path, mode=mode.value, size=size)
+    except OpenVinoExportError as error:
+        _fail(f"OpenVINO export FAILED: {error}")
+    typer.echo(f"wrote {out} + {out.with_suffix('.bin').name}  ({report['ir_mb']:.3f} MB, {report['precision']})  "
+               f"OpenVINO f32 vs ONNX Runtime FP32: " + json.dumps(report["agreement"]))
+    if val_data:
+        from mouaadnet.evaluation.gates import openvino_variants
+
+        _gate_and_report(val_data, val_limit, model, [fp32], {}, out, openvino=openvino_variants([out], (None,)))
+
+
 def _gate_and_report(val_data: list[str], limit: int | None, model, fp32: list[Path], int8: dict[str, list[Path]],
-                     sidecar_of: Path, gated: str = "int8_qat", as_json: bool = False,
-                     config: Path | None = None) -> None:
-    """Evaluate and print the gates; add them to ``sidecar_of``'s JSON sidecar; exit 1 when one fails."""
+                     sidecar_of: Path, gated: str = "int8_qat", as_json: bool = False, openvino: dict | None = None,
+                     choose: Path | None = None, config: Path | None = None) -> None:
+    """Evaluate and print the gates; add them to ``sidecar_of``'s JSON sidecar; exit 1 when one fails.
+    ``choose``: also time the variants that passed and write the runtime choice in that folder."""
     from model.artifacts import sidecar_path
     from mouaadnet.evaluation.gates import load_eval_sets, run_gates
 
     try:
-        report = run_gates(load_eval_sets(val_data, limit, config), model, fp32, int8, gated=gated)
+        report = run_gates(load_eval_sets(val_data, limit, config), model, fp32, int8, gated=gated, openvino=openvino)
     except (ValueError, FileNotFoundError) as error:
         _fail(f"gates: {error}", 2)
     typer.echo(json.dumps(report.to_dict(), indent=2, default=float) if as_json else report.format())
@@ -235,8 +293,47 @@ def _gate_and_report(val_data: list[str], limit: int | None, model, fp32: list[P
         data = json.loads(sidecar_path(sidecar_of).read_text())
         data.setdefault("metrics", {})["gates"] = report.to_dict()
         sidecar_path(sidecar_of).write_text(json.dumps(data, indent=2, default=float) + "\n")
+    if choose is not None:
+        path = _write_runtime_choice(report, fp32, int8, openvino or {}, choose, as_json)
+        typer.echo(f"wrote {path}", err=as_json)
     if not report.passed:
         raise typer.Exit(1)
+
+
+def _write_runtime_choice(report, fp32: list[Path], int8: dict[str, list[Path]], openvino: dict, folder: Path,
+                          quiet_stdout: bool = False) -> Path:
+    """Time every variant of ``report`` per mode, keep those whose gates all passed, record the fastest."""
+    import os
+
+    from mouaadnet.runtime.choice import Candidate, time_candidates, write_choice
+    from mouaadnet.runtime.session import open_model
+
+    def mode_of(path: Path) -> str:
+        return open_model(path, "openvino" if path.suffix == ".xml" else "onnxruntime", None, 1).mode
+
+    variants = ["fp32", *int8, *openvino]
+    failed_of: dict[str, list[str]] = {v: [] for v in variants}
+    for gate in report.gates:
+        # accuracy rows count even where only reported (PTQ); a size row only where enforced (not an IR's)
+        if gate.passed or (not gate.enforced and gate.name.endswith("_file_mb")):
+            continue
+        owner = "fp32" if gate.name.startswith("fp32_vs_pytorch") else \
+            max((v for v in variants if gate.name.startswith(v + "_")), key=len, default=None)
+        if owner is not None:
+            failed_of[owner].append(gate.name)
+    entries = [("fp32", p, "onnxruntime", None) for p in fp32]
+    entries += [(v, p, "onnxruntime", None) for v, files in int8.items() for p in files]
+    entries += [(v, Path(p), "openvino", spec.precision) for v, spec in openvino.items() for p in spec.files]
+    candidates = [Candidate(mode_of(Path(p)), v, runtime, precision, os.path.relpath(p, folder),
+                            not failed_of.get(v), failed_gates=failed_of.get(v, []))
+                  for v, p, runtime, precision in entries]
+    time_candidates(candidates, folder)
+    references = {mode_of(p): os.path.relpath(p, folder) for p in fp32}
+    for c in candidates:
+        typer.echo(f"runtime choice: {c.mode:<5} {c.variant:<14} {c.runtime:<11} {c.precision or '-':<5} "
+                   f"p50 {c.p50_ms:6.2f} ms  {'passed' if c.passed else 'FAILED ' + ', '.join(c.failed_gates)}",
+                   err=quiet_stdout)
+    return write_choice(folder, candidates, references)
 
 
 def gates(
@@ -252,8 +349,19 @@ def gates(
     checkpoint: Annotated[Path | None, typer.Option(help="The PyTorch model the FP32 graph must match.")] = None,
     limit: Annotated[int | None, typer.Option(help="At most this many validation samples per source.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    openvino: Annotated[list[Path] | None, typer.Option(help="Files to run in OpenVINO (repeatable): FP32 ONNX, "
+                                                             "OpenVINO IR .xml (FP32 or NNCF INT8) or QDQ ONNX; "
+                                                             "gated like INT8 against the FP32 ONNX in ONNX "
+                                                             "Runtime.")] = None,
+    ov_precision: Annotated[list[OvPrecisionOpt] | None, typer.Option(
+        help="OpenVINO inference precision(s) for --openvino (repeatable): default (OpenVINO's on this CPU: bf16 "
+             "with AMX), f32, bf16.")] = None,
+    choose: Annotated[bool, typer.Option(help="Also time every variant and write runtime_choice.json (the fastest "
+                                              "that passed; `detect --runtime auto` reads it) beside the first "
+                                              "--fp32 file.")] = False,
 ) -> None:
-    """Quality gates: FP32 ONNX == PyTorch, INT8 (QAT) drops <= 1 pt AP50 / gender acc, <= +0.3 y age MAE, <= 1 MB.
+    """Quality gates: FP32 ONNX == PyTorch, INT8 (QAT) drops <= 1 pt AP50 / gender acc, <= +0.3 y age MAE, <= 1 MB;
+    OpenVINO variants (bf16, INT8) gated like INT8.
 
     Exit code 1 when an enforced gate fails (PTQ rows are reported only).
     """
@@ -261,8 +369,22 @@ def gates(
         _fail("give --data SOURCE (repeatable) and/or --config TRAINING_CONFIG", 2)
     model = _load(checkpoint)[0] if checkpoint is not None else None
     variants = {"int8_qat": list(int8 or []), "int8_ptq": list(ptq or [])}
+    ov_variants = None
+    if openvino:
+        from mouaadnet.evaluation.gates import openvino_variants
+        from mouaadnet.runtime import RuntimeLoadError, openvino_available
+
+        if not openvino_available():
+            _fail("--openvino needs the openvino package: pip install 'mouaadnet-ultra[openvino]'", 2)
+        precisions = [None if p == OvPrecisionOpt.default else p.value for p in (ov_precision or [OvPrecisionOpt.default])]
+        try:
+            ov_variants = openvino_variants(openvino, list(dict.fromkeys(precisions)))
+        except RuntimeLoadError as error:
+            _fail(f"gates: {error}", 2)
+    if choose and not fp32:
+        _fail("--choose needs the --fp32 graph(s): the choice is recorded beside them", 2)
     _gate_and_report(list(data or []), limit, model, list(fp32 or []), variants, None, as_json=as_json,
-                     config=config)
+                     openvino=ov_variants, choose=Path(fp32[0]).parent if choose else None, config=config)
 
 
 def qat(
@@ -347,9 +469,21 @@ def bench(
     quick: Annotated[bool, typer.Option(help="Tiny smoke setting (64/32 px, batch 1, 1 thread, 5 runs).")] = False,
     out: Annotated[Path | None, typer.Option(help="Also write the Markdown table here.")] = None,
     as_json: Annotated[Path | None, typer.Option("--json", help="Also write raw results as JSON here.")] = None,
+    backend: Annotated[list[str] | None, typer.Option(
+        help="Backends to run (repeatable; default all): torch-train, torch-deploy, ort-fp32, ort-int8, ov-f32, "
+             "ov-bf16, ov-int8.")] = None,
+    batch: Annotated[list[int] | None, typer.Option(help="Batch sizes (repeatable; default 1 and 8).")] = None,
+    threads: Annotated[list[int] | None, typer.Option(help="Thread counts (repeatable; default 1 and 2).")] = None,
+    peer: Annotated[bool, typer.Option(help="Also the YOLOv8n-architecture peer, interleaved with ours.")] = True,
+    rss: Annotated[bool, typer.Option(help="Peak RSS per runtime (a fresh process each).")] = True,
 ) -> None:
-    """Latency p50/p90 and throughput: PyTorch (train, deploy), ORT FP32 and INT8; batch 1/8, threads 1/2."""
-    from mouaadnet.bench.inference import markdown, run_bench
+    """Latency p50/p90 and throughput of PyTorch, ONNX Runtime (FP32, INT8) and OpenVINO (f32, bf16, NNCF INT8),
+    ours and the peer interleaved; the best runtime per model, ours/peer at each side's best, RSS per runtime."""
+    from mouaadnet.bench.inference import DEFAULT_BACKENDS, markdown, run_bench
+
+    unknown = sorted(set(backend or []) - set(DEFAULT_BACKENDS))
+    if unknown:
+        _fail(f"--backend: unknown {unknown}; choose from {', '.join(DEFAULT_BACKENDS)}", 2)
 
     cfg = model = None
     if checkpoint is not None:
@@ -361,9 +495,15 @@ def bench(
             cfg = ModelConfig.from_yaml(config)
         except ConfigError as error:
             _fail(str(error), 2)
-    kwargs: dict = {"runs": runs, "warmup": warmup}
+    kwargs: dict = {"runs": runs, "warmup": warmup, "peer": peer, "rss": rss}
     if quick:
-        kwargs = {"runs": 5, "warmup": 1, "sizes": {"scene": 64, "crop": 32}, "batches": (1,), "threads": (1,)}
+        kwargs.update({"runs": 5, "warmup": 1, "sizes": {"scene": 64, "crop": 32}, "batches": (1,), "threads": (1,)})
+    if backend:
+        kwargs["backends"] = tuple(backend)
+    if batch:
+        kwargs["batches"] = tuple(batch)
+    if threads:
+        kwargs["threads"] = tuple(threads)
     calib = None
     if images is not None:
         from model import ModelConfig
@@ -379,6 +519,61 @@ def bench(
         as_json.write_text(json.dumps(result, indent=2) + "\n")
 
 
+def profile(
+    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint to export (speed does not depend on the "
+                                                         "weights; default: --onnx).")] = None,
+    onnx: Annotated[Path | None, typer.Option(help="An exported FP32 scene graph instead of --checkpoint.")] = None,
+    size: Annotated[int, typer.Option(help="Scene input size (multiple of 32).")] = 320,
+    runs: Annotated[int, typer.Option(help="Profiled inferences per runtime.")] = 100,
+    threads: Annotated[int, typer.Option(help="Intra-op threads.")] = 1,
+    int8: Annotated[bool, typer.Option(help="Also ORT's INT8 QDQ graph and OpenVINO's NNCF INT8 (random "
+                                            "calibration: speed only).")] = True,
+    top: Annotated[int, typer.Option(help="Slowest layers listed per runtime.")] = 25,
+    out: Annotated[Path | None, typer.Option(help="Also write the Markdown here.")] = None,
+    as_json: Annotated[Path | None, typer.Option("--json", help="Also write the raw profile as JSON here.")] = None,
+) -> None:
+    """Per-layer profile of the scene graph: ONNX Runtime's profiler and OpenVINO's performance counters (f32, bf16,
+    INT8): time by op type and by block, slowest layers with FLOPs, FLOP/byte and memory- vs compute-bound."""
+    import tempfile
+
+    from mouaadnet.bench.profile import markdown, run_profile
+    from mouaadnet.runtime import openvino_available
+
+    if (checkpoint is None) == (onnx is None):
+        _fail("profile: give --checkpoint or --onnx", 2)
+    if not openvino_available():
+        _fail("profile needs the openvino package: pip install 'mouaadnet-ultra[openvino]'", 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = onnx
+        if checkpoint is not None:
+            from model.export import export_onnx
+
+            model, _ = _load(checkpoint)
+            fp32 = Path(tmp) / f"scene{size}.onnx"
+            export_onnx(model, fp32, "scene", size)
+        int8_onnx = ov_int8 = None
+        if int8:
+            import torch
+
+            from model.export import quantize_int8
+            from mouaadnet.runtime.openvino_export import quantize_openvino
+
+            calib = torch.rand(8, 3, size, size, generator=torch.Generator().manual_seed(0))
+            int8_onnx = quantize_int8(fp32, Path(tmp) / "int8.onnx", calib)
+            ov_int8 = quantize_openvino(fp32, Path(tmp) / "ov-int8.xml", calib.numpy())
+        result = run_profile(fp32, size, runs, threads, int8_onnx, ov_int8)
+    load = result["load_average"]
+    text = "\n\n".join([f"Scene {size}x{size}, batch 1, {threads} thread(s), {runs} profiled runs each; load average "
+                         f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end." if load else ""]
+                        + [markdown(name, summary, top) for name, summary in result["profiles"].items()])
+    typer.echo(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    if as_json:
+        as_json.write_text(json.dumps(result, indent=1, default=float) + "\n")
+
+
 def register(app: typer.Typer) -> None:
     """Add reparam, qat, export, gates, compile-trt and bench to the `mouaadnet` app."""
     app.command()(reparam)
@@ -387,3 +582,4 @@ def register(app: typer.Typer) -> None:
     app.command()(gates)
     app.command("compile-trt")(compile_trt_cmd)
     app.command()(bench)
+    app.command()(profile)

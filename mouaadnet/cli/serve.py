@@ -53,7 +53,14 @@ def register(app: typer.Typer) -> None:
         url: Annotated[str | None, typer.Option(
             help="Ask a Triton server at this gRPC endpoint (e.g. 127.0.0.1:8001) instead of running in-process.")] = None,
         model: Annotated[Path | None, typer.Option(
-            "--model", help="Scene ONNX to run in-process (default: the shipped weights, weights/).")] = None,
+            "--model", help="Model to run in-process (default: the shipped weights, weights/); see --runtime.")] = None,
+        runtime: Annotated[str, typer.Option(
+            help="In-process runtime: onnxruntime (default), openvino (.onnx or IR .xml), or auto (the fastest runtime "
+                 "that passed the gates, recorded by `gates --choose` beside the model; else onnxruntime).")
+        ] = "onnxruntime",
+        precision: Annotated[str | None, typer.Option(
+            help="OpenVINO inference precision: f32 or bf16 (default: OpenVINO's on this CPU, bf16 with AMX; "
+                 "printed). ONNX Runtime runs the graph's own precision.")] = None,
         threshold: Annotated[float, typer.Option(help="Minimum person score.")] = 0.3,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
         draw: Annotated[Path | None, typer.Option(
@@ -72,12 +79,18 @@ def register(app: typer.Typer) -> None:
         from mouaadnet.serving.client import draw as draw_image
         from mouaadnet.weights import WeightsError, default_model
 
+        if model is None and (runtime != "onnxruntime" or precision is not None):
+            typer.echo("error: --runtime/--precision choose how --model runs in-process; the server has its own "
+                       "(the detector's `runtime` parameter)", err=True)
+            raise typer.Exit(2)
         try:
             blobs = read_images(images)
             if url is not None:
                 detector = TritonDetector(url)
             else:
-                detector = LocalDetector(model if model is not None else default_model("scene"))
+                path = model if model is not None else default_model("scene")
+                detector = LocalDetector(path, runtime=runtime, precision=precision)
+                typer.echo(f"model: {detector.describe()}", err=True)
             people = detector.detect(blobs, threshold)
         except (ClientError, ValueError, WeightsError) as error:
             typer.echo(f"error: {error}", err=True)

@@ -11,6 +11,11 @@ implementation. Gates (fractions: 1 point = 0.01):
 - ``int8_age_mae_rise``: age MAE at most 0.3 years above FP32;
 - ``int8_file_mb``: every INT8 ONNX file <= 1.0 MB (10^6 bytes).
 
+OpenVINO variants (``openvino_variants``: "ov_fp32_bf16" = the FP32 graph run with OpenVINO's bf16 inference
+precision, "ov_int8_bf16" = an NNCF INT8 IR, "ov_fp32_f32", ...) get the three INT8 accuracy gates against the
+same ORT FP32 metrics, enforced: bf16 changes numbers like INT8 does. Their file-size row (IR .xml + .bin) is
+reported, not enforced: the 1 MB target is the INT8 ONNX file's.
+
 Gender and age gates read the crop sets when there are any (every crop is labelled and the number does not
 depend on which people were detected); otherwise the attributes of detected people on the scene sets. The INT8
 gates apply to the gated variant ("int8_qat" by default); other INT8 variants ("int8_ptq") get the same rows
@@ -33,6 +38,7 @@ INT8_MAX_GENDER_DROP = 0.01
 INT8_MAX_AGE_MAE_RISE = 0.3
 INT8_MAX_MB = 1.0
 GATED_METRICS = ("AP50", "gender_accuracy", "age_mae")
+OPENVINO_PREFIX = "ov_"  # variants run in OpenVINO (``openvino_variants``)
 
 Metrics = dict[str, dict[str, Any]]  # set name -> metric -> value
 
@@ -130,9 +136,10 @@ def check_gates(metrics: dict[str, Metrics], modes: dict[str, str], int8_files: 
             if diffs:
                 worst = max(diffs)
                 gates.append(Gate(f"fp32_vs_pytorch {key}", worst <= tol, worst, tol, "max |ONNX FP32 - PyTorch| over sets"))
-    int8_variants = sorted((v for v in metrics if v.startswith("int8")), key=lambda v: v != gated)
+    int8_variants = sorted((v for v in metrics if v.startswith(("int8", OPENVINO_PREFIX))),
+                           key=lambda v: (v != gated, v.startswith(OPENVINO_PREFIX), v))
     for variant in int8_variants:
-        enforced = variant == gated
+        enforced = variant == gated or variant.startswith(OPENVINO_PREFIX)
         if fp32 is not None:
             checks = (("ap50_drop", "AP50", scene_sets, -1, INT8_MAX_AP50_DROP),
                       ("gender_drop", "gender_accuracy", attr_sets, -1, INT8_MAX_GENDER_DROP),
@@ -143,22 +150,61 @@ def check_gates(metrics: dict[str, Metrics], modes: dict[str, str], int8_files: 
                     gates.append(Gate(f"{variant}_{suffix}", worst <= limit, worst, limit,
                                       f"{key} vs FP32, worst set {where}", enforced))
         files = (int8_files or {}).get(variant) or []
-        if files:
-            sizes = {Path(p).name: Path(p).stat().st_size / 1e6 for p in files}
+        if files and "int8" in variant:
+            sizes = {Path(p).name: _file_mb(p) for p in files}
             biggest = max(sizes, key=sizes.get)
+            openvino = variant.startswith(OPENVINO_PREFIX)
             gates.append(Gate(f"{variant}_file_mb", sizes[biggest] <= INT8_MAX_MB, sizes[biggest], INT8_MAX_MB,
-                              f"largest: {biggest}", enforced))
+                              f"largest: {biggest}" + (" (IR .xml + .bin)" if openvino else ""),
+                              enforced and not openvino))
     return GateReport(gates, metrics, modes)
+
+
+def _file_mb(path: str | Path) -> float:
+    """Size in MB (10^6 bytes); an OpenVINO IR counts its .xml and .bin."""
+    path = Path(path)
+    files = [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
+    return sum(p.stat().st_size for p in files if p.is_file()) / 1e6
+
+
+@dataclass
+class RuntimeFiles:
+    """Model files (scene and/or crop) to evaluate in ``runtime`` at OpenVINO inference ``precision``."""
+
+    files: list[str | Path]
+    runtime: str = "openvino"
+    precision: str | None = None
+
+
+def openvino_variants(files: Sequence[str | Path], precisions: Sequence[str | None] = (None,)) -> dict[str, RuntimeFiles]:
+    """Gate variants for OpenVINO: the files grouped into FP32 graphs and INT8 graphs (NNCF IR or QDQ ONNX),
+    each run at every precision of ``precisions`` ("f32", "bf16", None = OpenVINO's default on this CPU,
+    resolved in the name): {"ov_fp32_bf16": RuntimeFiles([...]), "ov_int8_bf16": ...}."""
+    from mouaadnet.runtime import is_quantized, openvino_default_precision
+
+    kinds: dict[str, list[str | Path]] = {}
+    for path in files:
+        kinds.setdefault("int8" if is_quantized(path) else "fp32", []).append(path)
+    out = {}
+    for precision in precisions:
+        name = precision or openvino_default_precision()
+        for kind, paths in kinds.items():
+            out[f"{OPENVINO_PREFIX}{kind}_{name}"] = RuntimeFiles(list(paths), "openvino", name)
+    return out
 
 
 def evaluate_variants(variants: dict[str, Any], eval_sets: list[EvalSet], scene_size: int, crop_size: int,
                       threshold: float = 0.3, threads: int = 2) -> dict[str, Metrics]:
-    """Metrics of every variant on the sets it can run: a PyTorch model (all sets) or a list of ONNX files
-    (the sets of the modes it has, at the graph's input size)."""
+    """Metrics of every variant on the sets it can run: a PyTorch model (all sets), a list of ONNX files (ONNX
+    Runtime) or ``RuntimeFiles`` (the sets of the modes it has, at the graph's input size)."""
     from mouaadnet.evaluation.onnx_eval import OnnxModel
 
-    models = {v: OnnxModel(m, threads=threads) if isinstance(m, (list, tuple)) else m.eval()
-              for v, m in variants.items() if m is not None}
+    def load(m):
+        if isinstance(m, RuntimeFiles):
+            return OnnxModel(m.files, threads=threads, runtime=m.runtime, precision=m.precision)
+        return OnnxModel(m, threads=threads) if isinstance(m, (list, tuple)) else m.eval()
+
+    models = {v: load(m) for v, m in variants.items() if m is not None}
     sizes = {"scene": scene_size, "crop": crop_size}
     for m in models.values():  # every variant at the exported input size, PyTorch included
         sizes.update({mode: s for mode, s in getattr(m, "sizes", {}).items() if s})
@@ -172,26 +218,39 @@ def evaluate_variants(variants: dict[str, Any], eval_sets: list[EvalSet], scene_
 
 def run_gates(eval_sets: list[EvalSet], pytorch=None, fp32: Sequence[str | Path] = (),
               int8: dict[str, Sequence[str | Path]] | None = None, scene_size: int = 320, crop_size: int = 112,
-              threshold: float = 0.3, gated: str = "int8_qat") -> GateReport:
+              threshold: float = 0.3, gated: str = "int8_qat",
+              openvino: dict[str, RuntimeFiles] | None = None) -> GateReport:
     """Evaluate and gate. ``pytorch``: the model (any form); ``fp32``: FP32 ONNX files (scene and/or crop);
-    ``int8``: variant name ("int8_qat", "int8_ptq") -> its INT8 ONNX files. Sets are limited to the modes the
-    ONNX files cover, so a scene-only export is gated on the scene sets."""
+    ``int8``: variant name ("int8_qat", "int8_ptq") -> its INT8 ONNX files; ``openvino``: variant name
+    (``openvino_variants``) -> files and precision. Sets are limited to the modes the files cover, so a
+    scene-only export is gated on the scene sets."""
     int8 = {k: list(v) for k, v in (int8 or {}).items() if v}
-    variants: dict[str, Any] = {"pytorch": pytorch, "fp32": list(fp32) or None, **int8}
-    onnx_modes = _onnx_modes([*fp32, *(p for files in int8.values() for p in files)])
+    openvino = {k: v for k, v in (openvino or {}).items() if v.files}
+    variants: dict[str, Any] = {"pytorch": pytorch, "fp32": list(fp32) or None, **int8, **openvino}
+    onnx_modes = _onnx_modes([*fp32, *(p for files in int8.values() for p in files),
+                              *(p for v in openvino.values() for p in v.files)])
     if onnx_modes:
         eval_sets = [s for s in eval_sets if s.mode in onnx_modes]
     if not eval_sets:
         raise ValueError("no validation set matches the modes of the given models")
     metrics = evaluate_variants(variants, eval_sets, scene_size, crop_size, threshold)
-    return check_gates(metrics, {s.name: s.mode for s in eval_sets}, int8, gated)
+    files = {**int8, **{k: list(v.files) for k, v in openvino.items()}}
+    return check_gates(metrics, {s.name: s.mode for s in eval_sets}, files, gated)
 
 
 def _onnx_modes(paths: Sequence[str | Path]) -> set[str]:
     import onnx
 
-    return {"scene" if "boxes" in [o.name for o in onnx.load(str(p), load_external_data=False).graph.output] else "crop"
-            for p in paths}
+    modes = set()
+    for p in paths:
+        if Path(p).suffix == ".xml":  # OpenVINO IR
+            import openvino as ov
+
+            names = [o.get_any_name() for o in ov.Core().read_model(str(p)).outputs]
+        else:
+            names = [o.name for o in onnx.load(str(p), load_external_data=False).graph.output]
+        modes.add("scene" if "boxes" in names else "crop")
+    return modes
 
 
 def load_eval_sets(specs: Sequence[str], limit: int | None = None, config: str | Path | None = None) -> list[EvalSet]:

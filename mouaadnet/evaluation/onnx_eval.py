@@ -1,8 +1,10 @@
-"""ONNX Runtime sessions that look like the model's decoded outputs, so ``mouaadnet.evaluation.evaluate`` measures them.
+"""Exported models (ONNX Runtime or OpenVINO) that look like the model's decoded outputs, so
+``mouaadnet.evaluation.evaluate`` measures them.
 
 An exported graph already decodes (``model.export``): scene graphs return the final ``boxes``/``scores``/
 ``gender``/``age`` [N,K(,4)], crop graphs ``gender``/``age`` [N]. ``OnnxModel.predict_decoded`` returns exactly the
-dict ``mouaadnet.evaluation.evaluate.predict`` builds from a PyTorch model, so every metric has one implementation.
+dict ``mouaadnet.evaluation.evaluate.predict`` builds from a PyTorch model, so every metric has one implementation,
+whichever runtime (``mouaadnet.runtime``) runs the file.
 """
 
 from __future__ import annotations
@@ -12,30 +14,37 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.export import INPUT_NAME, ort_session, validate_onnx
+from model.export import validate_onnx
 
 
 class OnnxModel:
-    """One ONNX file per mode (scene and/or crop), each run in a CPU ONNX Runtime session.
+    """One model file per mode (scene and/or crop), each run by ``runtime`` ("onnxruntime", or "openvino" with
+    OpenVINO's inference ``precision``: "f32", "bf16" or None = its default on this CPU).
 
-    ``paths``: ONNX files; the mode of each is read from its outputs (``boxes`` present -> scene).
-    ``sizes``: the square input size per mode, from the graph's input shape when it is static.
+    ``paths``: ONNX files (or OpenVINO IR .xml with runtime "openvino"); the mode of each is read from its
+    outputs (``boxes`` present -> scene). ``sizes``: the square input size per mode, from the graph's input
+    shape when it is static.
     """
 
-    def __init__(self, paths: list[str | Path] | tuple[str | Path, ...], threads: int = 2):
+    def __init__(self, paths: list[str | Path] | tuple[str | Path, ...], threads: int = 2,
+                 runtime: str = "onnxruntime", precision: str | None = None):
+        from mouaadnet.runtime import open_model
+
         self.paths: dict[str, Path] = {}
         self.sessions = {}
         self.sizes: dict[str, int | None] = {}
+        self.runtime, self.precision = runtime, precision
         for path in paths:
-            proto = validate_onnx(path)
-            outputs = [o.name for o in proto.graph.output]
-            mode = "scene" if "boxes" in outputs else "crop"
+            if Path(path).suffix == ".onnx":
+                validate_onnx(path)
+            session = open_model(path, runtime, precision, threads)
+            mode = session.mode
             if mode in self.paths:
-                raise ValueError(f"two {mode}-mode ONNX files given: {self.paths[mode]} and {path}")
-            dims = proto.graph.input[0].type.tensor_type.shape.dim
-            self.sizes[mode] = dims[3].dim_value or None
+                raise ValueError(f"two {mode}-mode model files given: {self.paths[mode]} and {path}")
+            self.sizes[mode] = session.size if session.static_size else None
             self.paths[mode] = Path(path)
-            self.sessions[mode] = ort_session(path, threads=threads)
+            self.sessions[mode] = session
+            self.precision = session.precision  # the stated one (OpenVINO's default resolved)
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -46,11 +55,9 @@ class OnnxModel:
 
     def predict_decoded(self, images: torch.Tensor, mode: str) -> dict[str, torch.Tensor]:
         if mode not in self.sessions:
-            raise ValueError(f"no {mode}-mode ONNX model loaded (have: {', '.join(self.modes) or 'none'})")
-        sess = self.sessions[mode]
-        names = [o.name for o in sess.get_outputs()]
+            raise ValueError(f"no {mode}-mode model loaded (have: {', '.join(self.modes) or 'none'})")
         x = np.ascontiguousarray(images.detach().cpu().numpy(), np.float32)
-        return {name: torch.from_numpy(v) for name, v in zip(names, sess.run(names, {INPUT_NAME: x}))}
+        return {name: torch.from_numpy(v) for name, v in self.sessions[mode](x).items()}
 
 
 def dataset_images(specs: list[str], mode: str, size: int, count: int, seed: int = 0) -> torch.Tensor:

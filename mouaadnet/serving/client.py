@@ -1,4 +1,5 @@
-"""Query the served model over gRPC (`mouaadnet detect`), or run the same pipeline in-process with ONNX Runtime.
+"""Query the served model over gRPC (`mouaadnet detect`), or run the same pipeline in-process (ONNX Runtime or
+OpenVINO, ``mouaadnet.runtime``).
 
 Both paths use mouaadnet.serving.prepost, so their results can be compared one to one.
 """
@@ -109,17 +110,27 @@ class TritonDetector:
 
 
 class LocalDetector:
-    """The same pipeline in-process: prepost + ONNX Runtime, no server."""
+    """The same pipeline in-process: prepost + a CPU runtime (``mouaadnet.runtime``), no server.
 
-    def __init__(self, onnx_path: str | Path, threads: int | None = None):
-        from .onnx_model import OrtModel
+    ``runtime``: "onnxruntime" (default), "openvino" (``precision`` "f32"/"bf16", None = OpenVINO's default on
+    this CPU) or "auto" (the choice recorded by ``mouaadnet gates --choose`` beside the model, else ONNX Runtime).
+    """
+
+    def __init__(self, onnx_path: str | Path, threads: int | None = None, runtime: str = "onnxruntime",
+                 precision: str | None = None):
+        from mouaadnet.runtime import RuntimeLoadError, open_model
 
         if not Path(onnx_path).is_file():
-            raise ClientError(f"{onnx_path}: no such ONNX file")
+            raise ClientError(f"{onnx_path}: no such model file")
         try:
-            self.model = OrtModel(onnx_path, threads)
-        except Exception as error:  # noqa: BLE001 - ORT's own message says what is wrong
-            raise ClientError(f"{onnx_path}: cannot load with ONNX Runtime: {error}") from None
+            self.model = open_model(onnx_path, runtime, precision, threads)
+        except RuntimeLoadError as error:
+            raise ClientError(str(error)) from None
+        if self.model.mode != "scene":
+            raise ClientError(f"{onnx_path}: a crop-mode model; detect needs a scene-mode graph (boxes, scores, ...)")
+
+    def describe(self) -> str:
+        return self.model.describe()
 
     def infer_raw(self, blobs: list[bytes], threshold: float = DEFAULT_THRESHOLD) -> dict[str, np.ndarray]:
         try:

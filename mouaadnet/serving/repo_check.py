@@ -311,6 +311,16 @@ def _signature(cfg: dict) -> tuple:
             tuple((t["name"], t["data_type"], tuple(t["dims"])) for t in cfg["output"]))
 
 
+RUNTIME_PARAMETERS = {"runtime": ("onnxruntime", "openvino"), "precision": ("default", "f32", "bf16")}
+
+
+def _check_runtime_parameters(cfg: dict, where: str) -> list[str]:
+    """The Python-backend detector's `runtime`/`precision` parameters (``mouaadnet.runtime``) take known values."""
+    params = cfg.get("parameters") or {}
+    return [f"{where}: parameter {key} = {params[key]!r}; expected one of {allowed}"
+            for key, allowed in RUNTIME_PARAMETERS.items() if key in params and params[key] not in allowed]
+
+
 def check_repo(repo: str | Path, use_protobuf: bool = True) -> Report:
     repo = Path(repo)
     report = Report()
@@ -361,6 +371,7 @@ def check_repo(repo: str | Path, use_protobuf: bool = True) -> Report:
         if backend == "ensemble":
             report.errors += _check_ensemble(name, cfg, configs, where)
         else:
+            report.errors += _check_runtime_parameters(cfg, where)
             needed = cfg.get("default_model_filename") or MODEL_FILES.get(backend or "", "")
             for v in versions:
                 vdir = model_dir / str(v)

@@ -1,10 +1,12 @@
-"""Triton Python model `detector`: the network run by ONNX Runtime (CPU) on this version's model.onnx.
+"""Triton Python model `detector`: the network on this version's model.onnx, run by ONNX Runtime or OpenVINO (CPU).
 
-Requests queued by dynamic batching are concatenated into one ORT run and split back: one response per
-request. `mouaadnet publish` copies this file into every new version folder next to the new model.onnx.
+The runtime is one config parameter (`runtime`: onnxruntime | openvino; `precision`: OpenVINO's inference
+precision f32 | bf16 | default = OpenVINO's default on this CPU, bf16 with AMX), read through mouaadnet.runtime,
+the interface `mouaadnet detect --model` uses too. Requests queued by dynamic batching are concatenated into one
+run and split back: one response per request. `mouaadnet publish` copies this file into every new version folder next to the new model.onnx.
 Triton cannot hide this model from clients (an ensemble's steps are ordinary models; its restricted-API
 options work per API, not per model), so every request is checked here: a batch with NaN, Inf or values
-outside [0, 1] fails alone with INVALID_ARG and never reaches ONNX Runtime.
+outside [0, 1] fails alone with INVALID_ARG and never reaches the runtime.
 """
 
 import json
@@ -13,7 +15,8 @@ import os
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from mouaadnet.serving.onnx_model import INPUT_NAME, OUTPUT_NAMES, OrtModel
+from mouaadnet.runtime import open_model
+from mouaadnet.serving.onnx_model import INPUT_NAME, OUTPUT_NAMES
 from mouaadnet.serving.prepost import check_model_input
 
 
@@ -44,7 +47,13 @@ class TritonPythonModel:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} is missing: publish a model with `mouaadnet publish MODEL.onnx`")
         verify_published(path)
-        self.model = OrtModel(path, threads=int(params.get("intra_op_threads", "2")))
+        self.runtime = params.get("runtime", "onnxruntime") or "onnxruntime"
+        precision = params.get("precision") or "default"
+        self.model = open_model(path, self.runtime, None if precision == "default" else precision,
+                                threads=int(params.get("intra_op_threads", "2")))
+        if sorted(self.model.output_names) != sorted(OUTPUT_NAMES):
+            raise ValueError(f"{path}: outputs {self.model.output_names}, expected {OUTPUT_NAMES}")
+        pb_utils.Logger.log_info(f"detector: {self.model.describe()}")
 
     def execute(self, requests):
         responses = [None] * len(requests)
@@ -64,7 +73,7 @@ class TritonPythonModel:
         try:
             outputs = self.model(np.concatenate(arrays) if len(arrays) > 1 else arrays[0])
         except Exception as error:
-            err = pb_utils.TritonError(f"detector: ONNX Runtime failed: {error}")
+            err = pb_utils.TritonError(f"detector: {self.runtime} failed: {error}")
             for i in good:
                 responses[i] = pb_utils.InferenceResponse(error=err)
             return responses
