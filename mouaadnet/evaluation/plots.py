@@ -48,13 +48,22 @@ def _as_array(values: Any) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- training
 
 
-def _metric_group(name: str) -> str:
-    """Which subplot a history series belongs to: losses, learning rate or validation metrics."""
+# The validation series worth a curve (fractions, higher is better); the rest (counts, per-class precision, ...)
+# stay in MLflow's metric table, where a run logs some 150 of them.
+HEADLINE_METRICS = ("AP50", "gender_accuracy", "age_acc_within_5", "age_group_accuracy", "age_bin_accuracy", "score")
+
+
+def _metric_group(name: str) -> str | None:
+    """Which subplot a history series belongs to: losses, learning rate, validation metrics, or None (not plotted)."""
     lowered = name.lower()
     if "loss" in lowered:
         return "loss"
     if lowered == "lr" or lowered.startswith("lr") or "learning_rate" in lowered:
         return "learning rate"
+    if name.startswith("val/") and name.rsplit("/", 1)[-1] not in HEADLINE_METRICS:
+        return None
+    if name in ("images_per_second", "bad_samples", "threads"):
+        return None
     return "validation metrics"
 
 
@@ -62,9 +71,10 @@ def plot_training_curves(history: dict[str, list[float]]) -> Figure:
     """Plot per-epoch history, one subplot per group (losses, learning rate, validation metrics)."""
     groups: dict[str, list[str]] = {"loss": [], "learning rate": [], "validation metrics": []}
     for name, values in history.items():
-        if name == "epoch" or len(values) == 0:
+        group = _metric_group(name)
+        if name == "epoch" or len(values) == 0 or group is None:
             continue
-        groups[_metric_group(name)].append(name)
+        groups[group].append(name)
     groups = {title: names for title, names in groups.items() if names}
 
     fig = _new_figure(5.0 * max(len(groups), 1), 4.0)
