@@ -6,7 +6,7 @@ import csv
 import os
 from pathlib import Path
 
-from .readers import Problem, ReadResult, _crop_sample, _parse_gender, _require_dir, source_name
+from .readers import Problem, ReadResult, _crop_sample, _parse_gender, read_labels_csv
 from .types import FAIRFACE_AGE_BINS, FAIRFACE_BIN_OFFSET, UNKNOWN, Sample
 
 FAIRFACE_COLUMNS = ("file", "age", "gender")
@@ -31,22 +31,7 @@ def fairface_age_group(bin_name: str) -> int:
 
 def read_fairface(root: str | os.PathLike, source: str | None = None) -> ReadResult:
     """Read root/labels.csv (file, age bin, gender Male/Female, race); no identities (FairFace has none)."""
-    root = _require_dir(root, "FairFace source")
-    csv_path = root / "labels.csv"
-    if not csv_path.is_file():
-        raise ValueError(f"FairFace source {root}: labels.csv not found")
-    source = source or source_name(root, "fairface")
-    result = ReadResult()
-    with open(csv_path, newline="", encoding="utf-8", errors="replace") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in FAIRFACE_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"FairFace source {csv_path}: missing required columns {missing}")
-        for row in reader:
-            sample = _fairface_row(row, csv_path, reader.line_num, root, source, result)
-            if sample is not None:
-                result.samples.append(sample)
-    return result
+    return read_labels_csv(root, "FairFace", FAIRFACE_COLUMNS, _fairface_row, source)
 
 
 def _fairface_row(

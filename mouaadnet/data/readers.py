@@ -437,24 +437,31 @@ def read_utkface(root: str | os.PathLike, source: str | None = None) -> ReadResu
 PETA_COLUMNS = ("file", "subset", "person_id", "gender", "age_group")
 
 
-def read_peta(root: str | os.PathLike, source: str | None = None) -> ReadResult:
-    """Read PETA crops from root/labels.csv (file, subset, person_id, gender, age_group, ...); identity subset/person_id."""
-    root = _require_dir(root, "PETA source")
+def read_labels_csv(root: str | os.PathLike, kind: str, columns: tuple[str, ...], read_row,
+                    source: str | None = None) -> ReadResult:
+    """Read root/labels.csv, one sample per row through ``read_row(row, csv_path, line, root, source, result)``
+    (None for an unusable row, recorded there); a missing file or column is an error naming it."""
+    root = _require_dir(root, f"{kind} source")
     csv_path = root / "labels.csv"
     if not csv_path.is_file():
-        raise ValueError(f"PETA source {root}: labels.csv not found")
-    source = source or source_name(root, "peta")
+        raise ValueError(f"{kind} source {root}: labels.csv not found")
+    source = source or source_name(root, kind.lower())
     result = ReadResult()
     with open(csv_path, newline="", encoding="utf-8", errors="replace") as handle:
         reader = csv.DictReader(handle)
-        missing = [c for c in PETA_COLUMNS if c not in (reader.fieldnames or [])]
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"PETA source {csv_path}: missing required columns {missing}")
+            raise ValueError(f"{kind} source {csv_path}: missing required columns {missing}")
         for row in reader:
-            sample = _peta_row(row, csv_path, reader.line_num, root, source, result)
+            sample = read_row(row, csv_path, reader.line_num, root, source, result)
             if sample is not None:
                 result.samples.append(sample)
     return result
+
+
+def read_peta(root: str | os.PathLike, source: str | None = None) -> ReadResult:
+    """Read PETA crops from root/labels.csv (file, subset, person_id, gender, age_group, ...); identity subset/person_id."""
+    return read_labels_csv(root, "PETA", PETA_COLUMNS, _peta_row, source)
 
 
 def _peta_row(
