@@ -20,6 +20,17 @@ def test_auto_threads_leaves_cores_to_other_work(load: float, current: int, expe
     assert auto_threads(load, current, available=2) == expected
 
 
+@pytest.mark.parametrize(("load", "processes", "available", "expected"), [
+    (0.2, 2, 2, 1),  # 2 DDP processes starting on an idle 2-core machine: one core each, never 2 x 2 threads
+    (2.0, 2, 2, 1),  # both busy: the sibling is not "other work"
+    (2.0, 2, 8, 4),  # 8 idle cores: 4 each
+    (6.0, 2, 8, 2),  # 4 cores' worth of other work: 2 each
+    (0.5, 4, 2, 1),  # more processes than cores: still one thread each
+])
+def test_auto_threads_share_the_cores_among_torchrun_processes(load, processes, available, expected) -> None:
+    assert auto_threads(load, current=1, available=available, processes=processes) == expected
+
+
 def test_fixed_threads_are_applied_and_auto_rechecks_only_every_few_steps() -> None:
     before = torch.get_num_threads()
     try:

@@ -19,13 +19,27 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def auto_threads(load: float | None = None, current: int | None = None, available: int | None = None) -> int:
-    """Threads to use given the 1-minute load average (which includes this run's own ``current`` threads)."""
+def local_processes() -> int:
+    """Training processes on this machine: torchrun's LOCAL_WORLD_SIZE, else 1."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def auto_threads(load: float | None = None, current: int | None = None, available: int | None = None,
+                 processes: int | None = None) -> int:
+    """Threads to use given the 1-minute load average (which includes this run's own ``current`` threads).
+
+    Under torchrun the ``processes`` of this machine (LOCAL_WORLD_SIZE) share its cores: each gets its share, and
+    its siblings' threads are not other work (2 DDP processes on 2 idle cores: 1 thread each, not 2)."""
     load = os.getloadavg()[0] if load is None else load
     current = torch.get_num_threads() if current is None else current
     available = cores() if available is None else available
-    others = max(0.0, load - current)  # work that is not ours
-    return max(1, min(available, available - round(others)))
+    processes = local_processes() if processes is None else processes
+    share = max(1, available // processes)
+    others = max(0.0, load - current * processes)  # work that is not ours
+    return max(1, min(share, share - round(others / processes)))
 
 
 def apply_threads(setting: int | str, step: int) -> int | None:
