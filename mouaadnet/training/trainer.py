@@ -377,7 +377,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
 
     ``progress``: tqdm bars (a terminal); ``progress_every``: plain progress lines at most every that many seconds
     (logs and pipelines). Either prints a summary line per epoch. ``datasets``: the MLflow dataset inputs (name,
-    digest, source) to record the data by; default: one per training source of the config."""
+    digest, source) to record the data by; default: one per training source of the config.
+
+    Under torchrun every process calls this; they train together (DistributedDataParallel) and rank 0 alone
+    validates, writes last.pt / best.pt, logs to MLflow and prints. The other ranks return a summary without
+    validation metrics."""
     import mlflow
 
     from mouaadnet.pipeline.tracking import (
