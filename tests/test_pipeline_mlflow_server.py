@@ -95,7 +95,10 @@ def test_lineage_registry_and_s3_artifacts(mlflow_server_uri, s3_service, tiny_c
         steps.prepare_data(tmp_path / "ds", PROJECT_ROOT, data_version="0" * 32 + ".dir", experiment=exp)
     assert lineage.finish_pipeline_run(exp, "kfp-2", "FAILED", "prepare-data: refused") == parent2
     failed = client.get_run(parent2)
-    assert failed.info.status == "FAILED" and failed.data.tags["pipeline.error"] == "prepare-data: refused"
+    error = failed.data.tags["pipeline.error"]  # the failed step named first, then the exit handler's own text
+    assert failed.info.status == "FAILED" and failed.data.tags["pipeline.failed_steps"] == "prepare_data"
+    assert error.startswith("step prepare_data failed: PipelineStepError: data_version")
+    assert error.endswith("(prepare-data: refused)")
     orphans = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent2}'")
     assert [o.info.status for o in orphans] == ["FAILED"]
 

@@ -180,6 +180,8 @@ def records_failure(step: str):
             try:
                 return func(*args, **kwargs)
             except BaseException as error:
+                if getattr(error, "mouaadnet_step_run", None):  # its step_run already recorded it
+                    raise
                 bound = signature.bind_partial(*args, **kwargs).arguments
                 _record_step_failure(step, bound.get("experiment") or DEFAULT_EXPERIMENT,
                                      bound.get("parent_run_id") or "", error)
@@ -204,7 +206,13 @@ def step_run(step: str, parent_run_id: str = "", experiment: str = DEFAULT_EXPER
     while mlflow.active_run() is not None:  # a leftover run of this process must not become the parent
         mlflow.end_run()
     with mlflow_run(experiment, run_name=step, tags=all_tags) as run:
-        yield run
+        try:
+            yield run
+        except BaseException as error:  # the run ends FAILED/KILLED (mlflow_run); say why, once
+            with contextlib.suppress(Exception):
+                _client().set_tag(run.info.run_id, STEP_ERROR_TAG, f"{type(error).__name__}: {error}"[:4000])
+                error.mouaadnet_step_run = run.info.run_id  # records_failure: already recorded here
+            raise
 
 
 def _finite(metrics: dict[str, Any]) -> dict[str, float]:

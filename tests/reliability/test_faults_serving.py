@@ -90,22 +90,27 @@ class Serve:
         return self.proc.returncode
 
 
-def _stub_pids(server_pid: int, model: str) -> list[int]:
+def _stubs(server_pid: int):
     from mouaadnet.serving.server import _children, _stub_of
 
-    return [s.pid for s in map(_stub_of, _children(server_pid)) if s is not None and s.model == model]
+    return [s for s in map(_stub_of, _children(server_pid)) if s is not None]
 
 
-def _shm_regions() -> set[str]:
-    return {p.name for p in Path("/dev/shm").glob("triton_python_backend_shm_region_*")}
+def _stub_pids(server_pid: int, model: str) -> list[int]:
+    return [s.pid for s in _stubs(server_pid) if s.model == model]
+
+
+def _left_in_shm(regions: set[str]) -> list[str]:
+    """Which of this server's stub regions still exist (other servers on the machine have their own)."""
+    return sorted(r for r in regions if (Path("/dev/shm") / r).exists())
 
 
 @pytest.mark.parametrize("mode", ["explicit", pytest.param("none", marks=pytest.mark.skipif(
     not FULL, reason="full run only (make reliability): the restart variant costs a second server start"))])
 def test_detector_stub_killed_under_load(tmp_path, standin_onnx, scoreboard, mode):
     repo = _repo(tmp_path, standin_onnx)
-    shm_before = _shm_regions()
     serve = Serve(repo, tmp_path / "triton.log", mode)
+    regions: set[str] = set()
     outcomes: list[tuple[float, float, str | None]] = []
     stop = threading.Event()
     try:
@@ -127,11 +132,13 @@ def test_detector_stub_killed_under_load(tmp_path, standin_onnx, scoreboard, mod
         for w in workers:
             w.start()
         time.sleep(3)
+        regions |= {stub.shm_region for stub in _stubs(serve.triton_pid())}
         stubs = _stub_pids(serve.triton_pid(), "detector")
         killed_at = time.monotonic()
         os.kill(stubs[0], signal.SIGKILL)
         recovered = serve.wait_for("reloaded model detector" if mode == "explicit" else "ready again", 240)
         recovered_at = time.monotonic()
+        regions |= {stub.shm_region for stub in _stubs(serve.triton_pid())}  # the reloaded / restarted stubs
         time.sleep(5)  # traffic after recovery
         stop.set()
         for w in workers:
@@ -143,7 +150,7 @@ def test_detector_stub_killed_under_load(tmp_path, standin_onnx, scoreboard, mod
     during = [o for o in outcomes if killed_at <= o[0] <= recovered_at + 1.0]
     failed_after = [o for o in after_recovery if o[2]]
     hung = [o for o in outcomes if o[1] >= 30]
-    leaked = sorted(_shm_regions() - shm_before)
+    leaked = _left_in_shm(regions)
     messages = sorted({o[2] for o in during if o[2]})
     ok = recovered and not failed_after and not hung and code == 0 and not leaked and len(after_recovery) > 0
     how = "reloads the model" if mode == "explicit" else "restarts tritonserver"
@@ -153,7 +160,7 @@ def test_detector_stub_killed_under_load(tmp_path, standin_onnx, scoreboard, mod
                                f"{recovered_at - killed_at:.1f} s; {sum(1 for o in during if o[2])} of {len(during)} "
                                f"requests meanwhile got errors ({'; '.join(messages)[:160]}), none hung (max "
                                f"{max(o[1] for o in outcomes):.1f} s); 0 of {len(after_recovery)} failed after; "
-                               f"serve exit {code}; /dev/shm regions left: {len(leaked)}",
+                               f"serve exit {code}; /dev/shm regions of its {len(regions)} stubs left: {len(leaked)}",
                       ok=ok, faults=1, requests=len(outcomes), failed=sum(1 for o in outcomes if o[2]),
                       good_failed=len(failed_after))
     assert ok, "\n".join(serve.lines[-30:]) + f"\nfailed after: {failed_after[:3]} leaked {leaked}"
