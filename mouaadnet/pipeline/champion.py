@@ -146,7 +146,7 @@ def _register_shipped(client, registered_model: str, weights: str, real_val: str
     metric = real_ap50(shipped, real_val) if real_val else float("nan")
     size = onnx_input_size(shipped)
     images = sorted((Path(real_val) / "images").glob("*.jpg"))[:1] if real_val else []
-    example = load_images(images, size) if images else torch.rand(1, 3, size, size)
+    example = (load_images(images, size) if images else torch.rand(1, 3, size, size)).numpy()
     model_id = log_onnx_model(shipped, "shipped_detector", example)
     uri = model_id if "/" in model_id or ":" in model_id else f"models:/{model_id}"
     version = _mlflow().register_model(uri, registered_model, tags={
