@@ -186,7 +186,9 @@ def test_nproc_per_node_execs_torchrun(monkeypatch, tmp_path):
 
 # ---- torchrun, 2 processes, gloo -------------------------------------------------------------------------
 def _config(steps: int, batch: int, dropout: float, optimizer: str = "adamw") -> dict:
-    return {"seed": 0, "device": "cpu", "experiment": "ddp-tests",
+    # threads: 1 in every process: 1- and 2-process runs then sum in the same order per process (with `auto`, one
+    # process takes both cores, and oneDNN's multi-threaded kernels round differently: ~3 % apart after a few steps)
+    return {"seed": 0, "device": "cpu", "experiment": "ddp-tests", "threads": 1,
             "model": {"scene_size": 64, "crop_size": 32, "attr_dropout": dropout},
             "data": {"scene": [{"path": "synthetic:64:0", "val": "synthetic:4:99", "max_val": 4}],
                      "crop": [{"path": "synthetic-crops:64:1", "val": "synthetic-crops:4:98", "max_val": 4}],
@@ -226,8 +228,18 @@ def _ghost_batchnorm_reference(cfg: TrainConfig, steps: int, world: int, out: Pa
     return losses
 
 
+@pytest.fixture
+def one_thread():
+    """torchrun gives each worker 1 OpenMP thread; the in-process references must sum in the same order (with 2
+    threads oneDNN's kernels round differently: ~3 % apart after a few steps)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.slow
-def test_two_processes_train_like_one_process_with_the_whole_batch(tmp_path):
+def test_two_processes_train_like_one_process_with_the_whole_batch(tmp_path, one_thread):
     from ddp_worker import run_steps
 
     from mouaadnet.training.trainer import Trainer
@@ -276,6 +288,7 @@ data:
   crop_batch_size: 4
 optim: {epochs: 2, steps_per_epoch: 4}
 device: cpu
+threads: 1
 """
 
 
