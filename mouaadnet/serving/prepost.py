@@ -171,20 +171,19 @@ def decode_cost(image: Image.Image, size: int | None) -> int:
     return w * h
 
 
-def _decode_jpeg_strict(data: bytes, image: Image.Image, size: int | None) -> np.ndarray | None:
+def _check_jpeg_strict(data: bytes, image: Image.Image) -> None:
     """Check the JPEG with libjpeg-turbo in strict mode (simplejpeg): "Corrupt JPEG data" warnings raise instead
-    of filling in. Returns None: the pixels are still decoded by Pillow, as training decodes them (simplejpeg's
+    of filling in. The pixels are still decoded by Pillow, as training decodes them (simplejpeg's
     upsampling differs by a few grey levels: serving would no longer see what the model was trained on, and the
     browser page, which reproduces Pillow's decode, would no longer match). The check decodes at 1/8 scale: every
     entropy-coded block is still read, so corruption anywhere is found, at a fraction of a full decode."""
     if simplejpeg is None:
-        return None
+        return
     try:
         simplejpeg.decode_jpeg(bytes(data), colorspace="CMYK" if image.mode == "CMYK" else "RGB",
                                min_factor=8, strict=True)
     except ValueError as error:
         raise ImageError(f"truncated or corrupt JPEG image ({len(data)} bytes): {error}") from None
-    return None
 
 
 def decode_image(
@@ -204,15 +203,13 @@ def _decode_opened(data: bytes, image: Image.Image, size: int | None) -> tuple[n
     orientation = _orientation(image)
     full_w, full_h = _oriented_size(image, orientation)
     try:
-        strict = _decode_jpeg_strict(data, image, size) if image.format in ("JPEG", "MPO") else None
-        if strict is not None:
-            image = Image.fromarray(strict)
-        else:
-            if size is not None and image.format in ("JPEG", "MPO"):
+        if image.format in ("JPEG", "MPO"):
+            _check_jpeg_strict(data, image)
+            if size is not None:
                 tw, th = _jpeg_target(image, size)
                 if tw:
                     image.draft("RGB", (tw, th))
-            image.load()
+        image.load()
         for method in _ORIENT.get(orientation, ()):
             image = image.transpose(method)
         if image.mode != "RGB":
