@@ -59,3 +59,15 @@ def test_reframe_face_tightens_and_loosens_around_the_centre() -> None:
     loose = reframe_face(crop, 1 / 1.5, 2.0)
     assert loose.shape == (200, 200, 3)
     assert (loose[50:150, 50:150] == 200).all() and (loose[:25] == 114).all()  # grey beyond the source
+
+
+def test_no_peer_scores_ours_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mouaadnet.bench import quality
+
+    faces = [_face(1, 30), _face(0, 40)]
+    monkeypatch.setattr(quality, "face_sets", lambda config, limit=None: {"utkface": faces})
+    monkeypatch.setattr(quality, "run_ours", lambda path, samples: Predictions(p_female=[0.8, 0.1], age=[31.0, 45.0],
+                                                                             ms=[1.0, 1.0]))
+    monkeypatch.setattr(quality, "run_peer", lambda *a, **k: pytest.fail("the peer ran with peer_python=None"))
+    results = quality.bench_quality("ours.onnx", "cfg.yaml", peer_python=None)
+    assert list(results["utkface"]) == ["ours"] and results["utkface"]["ours"]["gender_accuracy"] == 1.0

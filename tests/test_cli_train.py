@@ -92,3 +92,14 @@ def test_evaluate_cli_rejects_corrupt_checkpoint(tmp_path):
     bad.write_bytes(b"junk")
     result = runner.invoke(app, ["evaluate", str(bad), "--data", "synthetic:2:0"])
     assert result.exit_code == 2 and "x.pt" in result.output
+
+
+def test_train_cli_set_override_is_validated_and_saved(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    result = runner.invoke(app, ["train", "--config", str(_tiny_config(tmp_path)), "--set", "optim.epochz=2"])
+    assert result.exit_code == 2 and "unknown key optim.epochz" in result.output
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--config", str(_tiny_config(tmp_path)), "--out", str(out), "--quiet",
+                                 "--set", "seed=7"])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((out / "config.yaml").read_text())["seed"] == 7

