@@ -87,3 +87,20 @@ def test_summary_score_averages_headline_metrics():
     assert summary_score(results) == pytest.approx((0.8 + 0.9 + 0.4 + 0.5) / 4)
     flat = flat_metrics(results)
     assert flat["val/a/AP50"] == 0.8 and "val/a/gender_accuracy" not in flat and "val/score" in flat
+
+
+def test_evaluate_scene_reads_age_groups_only_where_no_exact_age(monkeypatch):
+    from mouaadnet.data.dataset import SceneDataset, collate_scene
+    from mouaadnet.data.types import UNKNOWN
+
+    samples = synthetic_scenes(6, seed=3, size=128)
+    batch = collate_scene([SceneDataset(samples, 128, augment=False)[i] for i in range(6)])
+    oracle = OracleScene()
+    oracle.batch = batch  # predicts the exact ages, so their age groups are right
+    metrics, _ = evaluate_scene(oracle, samples, 128, batch_size=6)
+    assert "age_group_accuracy" not in metrics  # exact ages are measured as ages
+    for sample in samples:  # PETA-like people: an age group, no exact age
+        sample.age = np.full_like(sample.age, UNKNOWN)
+    metrics, _ = evaluate_scene(oracle, samples, 128, batch_size=6)
+    assert metrics["age_group_accuracy"] == 1.0 and metrics["age_group_count"] == int(batch["box_mask"].sum())
+    assert metrics["age_count"] == 0 and metrics["attr_matched_fraction"] == 1.0

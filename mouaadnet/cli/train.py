@@ -150,6 +150,11 @@ def evaluate(
     threshold: Annotated[float, typer.Option(help="Detection score threshold for attribute matching.")] = 0.3,
     breakdown: Annotated[bool, typer.Option("--breakdown", help="Also print crop results by gender and by age "
                                                                 "band (markdown).")] = False,
+    pasted: Annotated[Optional[int], typer.Option(
+        metavar="N", help="With --config: also a 'pasted-<crop source>' scene set of N of its validation scenes "
+                          "with 1..data.paste.max_per_image of its paste_into_scenes validation bodies pasted in "
+                          "(seeded by the config; --limit does not cut it): scene-mode gender/age where only "
+                          "the pasted people are labelled.")] = None,
 ) -> None:
     """COCO AP50 / AP50:95 / AR100 for persons; gender accuracy and confusion; age MAE and ±k accuracy."""
     from mouaadnet.evaluation.evaluate import evaluate_sets
@@ -162,6 +167,10 @@ def evaluate(
     if limit is not None and limit < 1:
         typer.echo(f"error: --limit must be >= 1, got {limit}", err=True)
         raise typer.Exit(2)
+    if pasted is not None and (config is None or pasted < 1):
+        typer.echo("error: --pasted N needs --config TRAINING_CONFIG (its validation splits are pasted) and "
+                   f"N >= 1, got {'no --config' if config is None else pasted}", err=True)
+        raise typer.Exit(2)
     _check_data_specs(data or [])
     try:
         model, _ = model_from_checkpoint(checkpoint)
@@ -169,7 +178,7 @@ def evaluate(
         typer.echo(str(error), err=True)
         raise typer.Exit(2) from None
     try:
-        sets = load_eval_sets(data or [], limit, config)
+        sets = load_eval_sets(data or [], limit, config, pasted)
     except (ValueError, OSError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None

@@ -93,8 +93,8 @@ class CropFraming:
     shift: float = 0.0
 
 
-class _CropPool:
-    """Random labelled crops for pasting; unreadable ones are skipped."""
+class CropPool:
+    """Random labelled crops for pasting (training scenes and the pasted validation set); unreadable ones are skipped."""
 
     def __init__(self, samples: list[Sample], cache: ImageCache | None) -> None:
         self.samples, self.cache = samples, cache
@@ -129,7 +129,7 @@ class SceneDataset(_SampleDataset):
         self.size = size
         self.transform = SceneAugment(size, seed=seed, enabled=augment)
         self.paste = paste if augment and paste is not None and paste.bodies else None
-        self.paste_pool = _CropPool(paste.bodies, cache) if self.paste else None
+        self.paste_pool = CropPool(paste.bodies, cache) if self.paste else None
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         i, image, scale = self._load(index)

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from model import decode_crop, decode_scene
 from mouaadnet.data.dataset import CropDataset, SceneDataset, collate_crop, collate_scene
-from mouaadnet.data.types import Sample
+from mouaadnet.data.types import UNKNOWN, Sample
 from mouaadnet.evaluation.metrics import (
     age_bin_metrics,
     age_group_metrics,
@@ -89,9 +89,10 @@ def _loader(dataset, batch_size: int, collate) -> DataLoader:
 @torch.no_grad()
 def evaluate_scene(model: torch.nn.Module, samples: list[Sample], size: int, batch_size: int = 16,
                    device: str = "cpu", threshold: float = 0.3) -> tuple[dict[str, Any], dict[str, Any]]:
-    """COCO AP of persons plus gender/age of the labelled people matched by a detection."""
+    """COCO AP of persons plus gender/age of the labelled people matched by a detection (age groups where a person
+    has one but no exact age, e.g. PETA bodies pasted into scenes)."""
     predictions, ground_truths = [], []
-    prob_female, gender_true, pred_age, age_true, matched, labelled = [], [], [], [], 0, 0
+    prob_female, gender_true, pred_age, age_true, group_true, matched, labelled = [], [], [], [], [], 0, 0
     for batch in _loader(SceneDataset(samples, size, augment=False), batch_size, collate_scene):
         decoded = predict(model, batch["images"], "scene", device)
         decoded = {k: v.float().cpu().numpy() for k, v in decoded.items()}
@@ -102,7 +103,8 @@ def evaluate_scene(model: torch.nn.Module, samples: list[Sample], size: int, bat
             predictions.append({"boxes": decoded["boxes"][i][keep], "scores": decoded["scores"][i][keep]})
             ground_truths.append({"boxes": gt})
             genders, ages = batch["gender"][i].numpy()[rows], batch["age"][i].numpy()[rows]
-            has_label = (genders >= 0) | (ages >= 0)
+            groups = np.where(ages >= 0, UNKNOWN, batch["age_group"][i].numpy()[rows])
+            has_label = (genders >= 0) | (ages >= 0) | (groups >= 0)
             if not has_label.any():
                 continue
             found = match_attributes(gt, decoded["boxes"][i], decoded["scores"][i], threshold)
@@ -113,10 +115,14 @@ def evaluate_scene(model: torch.nn.Module, samples: list[Sample], size: int, bat
                 gender_true.append(genders[row])
                 pred_age.append(decoded["age"][i][found[row]])
                 age_true.append(ages[row])
+                group_true.append(groups[row])
     detection = detection_metrics(predictions, ground_truths)
     metrics = {k: v for k, v in detection.items() if k != "pr_curve"}
     metrics.update(_prefixed("gender", gender_metrics(prob_female, gender_true)))
     metrics.update(_prefixed("age", age_metrics(pred_age, age_true)))
+    groups = age_group_metrics(pred_age, group_true)
+    if groups["count"]:  # only sets with age groups but no exact ages report them (exact ages say more)
+        metrics.update(_prefixed("age_group", groups))
     metrics["attr_matched_fraction"] = matched / labelled if labelled else float("nan")
     details = {"pr_curve": detection.get("pr_curve"), "pred_age": pred_age, "true_age": age_true}
     return metrics, details

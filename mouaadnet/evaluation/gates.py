@@ -253,17 +253,25 @@ def _onnx_modes(paths: Sequence[str | Path]) -> set[str]:
     return modes
 
 
-def load_eval_sets(specs: Sequence[str], limit: int | None = None, config: str | Path | None = None) -> list[EvalSet]:
+def load_eval_sets(specs: Sequence[str], limit: int | None = None, config: str | Path | None = None,
+                   pasted: int | None = None) -> list[EvalSet]:
     """Validation sets from source specs (as for `evaluate --data`; scene or crop mode detected per spec) and/or
-    the validation splits of a training config (`--config`), each cut to ``limit`` samples."""
+    the validation splits of a training config (`--config`), each cut to ``limit`` samples; with ``pasted``, also
+    that many of the config's scenes with its validation bodies pasted in (mouaadnet.evaluation.pasted)."""
     from mouaadnet.data.sources import load_source
+    from mouaadnet.evaluation.pasted import pasted_eval_set
     from mouaadnet.training.config import TrainConfig
-    from mouaadnet.training.sources import load_validation_sets, source_name, sources_by_mode
+    from mouaadnet.training.sources import source_name, sources_by_mode, validation_splits
 
+    if pasted is not None and config is None:
+        raise ValueError("a pasted validation set needs a training config")
     sets: list[EvalSet] = []
     if config is not None:
         cfg = TrainConfig.from_yaml(config)
-        sets = [EvalSet(s.name, s.mode, s.samples[:limit]) for s in load_validation_sets(cfg.data, cfg.seed)]
+        splits = validation_splits(cfg.data, cfg.seed)
+        sets = [EvalSet(s.name, s.mode, s.samples[:limit]) for _, s in splits]
+        if pasted is not None:
+            sets.append(pasted_eval_set(splits, cfg.data.paste, pasted, cfg.seed, cfg.model.scene_size))
     _, crop_specs = sources_by_mode(list(specs))
     taken = {s.name for s in sets}
     for spec in specs:

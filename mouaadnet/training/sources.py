@@ -132,14 +132,19 @@ def load_training_data(cfg: DataConfig, seed: int) -> TrainingData:
                         paste_bodies)
 
 
-def load_validation_sets(cfg: DataConfig, seed: int, whole: bool = True) -> list[EvalSet]:
-    """The validation sets of a training config: the same identity split as training, every sample of it when
-    ``whole`` (per-epoch validation reads at most ``max_val`` of each)."""
-    sets: list[EvalSet] = []
+def validation_splits(cfg: DataConfig, seed: int, whole: bool = True) -> list[tuple[SourceConfig, EvalSet]]:
+    """Each source with a validation split and its named set (what ``load_validation_sets`` returns)."""
+    splits: list[tuple[SourceConfig, EvalSet]] = []
     names: set[str] = set()
     for mode, sources in (("scene", cfg.scene), ("crop", cfg.crop)):
         for source in sources:
             _, val, _ = _split_source(source, seed, cap_val=not whole)
             if val:
-                sets.append(EvalSet(_unique(source_name(source.path), names), mode, val))
-    return sets
+                splits.append((source, EvalSet(_unique(source_name(source.path), names), mode, val)))
+    return splits
+
+
+def load_validation_sets(cfg: DataConfig, seed: int, whole: bool = True) -> list[EvalSet]:
+    """The validation sets of a training config: the same identity split as training, every sample of it when
+    ``whole`` (per-epoch validation reads at most ``max_val`` of each)."""
+    return [eval_set for _, eval_set in validation_splits(cfg, seed, whole)]
