@@ -168,7 +168,13 @@ def test_choice_picks_the_fastest_that_passed_and_auto_reads_it(files):
     assert resolve(scene_int8).runtime == "openvino"  # any candidate file of the mode finds the choice
     auto = open_model(scene, "auto", threads=1)
     assert (auto.runtime, auto.precision) == ("openvino", "f32")
+    served = tmp / "served" / "1"  # the Triton repository links its model.onnx to the shipped file
+    served.mkdir(parents=True, exist_ok=True)
+    (served / "model.onnx").unlink(missing_ok=True)
+    (served / "model.onnx").symlink_to(scene_int8)
+    assert resolve(served / "model.onnx").runtime == "openvino"
     path.unlink()
+    assert resolve(served / "model.onnx") is None
 
 
 @pytest.mark.slow
@@ -229,7 +235,7 @@ def test_export_format_openvino_gates_and_detect(files, tmp_path):
     ort_people, ov_people = outputs[("onnxruntime", "scene.fp32.onnx")], outputs[("openvino", "scene.fp32.onnx")]
     assert len(ort_people) == len(ov_people) == 20
     assert max(abs(a["score"] - b["score"]) for a, b in zip(ort_people, ov_people)) < 1e-3
-    res = runner.invoke(app, ["detect", str(photo), "--runtime", "openvino"])
-    assert res.exit_code == 2 and "in-process" in res.output
+    res = runner.invoke(app, ["detect", str(photo), "--url", "127.0.0.1:1", "--runtime", "openvino"])
+    assert res.exit_code == 2 and "in-process" in res.output  # the server runs its own model
     res = runner.invoke(app, ["detect", str(photo), "--model", str(files[0]["crop"][0]), "--runtime", "openvino"])
     assert res.exit_code == 1 and "crop-mode model" in res.output

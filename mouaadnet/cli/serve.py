@@ -55,9 +55,10 @@ def register(app: typer.Typer) -> None:
         model: Annotated[Path | None, typer.Option(
             "--model", help="Model to run in-process (default: the shipped weights, weights/); see --runtime.")] = None,
         runtime: Annotated[str, typer.Option(
-            help="In-process runtime: onnxruntime (default), openvino (.onnx or IR .xml), or auto (the fastest runtime "
-                 "that passed the gates, recorded by `gates --choose` beside the model; else onnxruntime).")
-        ] = "onnxruntime",
+            help="In-process runtime: auto (default: the fastest runtime that passed the gates, recorded by "
+                 "`gates --choose` beside the model, e.g. weights/runtime_choice.json; else onnxruntime), "
+                 "onnxruntime, or openvino (.onnx or IR .xml).")
+        ] = "auto",
         precision: Annotated[str | None, typer.Option(
             help="OpenVINO inference precision: f32 or bf16 (default: OpenVINO's on this CPU, bf16 with AMX; "
                  "printed). ONNX Runtime runs the graph's own precision.")] = None,
@@ -79,9 +80,9 @@ def register(app: typer.Typer) -> None:
         from mouaadnet.serving.client import draw as draw_image
         from mouaadnet.weights import WeightsError, default_model
 
-        if model is None and (runtime != "onnxruntime" or precision is not None):
-            typer.echo("error: --runtime/--precision choose how --model runs in-process; the server has its own "
-                       "(the detector's `runtime` parameter)", err=True)
+        if url is not None and (model is not None or runtime != "auto" or precision is not None):
+            typer.echo("error: --model/--runtime/--precision choose what runs in-process; with --url the server "
+                       "runs its own model (the detector's `runtime` parameter)", err=True)
             raise typer.Exit(2)
         try:
             blobs = read_images(images)

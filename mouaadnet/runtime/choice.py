@@ -108,6 +108,9 @@ def resolve(model_path: str | Path) -> Choice | None:
     """The recorded choice for ``model_path`` (the FP32 graph, or any candidate file of the same mode), or None."""
     model_path = Path(model_path)
     path = model_path.parent / CHOICE_FILE
+    if not path.is_file() and model_path.is_symlink():  # e.g. the Triton repository's link to the shipped weights
+        model_path = Path(os.path.realpath(model_path))
+        path = model_path.parent / CHOICE_FILE
     if not path.is_file():
         return None
     data = json.loads(path.read_text())

@@ -311,7 +311,7 @@ def _signature(cfg: dict) -> tuple:
             tuple((t["name"], t["data_type"], tuple(t["dims"])) for t in cfg["output"]))
 
 
-RUNTIME_PARAMETERS = {"runtime": ("onnxruntime", "openvino"), "precision": ("default", "f32", "bf16")}
+RUNTIME_PARAMETERS = {"runtime": ("auto", "onnxruntime", "openvino"), "precision": ("default", "f32", "bf16")}
 
 
 def _check_runtime_parameters(cfg: dict, where: str) -> list[str]:

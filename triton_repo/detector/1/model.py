@@ -1,6 +1,7 @@
 """Triton Python model `detector`: the network on this version's model.onnx, run by ONNX Runtime or OpenVINO (CPU).
 
-The runtime is one config parameter (`runtime`: onnxruntime | openvino; `precision`: OpenVINO's inference
+The runtime is one config parameter (`runtime`: auto | onnxruntime | openvino, auto = the gated choice recorded
+beside the model, else onnxruntime; `precision`: OpenVINO's inference
 precision f32 | bf16 | default = OpenVINO's default on this CPU, bf16 with AMX), read through mouaadnet.runtime,
 the interface `mouaadnet detect --model` uses too. Requests queued by dynamic batching are concatenated into one
 run and split back: one response per request. `mouaadnet publish` copies this file into every new version folder next to the new model.onnx.
