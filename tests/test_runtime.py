@@ -168,6 +168,14 @@ def test_choice_picks_the_fastest_that_passed_and_auto_reads_it(files):
     assert resolve(scene_int8).runtime == "openvino"  # any candidate file of the mode finds the choice
     auto = open_model(scene, "auto", threads=1)
     assert (auto.runtime, auto.precision) == ("openvino", "f32")
+    import mouaadnet.runtime.session as session
+
+    def no_openvino(*args, **kwargs):
+        raise session.RuntimeLoadError("openvino is not installed")
+
+    with pytest.MonkeyPatch.context() as patch, pytest.warns(RuntimeWarning, match="cannot run here"):
+        patch.setattr(session, "OpenVinoRuntimeModel", no_openvino)
+        assert open_model(scene, "auto", threads=1).runtime == "onnxruntime"  # a choice this install can't run
     served = tmp / "served" / "1"  # the Triton repository links its model.onnx to the shipped file
     served.mkdir(parents=True, exist_ok=True)
     (served / "model.onnx").unlink(missing_ok=True)

@@ -30,6 +30,7 @@ apps (the Gradio demo).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -311,7 +312,12 @@ def open_model(path: str | Path, runtime: str = "onnxruntime", precision: str | 
         choice = resolve(path)
         if choice is None:
             return OrtRuntimeModel(path, precision, threads)
-        return open_model(choice.path, choice.runtime, choice.precision or precision, threads)
+        try:
+            return open_model(choice.path, choice.runtime, choice.precision or precision, threads)
+        except RuntimeLoadError as error:  # e.g. the choice names OpenVINO and this install has no openvino
+            warnings.warn(f"runtime auto: the recorded choice ({choice.runtime} on {choice.path.name}) cannot run "
+                          f"here ({error}); using onnxruntime on {path.name}", RuntimeWarning, stacklevel=2)
+            return OrtRuntimeModel(path, precision, threads)
     if not path.is_file():
         raise RuntimeLoadError(f"{path}: no such file")
     if runtime == "onnxruntime":
