@@ -66,7 +66,7 @@ def test_detect_with_no_server_and_no_model_finds_the_astronaut(tmp_path: Path) 
     Image.fromarray(data.astronaut()).save(photo)
     result = CliRunner().invoke(app, ["detect", str(photo), "--json"])
     assert result.exit_code == 0, result.output
-    people = json.loads(result.output)[0]["people"]
+    people = json.loads(result.stdout)[0]["people"]  # stderr says which model and runtime ran
     assert len(people) == 1, people  # one person, no duplicate box on her
     person = people[0]
     assert _iou(person["box"], ASTRONAUT_BOX) >= 0.5, person

@@ -22,6 +22,8 @@ def ship(
                                               "gated on its validation splits.")] = Path("configs/real.yaml"),
     out: Annotated[Path, typer.Option(help="Weights folder to (re)write.")] = Path("weights"),
     num_calib: Annotated[int, typer.Option(help="INT8 calibration images per mode.")] = 64,
+    calibration: Annotated[str, typer.Option(help="INT8 activation ranges from ONNX Runtime's calibrator: MinMax, "
+                                                  "Percentile (clips outliers) or Entropy.")] = "MinMax",
     val_limit: Annotated[int | None, typer.Option(help="At most this many validation samples per set.")] = None,
     val_data: Annotated[list[str] | None, typer.Option(help="Extra validation sources for the gates (repeatable), "
                                                             "e.g. ../shared/data/pennfudan.")] = None,
@@ -34,7 +36,7 @@ def ship(
     from mouaadnet.weights.ship import ship as ship_weights
 
     try:
-        report = ship_weights(checkpoint, config, out, num_calib, val_limit, val_data)
+        report = ship_weights(checkpoint, config, out, num_calib, val_limit, val_data, calibration)
         if triton_repo and str(triton_repo):
             typer.echo(f"Triton seed: {link_triton_seed(out, triton_repo)} -> shipped scene model")
     except (OSError, ValueError) as error:

@@ -57,23 +57,30 @@ def calibration_images(config_path: Path, mode: str, size: int, count: int, seed
     return torch.stack([dataset[int(i)][0] for i in sorted(order)])
 
 
-def _export_mode(model, mode: str, size: int, calib: torch.Tensor, out: Path, source: Path) -> dict[str, Path]:
+def _export_mode(model, mode: str, size: int, calib: torch.Tensor, out: Path, source: Path,
+                 calibration: str = "MinMax") -> dict[str, Path]:
     from model.export import count_qdq, export_onnx, int8_agreement, quantize_int8
 
     fp32, int8 = out / f"mouaadnet.{mode}.fp32.onnx", out / f"mouaadnet.{mode}.int8.onnx"
     parity = export_onnx(model, fp32, mode, size, images=calib[:8])
     write_sidecar(fp32, "fp32", source=source, metrics={"parity_fp32_vs_torch": parity},
                   extra={"mode": mode, "size": size})
-    quantize_int8(fp32, int8, calib, "u8")
+    quantize_int8(fp32, int8, calib, "u8", calibrate_method=calibration)
     write_sidecar(int8, "int8-calib-u8", source=source,
                   metrics={"int8_vs_fp32": int8_agreement(fp32, int8, calib[:8]), "calibration_images": len(calib),
-                           **count_qdq(int8)}, extra={"mode": mode, "size": size, "fp32": fp32.name})
+                           **count_qdq(int8)},
+                  extra={"mode": mode, "size": size, "fp32": fp32.name, "calibration_method": calibration})
     return {"fp32": fp32, "int8": int8}
 
 
 def ship(checkpoint: str | Path, config: str | Path, out: str | Path, num_calib: int = 64,
-         val_limit: int | None = None, extra_val: list[str] | None = None) -> ShipReport:
-    """Build ``out`` (written beside, then swapped in whole, so a failed run leaves the old folder intact)."""
+         val_limit: int | None = None, extra_val: list[str] | None = None, calibration: str = "MinMax") -> ShipReport:
+    """Build ``out`` (written beside, then swapped in whole, so a failed run leaves the old folder intact);
+    ``calibration``: ONNX Runtime's calibration method for the INT8 activation ranges."""
+    from onnxruntime.quantization import CalibrationMethod
+
+    if calibration not in CalibrationMethod.__members__:
+        raise ValueError(f"calibration must be one of {sorted(CalibrationMethod.__members__)}, got {calibration!r}")
     from mouaadnet.evaluation.gates import load_eval_sets, run_gates
 
     checkpoint, config, out = Path(checkpoint), Path(config), Path(out)
@@ -84,7 +91,8 @@ def ship(checkpoint: str | Path, config: str | Path, out: str | Path, num_calib:
     files = {}
     for mode in MODES:
         size = model.cfg.scene_size if mode == "scene" else model.cfg.crop_size
-        files[mode] = _export_mode(model, mode, size, calibration_images(config, mode, size, num_calib), staging, pt)
+        files[mode] = _export_mode(model, mode, size, calibration_images(config, mode, size, num_calib), staging, pt,
+                                   calibration)
     sets = load_eval_sets(list(extra_val or []), val_limit, config)
     report = run_gates(sets, model, [files[m]["fp32"] for m in MODES], {"int8_ptq": [files[m]["int8"] for m in MODES]},
                        model.cfg.scene_size, model.cfg.crop_size, gated="int8_ptq")

@@ -1,0 +1,63 @@
+"""`mouaadnet ship` (mouaadnet/weights/ship.py) on a small random-weight model and synthetic data: the folder it
+writes verifies, its manifest's default precision follows the gates, Triton's version 1 links to that default,
+and a bad option is refused without touching the folder already there."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from conftest import randomize_batchnorm
+from test_export import SMALL
+from typer.testing import CliRunner
+
+from model import build_model
+from mouaadnet.cli.main import app
+from mouaadnet.weights import default_model, load_manifest, verify_weights
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ship")
+    torch.manual_seed(0)
+    model = randomize_batchnorm(build_model(SMALL).eval())
+    ckpt = tmp / "best.pt"
+    torch.save({"model": model.state_dict(), "model_config": SMALL.model_dump(), "epoch": 3}, ckpt)
+    config = tmp / "train.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": SMALL.model_dump(),
+        "data": {"scene": [{"path": "synthetic:12:0", "val": "synthetic:6:12345"}],
+                 "crop": [{"path": "synthetic-crops:12:1", "val": "synthetic-crops:8:54321"}]}}))
+    (tmp / "repo" / "detector" / "1").mkdir(parents=True)
+    result = CliRunner().invoke(app, ["ship", str(ckpt), "--config", str(config), "--out", str(tmp / "weights"),
+                                      "--num-calib", "4", "--triton-repo", str(tmp / "repo")])
+    assert result.exit_code == 0, result.output
+    return tmp, ckpt, config
+
+
+def test_ship_writes_a_folder_that_verifies_with_the_gates_deciding_the_default(shipped) -> None:
+    tmp, _, _ = shipped
+    weights = tmp / "weights"
+    verified = verify_weights(weights)
+    assert {p.name for p in verified} >= {"mouaadnet.pt", "mouaadnet.scene.fp32.onnx", "mouaadnet.scene.int8.onnx",
+                                          "mouaadnet.crop.fp32.onnx", "mouaadnet.crop.int8.onnx"}
+    manifest = load_manifest(weights)
+    expected = "int8" if manifest["gates"]["passed"] else "fp32"
+    assert {m["default"] for m in manifest["models"].values()} == {expected}
+    assert default_model("scene", directory=weights).name == f"mouaadnet.scene.{expected}.onnx"
+    sidecar = json.loads((weights / "mouaadnet.scene.int8.onnx.json").read_text())
+    assert sidecar["extra"]["calibration_method"] == "MinMax" and sidecar["metrics"]["calibration_images"] == 4
+    link = tmp / "repo" / "detector" / "1" / "model.onnx"
+    assert link.is_symlink() and link.resolve() == default_model("scene", directory=weights).resolve()
+
+
+def test_ship_refuses_an_unknown_calibration_and_keeps_the_old_folder(shipped) -> None:
+    tmp, ckpt, config = shipped
+    before = sorted(p.name for p in (tmp / "weights").iterdir())
+    result = CliRunner().invoke(app, ["ship", str(ckpt), "--config", str(config), "--out", str(tmp / "weights"),
+                                      "--calibration", "Median", "--triton-repo", ""])
+    assert result.exit_code != 0 and "calibration must be one of" in result.output
+    assert sorted(p.name for p in (tmp / "weights").iterdir()) == before
+    verify_weights(tmp / "weights")
