@@ -9,9 +9,10 @@ graphs:
                                               "file": "scene.onnx", "p50_ms": 3.1, ...}, "crop.onnx": {...}},
      "candidates": {"scene.onnx": [...every timed candidate, passed or not...]}, "load_average": [...]}
 
-``resolve(path)`` reads it for ``open_model(path, runtime="auto")`` (``mouaadnet detect --runtime auto``); with no
-file or no entry for that model the caller falls back to ONNX Runtime. ONNX Runtime stays the default of
-``detect`` and of the served model until the gates have run on real-data weights (docs/BENCHMARKS.md, OpenVINO).
+``resolve(path)`` reads it for ``open_model(path, runtime="auto")``, the default of ``mouaadnet detect`` and of
+the Triton detector (which finds the choice through its symlink to the shipped file); with no file or no entry
+for that model the caller falls back to ONNX Runtime. The shipped weights/ carry the choice measured on the real
+validation sets (docs/BENCHMARKS.md, OpenVINO).
 """
 
 from __future__ import annotations
