@@ -28,7 +28,7 @@ def rand_bn():
 
 # Real local services (SeaweedFS S3, mlflow server) for `integration` tests.
 # The apps' stand-in model and browser-toolchain helpers (tests/test_web*.py, tests/test_app.py).
-from conftest_apps import screenshot_dir, standin  # noqa: E402, F401
+from conftest_apps import screenshot_dir, shown_models, standin  # noqa: E402, F401
 from conftest_services import mlflow_server_uri, mlflow_tracking_server, s3_service  # noqa: E402, F401
 
 # Session fixtures of tests/reliability/ (the stand-in ONNX and one real Triton server).

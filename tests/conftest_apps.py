@@ -19,6 +19,15 @@ def standin(tmp_path_factory) -> dict[str, Path]:
     return export_standin(tmp_path_factory.mktemp("standin"))
 
 
+@pytest.fixture(scope="session")
+def shown_models(standin) -> dict[str, Path]:
+    """What the screenshots show: the shipped weights the apps run by default (weights/), else the stand-in."""
+    from mouaadnet.apps.models import shipped_model
+
+    shipped = {mode: shipped_model(mode, "fp32") for mode in ("scene", "crop")}
+    return shipped if all(shipped.values()) else standin
+
+
 def missing_tool(message: str):
     """Skip, or fail under CI=true: CI's `make test` installs Chromium, Playwright and onnxruntime-web."""
     if os.environ.get("CI") == "true":

@@ -192,19 +192,25 @@ def test_app_process_stays_light(app, client, photos):
 
 
 @pytest.mark.browser
-def test_app_screenshot(app, photos, screenshot_dir):
+def test_app_screenshot(shown_models, photos, screenshot_dir, tmp_path):
+    """docs/app.png: the app as a user gets it (the shipped weights when there are some)."""
     from conftest_apps import missing_tool
 
+    from mouaadnet.apps.app_bench import free_port, start_app, stop
     from mouaadnet.apps.browser import BrowserMissing, chromium, open_page
 
+    port = free_port()
+    proc = start_app(shown_models["scene"], shown_models["crop"], port, log=tmp_path / "app.log")
     try:
         with chromium() as browser:
-            page = open_page(browser, app["url"], viewport=(1280, 900))
+            page = open_page(browser, f"http://127.0.0.1:{port}/", viewport=(1280, 900))
             page.locator("input[type=file]").first.set_input_files(str(photos["astronaut.png"]))
             page.get_by_role("button", name="Find people").click()
-            page.wait_for_function("document.body.innerText.includes('people at score')", timeout=120_000)
+            page.wait_for_function("document.body.innerText.includes(' at score ')", timeout=120_000)
             page.wait_for_timeout(500)
             page.screenshot(path=str(screenshot_dir / "app.png"), full_page=True)
     except BrowserMissing as error:
         missing_tool(str(error))
+    finally:
+        stop(proc)
     assert (screenshot_dir / "app.png").stat().st_size > 10_000

@@ -261,13 +261,13 @@ def test_webcam_runs_on_a_fake_camera(pw, server):
         assert page.errors == []
 
 
-def test_screenshot(browser, standin, screenshot_dir):
-    """docs/web.png (with MOUAADNET_SCREENSHOTS=docs): the page as a user gets it, after a few warm frames so the
-    latency shown is not the first, cold one."""
+def test_screenshot(browser, shown_models, screenshot_dir):
+    """docs/web.png (with MOUAADNET_SCREENSHOTS=docs): the page as a user gets it (the shipped weights), after a
+    few warm frames so the latency shown is not the first, cold one."""
     from mouaadnet.apps.browser import open_page
     from mouaadnet.apps.web import WebServer, WebSite
 
-    with WebServer(WebSite.build([standin["scene"]]), 0) as clean:  # only the pip-package sample photos
+    with WebServer(WebSite.build([shown_models["scene"]]), 0) as clean:  # only the pip-package sample photos
         page = open_page(browser, clean.url, viewport=(1280, 760))
         page.evaluate("window.mouaadnet.ready")
         for _ in range(8):
