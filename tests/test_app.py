@@ -78,8 +78,23 @@ def test_predictor_refuses_bad_input_and_wrong_models(standin, bad_files):
         predictor.detect(bad_files["bomb.png"].read_bytes(), max_pixels=24_000_000)
     with pytest.raises(ModelError, match="crop-mode model"):
         Predictor(standin["crop"]).detect(b"")
-    with pytest.raises(ValueError, match="runtime"):
+    with pytest.raises(ModelError, match="runtime must be one of"):  # `mouaadnet app` exits 2 with it
         Predictor(standin["scene"], runtime="tensorflow")
+
+
+def test_predictor_runs_openvino_with_the_same_people(standin, photos):
+    """`mouaadnet app --runtime openvino` (f32): the same people as ONNX Runtime, and it says what ran."""
+    pytest.importorskip("openvino", reason="openvino is not installed: pip install 'mouaadnet-ultra[openvino]'")
+    photo = photos["astronaut.png"].read_bytes()
+    reference = Predictor(standin["scene"], standin["crop"]).detect(photo, 0.3)
+    predictor = Predictor(standin["scene"], standin["crop"], runtime="openvino", precision="f32")
+    people = predictor.detect(photo, 0.3)
+    assert len(people) == len(reference) > 0
+    for got, want in zip(people, reference):
+        assert np.allclose(got["box"], want["box"], atol=1.0) and abs(got["score"] - want["score"]) < 1e-3
+    assert "openvino" in predictor.describe_runtime("scene") and "f32" in predictor.describe_runtime("scene")
+    crop = predictor.classify_crop(photo)
+    assert crop == pytest.approx(Predictor(standin["scene"], standin["crop"]).classify_crop(photo), abs=1e-3)
 
 
 def test_annotated_picture_keeps_the_photo_upright_and_bounded(photos):

@@ -36,6 +36,9 @@ FEMALE, MALE = (230, 60, 160), (40, 140, 240)
 SCENE_COLUMNS = ["#", "score", "gender", "probability", "P(female)", "age", "box (x1, y1, x2, y2)"]
 
 
+# How the page names the runtime the app was started with (`mouaadnet app --runtime`).
+RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "auto": "The gated fastest runtime (auto)"}
+
 def _gradio():
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls (and no network here)
     import gradio as gr
@@ -218,7 +221,8 @@ def build_app(predictor: Predictor, examples_dir: Path | None = None):
     crops = example_crops(examples_dir) if examples_dir is not None else []
     header = "\n".join([_model_line(mode, predictor.paths[mode]) for mode in ("scene", "crop")])
     with gr.Blocks(title="MouaadNet-Ultra") as demo:
-        gr.Markdown("## MouaadNet-Ultra: people, gender, age  \nONNX Runtime on this CPU; the models load on "
+        runtime = RUNTIME_NAMES.get(predictor.runtime, predictor.runtime)
+        gr.Markdown(f"## MouaadNet-Ultra: people, gender, age  \n{runtime} on this CPU; the models load on "
                     "the first request.\n" + header)
         with gr.Tab("scene"):
             with gr.Row():

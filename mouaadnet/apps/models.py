@@ -279,18 +279,23 @@ def _spread_heads(net, calib) -> None:
 
 
 class Predictor:
-    """Scene and crop inference in-process: prepost -> ONNX Runtime -> prepost. Sessions open on first use.
+    """Scene and crop inference in-process: prepost -> runtime -> prepost. Sessions open on first use.
 
-    ``runtime`` names the engine; "onnxruntime" is the one implemented (the place for an OpenVINO option).
+    ``runtime``: "onnxruntime" (the default: the smallest process, docs/BENCHMARKS.md "The Gradio app's memory"),
+    "openvino" or "auto" (the gated choice beside the model), through ``mouaadnet.runtime``; ``precision``:
+    OpenVINO's inference precision (None = its default for this CPU).
     """
 
     def __init__(self, scene: str | Path | None, crop: str | Path | None = None, threads: int = 1,
-                 runtime: str = "onnxruntime"):
-        if runtime != "onnxruntime":
-            raise ValueError(f"runtime {runtime!r} is not available here (only 'onnxruntime')")
+                 runtime: str = "onnxruntime", precision: str | None = None):
+        from mouaadnet.runtime import RUNTIMES
+
+        if runtime not in (*RUNTIMES, "auto"):
+            raise ModelError(f"runtime must be one of {RUNTIMES} or 'auto', got {runtime!r}")
         self.paths = {"scene": Path(scene) if scene else None, "crop": Path(crop) if crop else None}
         self.threads = threads
         self.runtime = runtime
+        self.precision = precision
         self._sessions: dict = {}
         self._info: dict[str, ModelInfo] = {}
         self._lock = threading.Lock()
@@ -309,8 +314,24 @@ class Predictor:
                 from mouaadnet.serving.onnx_model import ort_session
 
                 self.info(mode)
-                self._sessions[mode] = ort_session(self.paths[mode], self.threads)
+                if self.runtime == "onnxruntime" and self.precision is None:
+                    self._sessions[mode] = ort_session(self.paths[mode], self.threads)
+                else:
+                    from mouaadnet.runtime import RuntimeLoadError, open_model
+
+                    try:
+                        self._sessions[mode] = open_model(self.paths[mode], self.runtime, self.precision,
+                                                          self.threads)
+                    except RuntimeLoadError as error:
+                        raise ModelError(f"{self.paths[mode]}: {error}") from None
             return self._sessions[mode]
+
+    def describe_runtime(self, mode: str) -> str:
+        """How ``mode`` runs (runtime, precision, threads): what the page states once the model is loaded."""
+        session = self._session(mode)
+        if hasattr(session, "describe"):
+            return session.describe()
+        return f"{self.paths[mode].name}: onnxruntime, {self.threads} thread(s)"
 
     def loaded(self) -> list[str]:
         return sorted(self._sessions)
@@ -318,8 +339,11 @@ class Predictor:
     def run(self, mode: str, images: np.ndarray) -> dict[str, np.ndarray]:
         """The one model call: float32 [N,3,S,S] -> the graph's outputs by name."""
         session = self._session(mode)
+        images = np.ascontiguousarray(images, np.float32)
+        if hasattr(session, "describe"):  # a mouaadnet.runtime model (OpenVINO, or auto)
+            return session(images)
         names = [o.name for o in session.get_outputs()]
-        return dict(zip(names, session.run(names, {"images": np.ascontiguousarray(images, np.float32)})))
+        return dict(zip(names, session.run(names, {"images": images})))
 
     def detect(self, data: bytes, threshold: float = DEFAULT_THRESHOLD, max_pixels: int = MAX_PIXELS) -> list[dict]:
         """Encoded image -> people (box in original pixels, score, gender, p_female, age); raises ImageError."""
