@@ -145,3 +145,15 @@ def test_shipped_weights_are_the_first_champion_and_a_worse_candidate_is_not_pro
                                    shipped=str(weights))
     assert better["champion"] is True and better["triton_version"] > 1
     assert client.get_model_version_by_alias("mouaadnet-champion-test", "champion").version == better["registry_version"]
+
+    # a champion registered without the metric (before the rule existed) is measured on the real set from the file
+    # Triton serves for it; it no longer loses to any candidate by default
+    client.set_model_version_tag("mouaadnet-champion-test", better["registry_version"], "real_AP50", "nan")
+    after = sorted(p.name for p in (triton / "detector").iterdir())
+    unmeasured = champion.publish_step(tmp_path / "fp32", triton, exported["fp32_model_id"], -0.5,
+                                       registered_model="mouaadnet-champion-test", experiment=exp, real_val=real,
+                                       shipped=str(weights))
+    assert unmeasured["champion"] is False and unmeasured["triton_version"] == -1
+    measured = client.get_model_version("mouaadnet-champion-test", better["registry_version"]).tags["real_AP50"]
+    assert 0.0 <= float(measured) <= 1.0
+    assert sorted(p.name for p in (triton / "detector").iterdir()) == after

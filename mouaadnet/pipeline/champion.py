@@ -95,6 +95,8 @@ def publish_step(onnx_dir: str | os.PathLike, triton_repo: str | os.PathLike, mo
             champion = _register_shipped(client, registered_model, shipped, real_val, triton_model, triton_repo)
         elif champion is None and shipped:
             print(f"publish: no shipped weights in {shipped}: the first candidate becomes champion", flush=True)
+        if champion is not None and real_val:
+            champion = _measure_champion(client, registered_model, champion, real_val, triton_model, triton_repo)
         decision = decide(primary_metric, champion)
         print(f"publish: {decision.message}", flush=True)
         published = publish(artifact, triton_repo, model=triton_model, backend=backend) if decision.promote else None
@@ -126,6 +128,26 @@ def publish_step(onnx_dir: str | os.PathLike, triton_repo: str | os.PathLike, mo
                 "sha256": published.sha256 if published else "", "champion": decision.promote,
                 "decision": decision.message, "path": str(published.path) if published else "",
                 "run_id": run.info.run_id}
+
+
+def _measure_champion(client, registered_model: str, champion: tuple[str, float], real_val: str,
+                      triton_model: str, triton_repo: str | os.PathLike) -> tuple[str, float]:
+    """A champion registered without the metric (before the rule, or without a real set) is measured now on
+    ``real_val`` from the file Triton serves for it, so that "unknown" never loses to any candidate by default."""
+    version, metric = champion
+    if math.isfinite(metric):
+        return champion
+    served = client.get_model_version(registered_model, version).tags.get("triton_version", "")
+    path = Path(triton_repo) / triton_model / served / "model.onnx"
+    if not served or not path.is_file():
+        print(f"publish: champion v{version} has no {PRIMARY_METRIC} and its Triton file ({path}) is gone: "
+              "it cannot be measured", flush=True)
+        return champion
+    metric = real_ap50(path, real_val)
+    client.set_model_version_tag(registered_model, version, PRIMARY_METRIC, f"{metric}")
+    print(f"publish: champion v{version} had no {PRIMARY_METRIC}; measured its Triton version {served} on "
+          f"{real_val}: {metric:.4f}", flush=True)
+    return version, metric
 
 
 def _register_shipped(client, registered_model: str, weights: str, real_val: str, triton_model: str,
