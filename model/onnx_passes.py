@@ -107,6 +107,12 @@ def drop_noop_slices(proto) -> list[str]:
         if _is_noop_slice(node, shapes[node.input[0]], consts):
             rename[node.output[0]] = node.input[0]
             removed.append(node)
+    return _remove_and_rewire(proto, removed, rename)
+
+
+def _remove_and_rewire(proto, removed: list, rename: dict[str, str]) -> list[str]:
+    """Drop ``removed`` nodes, point their consumers at ``rename``'s inputs, prune what is left unused; returns
+    the removed nodes' names (in place)."""
     for node in removed:
         proto.graph.node.remove(node)
     if removed:
@@ -142,12 +148,7 @@ def fold_requantize(proto) -> list[str]:
         if per_tensor(node) and per_tensor(dq) and same(node.input[1], dq.input[1]) and same(node.input[2], dq.input[2]):
             rename[node.output[0]] = dq.input[0]
             removed.append(node)
-    for node in removed:
-        proto.graph.node.remove(node)
-    if removed:
-        _rewire(proto, rename)
-        prune(proto)
-    return [node.name for node in removed]
+    return _remove_and_rewire(proto, removed, rename)
 
 
 def make_openvino_safe(proto) -> dict[str, list[str]]:

@@ -38,6 +38,10 @@ SCENE_COLUMNS = ["#", "score", "gender", "probability", "P(female)", "age", "box
 
 # How the page names the runtime the app was started with (`mouaadnet app --runtime`).
 RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "auto": "The gated fastest runtime (auto)"}
+# Crop-tab examples: (file written, face box in the pip-packaged photo).
+EXAMPLE_CROPS = {"astronaut.png": ("astronaut_face.png", (140, 10, 350, 250)),
+                 "grace_hopper.jpg": ("grace_hopper_face.png", (110, 40, 400, 380))}
+
 
 def _gradio():
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls (and no network here)
@@ -135,17 +139,13 @@ def example_crops(out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     samples = sample_images()
     made = []
-    if "astronaut.png" in samples:
-        path = out_dir / "astronaut_face.png"
+    for photo, (name, box) in EXAMPLE_CROPS.items():
+        if photo not in samples:
+            continue
+        path = out_dir / name
         if not path.is_file():
-            with Image.open(samples["astronaut.png"]) as im:
-                im.convert("RGB").crop((140, 10, 350, 250)).save(path)
-        made.append(path)
-    if "grace_hopper.jpg" in samples:
-        path = out_dir / "grace_hopper_face.png"
-        if not path.is_file():
-            with Image.open(samples["grace_hopper.jpg"]) as im:
-                im.convert("RGB").crop((110, 40, 400, 380)).save(path)
+            with Image.open(samples[photo]) as im:
+                im.convert("RGB").crop(box).save(path)
         made.append(path)
     return made
 

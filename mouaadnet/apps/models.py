@@ -327,9 +327,11 @@ class Predictor:
             return self._sessions[mode]
 
     def describe_runtime(self, mode: str) -> str:
-        """How ``mode`` runs (runtime, precision, threads): what the page states once the model is loaded."""
+        """How ``mode`` runs (runtime, precision, threads); loads its model if it is not loaded yet."""
+        from mouaadnet.runtime import RuntimeModel
+
         session = self._session(mode)
-        if hasattr(session, "describe"):
+        if isinstance(session, RuntimeModel):
             return session.describe()
         return f"{self.paths[mode].name}: onnxruntime, {self.threads} thread(s)"
 
@@ -338,9 +340,11 @@ class Predictor:
 
     def run(self, mode: str, images: np.ndarray) -> dict[str, np.ndarray]:
         """The one model call: float32 [N,3,S,S] -> the graph's outputs by name."""
+        from mouaadnet.runtime import RuntimeModel
+
         session = self._session(mode)
         images = np.ascontiguousarray(images, np.float32)
-        if hasattr(session, "describe"):  # a mouaadnet.runtime model (OpenVINO, or auto)
+        if isinstance(session, RuntimeModel):  # OpenVINO or auto, through mouaadnet.runtime
             return session(images)
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(names, {"images": images})))

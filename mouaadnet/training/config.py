@@ -23,12 +23,7 @@ class SourceConfig(StrictConfig):
     max_val: int | None = 200  # cap on validation samples, to keep per-epoch validation short
     paste_into_scenes: bool = False  # crop source only: its training crops are pasted into scenes (data.paste)
 
-    @field_validator("weight")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError(f"must be > 0, got {value}")
-        return value
+    _weight = field_validator("weight")(classmethod(lambda cls, v: _positive(v)))
 
     @field_validator("val_fraction")
     @classmethod
@@ -36,6 +31,18 @@ class SourceConfig(StrictConfig):
         if not 0.0 <= value < 1.0:
             raise ValueError(f"must be in [0, 1), got {value}")
         return value
+
+
+def _positive(value: float) -> float:
+    if not value > 0:
+        raise ValueError(f"must be > 0, got {value}")
+    return value
+
+
+def _at_least_one(value: int) -> int:
+    if value < 1:
+        raise ValueError(f"must be >= 1, got {value}")
+    return value
 
 
 def _range(value: list[float]) -> list[float]:
@@ -58,12 +65,7 @@ class PasteConfig(StrictConfig):
             raise ValueError(f"must be in [0, 1], got {value}")
         return value
 
-    @field_validator("max_per_image")
-    @classmethod
-    def _count(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError(f"must be >= 1, got {value}")
-        return value
+    _count = field_validator("max_per_image")(classmethod(lambda cls, v: _at_least_one(v)))
 
     _height = field_validator("height")(classmethod(lambda cls, v: _range(v)))
 
@@ -108,12 +110,7 @@ class DataConfig(StrictConfig):
             raise ValueError(f"must be in [0, 1], got {value}")
         return value
 
-    @field_validator("scene_batch_size", "crop_batch_size")
-    @classmethod
-    def _batch(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError(f"must be >= 1, got {value}")
-        return value
+    _batch = field_validator("scene_batch_size", "crop_batch_size")(classmethod(lambda cls, v: _at_least_one(v)))
 
 
 class OptimConfig(StrictConfig):
@@ -135,19 +132,9 @@ class OptimConfig(StrictConfig):
     ema_decay: float = 0.999
     ema_ramp_steps: float = 500.0  # decay ramps in over about this many updates
 
-    @field_validator("epochs", "steps_per_epoch", "lr_base_batch")
-    @classmethod
-    def _positive_int(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError(f"must be >= 1, got {value}")
-        return value
-
-    @field_validator("lr")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if not value > 0:
-            raise ValueError(f"must be > 0, got {value}")
-        return value
+    _counts = field_validator("epochs", "steps_per_epoch", "lr_base_batch")(
+        classmethod(lambda cls, v: _at_least_one(v)))
+    _lr = field_validator("lr")(classmethod(lambda cls, v: _positive(v)))
 
     @field_validator("weight_decay", "grad_clip", "ema_ramp_steps")
     @classmethod
@@ -172,12 +159,7 @@ class DistributedConfig(StrictConfig):
     sync_batchnorm: bool = True
     timeout_min: float = 30.0  # a collective that waits longer (a hung or lost process) ends the job
 
-    @field_validator("timeout_min")
-    @classmethod
-    def _timeout(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError(f"must be > 0, got {value}")
-        return value
+    _timeout = field_validator("timeout_min")(classmethod(lambda cls, v: _positive(v)))
 
 
 class TrainConfig(StrictConfig):
