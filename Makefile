@@ -17,6 +17,9 @@ CHROMIUM ?= /usr/bin/chromium
 # pip prints only errors: -qq also hides the warnings this machine's pip config adds for every package it looks up
 # in an index folder that lacks it ("Location ... is ignored"), and setuptools' notice on every editable install.
 PIP_INSTALL := -m pip install --disable-pip-version-check --no-input -qq
+# Each install prints one line; its full output goes to a log that is shown only when it fails.
+INSTALL_LOG := $(CURDIR)/.install.log
+QUIET = > $(INSTALL_LOG) 2>&1 || { tail -n 40 $(INSTALL_LOG); echo "install failed: full log in $(INSTALL_LOG)"; exit 1; }
 
 .PHONY: test reliability run venv serve-venv peer-venv web-deps chromium screenshots web app lint info clean
 
@@ -51,13 +54,16 @@ $(PEER_STAMP):
 peer-venv: $(PEER_STAMP)
 
 $(ORT_WEB): web/package.json web/package-lock.json
-	command -v npm >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm)
-	cd web && npm ci --ignore-scripts --no-audit --no-fund
-	touch $(ORT_WEB)
+	@command -v npm >/dev/null || { echo "installing npm (Debian package, for web/)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm) $(QUIET); }
+	@echo "installing web/node_modules (npm ci: onnxruntime-web, pinned by web/package-lock.json)"
+	@(cd web && npm ci --ignore-scripts --no-audit --no-fund) $(QUIET)
+	@touch $(ORT_WEB)
 
 chromium:
 	@test -x $(CHROMIUM) || { if [ "$$(id -u)" = 0 ]; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  echo "installing chromium (Debian package, for the browser tests)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) $(QUIET); \
 	else echo "note: $(CHROMIUM) missing and not root: the browser tests will skip (sudo apt-get install chromium)"; fi; }
 
 web-deps: $(ORT_WEB) chromium
