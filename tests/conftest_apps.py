@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def standin(tmp_path_factory) -> dict[str, Path]:
     """A seeded random MouaadNet exported as scene.onnx + crop.onnx (distinct peaks: see export_standin)."""
-    from mouaadnet.apps.models import export_standin
+    from mouaadnet.export.standin import export_standin
 
     return export_standin(tmp_path_factory.mktemp("standin"))
 

@@ -39,7 +39,7 @@ def run_steps(trainer: Trainer, steps: int, freeze_bn: bool) -> dict:
     iterators = {m: s.epoch(0, modes.count(m)) for m, s in trainer.streams.items() if m in modes}
     losses, first = [], None
     for mode in modes:
-        losses.append(trainer.train_step(next(iterators[mode]), mode)["loss"])
+        losses.append(trainer.optimizer_step(next(iterators[mode]), mode)["loss"])
         if first is None:
             first = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     no_grad = sorted(name for name, p in trainer.model.named_parameters() if p.grad is None)
@@ -67,7 +67,7 @@ def cli_main(args: list[str]) -> None:
     if fault:
         rank, epoch, step = (int(x) for x in fault.split(":"))
         if int(os.environ.get("RANK", "0")) == rank:
-            original = Trainer.train_step
+            original = Trainer.optimizer_step
             counter = {"step": 0, "epoch": None}
 
             def killing_step(self, batch, mode):
@@ -78,7 +78,7 @@ def cli_main(args: list[str]) -> None:
                     os.kill(os.getpid(), signal.SIGKILL)  # a rank lost mid-epoch (OOM killer, node failure)
                 return original(self, batch, mode)
 
-            Trainer.train_step = killing_step
+            Trainer.optimizer_step = killing_step
     from mouaadnet.cli.main import app
 
     app(args, prog_name="mouaadnet")

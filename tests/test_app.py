@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mouaadnet.apps.models import ModelError, Predictor, sample_images
+from mouaadnet.apps.models import ModelError, Predictor
+from mouaadnet.data.samples import sample_images
 from mouaadnet.serving.prepost import ImageError
 
 gradio_client = pytest.importorskip("gradio_client")

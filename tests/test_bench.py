@@ -54,7 +54,7 @@ def test_bench_quick(tmp_path):
 
 
 def test_interleaved_timing_times_every_function_equally():
-    from mouaadnet.bench.inference import time_interleaved
+    from mouaadnet.runtime.timing import time_interleaved
 
     calls = {"a": 0, "b": 0}
 

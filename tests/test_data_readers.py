@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mouaadnet.data.readers import read_coco_json, read_peta, read_utkface, read_yolo
+from mouaadnet.data.crop_readers import read_peta, read_utkface
+from mouaadnet.data.scene_readers import read_coco_json, read_yolo
 from mouaadnet.data.sources import load_source
 from mouaadnet.data.splits import split_samples
 from mouaadnet.data.types import AGE_GROUPS, UNKNOWN
@@ -296,7 +297,7 @@ def test_check_info_problems_keep_report_ok(tmp_path: Path) -> None:
 
 
 def test_video_frames_split_by_blocks_of_consecutive_frames(tmp_path: Path) -> None:
-    from mouaadnet.data.readers import FRAME_BLOCK
+    from mouaadnet.data.scene_readers import FRAME_BLOCK
 
     root = tmp_path / "cctv"
     (root / "labels").mkdir(parents=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mouaadnet.data.readers import read_coco_json
+from mouaadnet.data.scene_readers import read_coco_json
 from mouaadnet.data.synthetic import (
     generate_scene,
     synthetic_crops,

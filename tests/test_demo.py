@@ -6,8 +6,8 @@ import io
 import sys
 import time
 
+from mouaadnet.kubeflow.runner import format_result
 from mouaadnet.pipeline import demo
-from mouaadnet.pipeline.runner import format_result
 
 
 class _Tty(io.StringIO):

@@ -33,12 +33,12 @@ import pytest
 import torch
 
 from model.losses import MultiTaskLoss, _normalise
+from mouaadnet.data.assembly import ModeData
 from mouaadnet.training import distributed
 from mouaadnet.training.checkpoint import load_checkpoint
 from mouaadnet.training.config import TrainConfig
 from mouaadnet.training.distributed import DistContext
 from mouaadnet.training.recipe import BatchStream, peak_lr, step_modes
-from mouaadnet.training.sources import ModeData
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("ddp_worker.py")

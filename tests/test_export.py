@@ -18,12 +18,12 @@ from model.export import (
     OnnxValidationError,
     count_qdq,
     export_onnx,
-    load_images,
     quantize_int8,
     run_onnx,
     validate_onnx,
 )
 from model.parity import dense_decode, match_detections
+from mouaadnet.data.letterbox import load_images
 
 SMALL = ModelConfig(widths=[8, 16, 24, 32, 48], depths=[1, 2, 1, 1, 2], neck_width=16, head_width=16,
                     head_convs=1, scene_size=64, crop_size=32, top_k=20)

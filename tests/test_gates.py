@@ -14,7 +14,8 @@ from model import build_model
 from model.export import export_onnx, quantize_int8
 from mouaadnet.evaluation.evaluate import evaluate_sets
 from mouaadnet.evaluation.gates import GateReport, check_gates, load_eval_sets, run_gates
-from mouaadnet.evaluation.onnx_eval import OnnxModel, dataset_images
+from mouaadnet.evaluation.onnx_eval import OnnxModel
+from mouaadnet.export.images import dataset_images
 
 VAL = ["synthetic:6:12345", "synthetic-crops:12:54321"]
 

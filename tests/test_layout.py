@@ -12,10 +12,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _mapped() -> list[str]:
+def _map_lines() -> list[tuple[str, str]]:
+    """(folder or file, description) of each line of the README's map."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     section = text.split("## Where things are", 1)[1].split("```", 2)[1]
-    return [m.group(1) for m in re.finditer(r"^(\S+/)\s", section, re.M)]
+    return [(m.group(1), m.group(2)) for m in re.finditer(r"^(\S+)\s+(.*)$", section, re.M)]
+
+
+def _mapped() -> list[str]:
+    return [place for place, _ in _map_lines() if place.endswith("/")]
 
 
 def test_every_mapped_folder_exists():
@@ -37,3 +42,22 @@ def test_every_tracked_top_level_folder_is_mapped():
     folders = {line.split("/", 1)[0] + "/" for line in files.splitlines() if "/" in line}
     covered = {p.split("/", 1)[0] + "/" for p in _mapped()}
     assert folders - covered == set()
+
+
+def test_what_the_descriptions_name_exists():
+    """Not only the first word: a sub-folder (``resume/``) or a file (``mouaadnet.yaml``) that a description names
+    must exist below the line's folder."""
+    missing = []
+    for place, description in _map_lines():
+        base = ROOT / place
+        if not place.endswith("/"):
+            assert base.is_file(), place
+            continue
+        for folder in re.findall(r"(?<![\w./-])([A-Za-z_][\w-]*)/(?=[\s:,)]|$)", description):
+            if not (base / folder).is_dir() and not (ROOT / folder).is_dir():
+                missing.append(f"{place}: {folder}/")
+        for name in re.findall(r"(?<![\w./-])([\w./-]+\.(?:py|yaml|yml|json|md|dvc|html))\b", description):
+            found = (ROOT / name).exists() if "/" in name else any(base.rglob(name)) or (ROOT / name).exists()
+            if not found:
+                missing.append(f"{place}: {name}")
+    assert missing == []

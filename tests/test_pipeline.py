@@ -16,7 +16,7 @@ from _serving_utils import copy_repo
 
 pytest.importorskip("kfp")
 
-from mouaadnet.pipeline.tracking import PROJECT_ROOT  # noqa: E402
+from mouaadnet.tracking import PROJECT_ROOT  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -63,7 +63,7 @@ def pipeline_env(tmp_path_factory):
 
 
 def run(env, **overrides):
-    from mouaadnet.pipeline.runner import pipeline_arguments, run_local
+    from mouaadnet.kubeflow.runner import pipeline_arguments, run_local
 
     config = env["root"] / "tiny.yaml"
     config.write_text(overrides.pop("config_text", TINY))

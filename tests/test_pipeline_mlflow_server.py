@@ -17,7 +17,7 @@ pytest.importorskip("kfp")
 
 from _serving_utils import copy_repo  # noqa: E402
 
-from mouaadnet.pipeline.tracking import PROJECT_ROOT  # noqa: E402
+from mouaadnet.tracking import PROJECT_ROOT  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

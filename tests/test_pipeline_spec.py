@@ -10,17 +10,17 @@ import yaml
 
 pytest.importorskip("kfp")
 
-from mouaadnet.pipeline.runner import PIPELINE_SPEC, compile_pipeline, pipeline_arguments, submit  # noqa: E402
+from mouaadnet.kubeflow.runner import PIPELINE_SPEC, compile_pipeline, pipeline_arguments, submit  # noqa: E402
 
 
 def test_compiled_spec_matches_golden_file(tmp_path, monkeypatch):
     monkeypatch.delenv("MOUAADNET_IMAGE", raising=False)
-    import components.image as image
+    import mouaadnet.kubeflow.components.image as image
 
     monkeypatch.setattr(image, "IMAGE", image.DEFAULT_IMAGE)
     fresh = compile_pipeline(tmp_path / "mouaadnet.yaml").read_text()
     assert fresh == PIPELINE_SPEC.read_text(), (
-        "pipelines/mouaadnet.yaml is stale: run `mouaadnet pipeline compile` and commit it")
+        "cluster/mouaadnet.yaml is stale: run `mouaadnet pipeline compile` and commit it")
 
 
 def _tasks(spec: dict) -> list[dict]:

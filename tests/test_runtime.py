@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 
 from model import build_model
 from model.export import export_onnx, quantize_int8
+from mouaadnet.export.runtime_choice import Candidate, choose, write_choice
 from mouaadnet.runtime import RuntimeLoadError, open_model, runtime_factory
-from mouaadnet.runtime.choice import CHOICE_FILE, Candidate, choose, resolve, write_choice
+from mouaadnet.runtime.choice import CHOICE_FILE, resolve
 
 pytestmark = pytest.mark.openvino
 ov = pytest.importorskip("openvino", reason="openvino is not installed: pip install 'mouaadnet-ultra[openvino]'",

@@ -9,7 +9,7 @@ import re
 import pytest
 from _serving_utils import REPO_SRC
 
-from mouaadnet.serving.server import ServerError, find_triton
+from mouaadnet.serving.triton_install import ServerError, find_triton
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -27,7 +27,7 @@ def _instances() -> int:
 
 
 def test_bench_serve_tiny_setting(tmp_path):
-    from mouaadnet.serving.bench import main
+    from mouaadnet.bench.serving import main
 
     report = tmp_path / "BENCH.md"
     report.write_text("# Benchmarks\n\n## Serving\nold\n\n## Other\nkept\n")

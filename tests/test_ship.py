@@ -1,4 +1,4 @@
-"""`mouaadnet ship` (mouaadnet/weights/ship.py) on a small random-weight model and synthetic data: the folder it
+"""`mouaadnet ship` (mouaadnet/export/ship.py) on a small random-weight model and synthetic data: the folder it
 writes verifies, its manifest's default precision follows the gates, Triton's version 1 links to that default,
 and a bad option is refused without touching the folder already there."""
 

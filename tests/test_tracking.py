@@ -7,7 +7,7 @@ import hashlib
 
 import pytest
 
-from mouaadnet.pipeline.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, PROJECT_NAME, git_commit
+from mouaadnet.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, PROJECT_NAME, git_commit
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def test_pipeline_run_records_the_dvc_md5_as_its_dataset(tracking):
 
 
 def test_an_experiment_kind_set_by_hand_is_kept(tracking):
-    from mouaadnet.pipeline.tracking import use_experiment
+    from mouaadnet.tracking import use_experiment
 
     exp = tracking.create_experiment("kept", tags={EXPERIMENT_KIND_TAG: "finetuning"})
     use_experiment("kept")
@@ -71,8 +71,8 @@ def test_an_experiment_kind_set_by_hand_is_kept(tracking):
 
 
 def test_a_dvc_tracked_source_is_named_by_its_md5(tmp_path):
-    from mouaadnet.training.config import DataConfig, SourceConfig
-    from mouaadnet.training.sources import dataset_inputs
+    from mouaadnet.data.assembly import dataset_inputs
+    from mouaadnet.data.config import DataConfig, SourceConfig
 
     folder = tmp_path / "street"
     folder.mkdir()

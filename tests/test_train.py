@@ -3,10 +3,11 @@ import math
 import pytest
 import torch
 
+from mouaadnet.data.assembly import load_training_data
+from mouaadnet.data.config import SourceConfig
 from mouaadnet.training.checkpoint import CheckpointError, atomic_save, load_checkpoint
-from mouaadnet.training.config import SourceConfig, TrainConfig, flatten
+from mouaadnet.training.config import TrainConfig, flatten
 from mouaadnet.training.recipe import step_modes
-from mouaadnet.training.sources import load_training_data
 from mouaadnet.training.trainer import Trainer, train
 
 
@@ -22,6 +23,7 @@ def tiny_config(**optim) -> TrainConfig:
     cfg.optim.epochs = optim.get("epochs", 2)
     cfg.optim.steps_per_epoch = optim.get("steps", 3)
     cfg.experiment = "tests"
+    cfg.threads = 1  # "auto" follows the load average: a resumed run could use another thread count (other kernels)
     return cfg
 
 

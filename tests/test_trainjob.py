@@ -2,7 +2,7 @@
 
 No cluster and no GPU here, so:
 - the TrainJob manifest is rendered and validated against the committed schema
-  (pipelines/schemas/trainjob.v1alpha1.schema.json, from kubeflow-trainer-api 2.3.0's typed models: no package
+  (cluster/schemas/trainjob.v1alpha1.schema.json, from kubeflow-trainer-api 2.3.0's typed models: no package
   ships the CRD YAML);
 - submit / wait / logs / failure run against a fake Kubernetes API object (CustomObjectsApi + CoreV1Api methods
   the code calls); in the whole-step test the fake's "cluster" runs the manifest's own command in this process,
@@ -236,6 +236,35 @@ def test_train_step_on_nodes_submits_a_trainjob_and_hands_the_checkpoint_on(tmp_
     assert tags["pipeline.step"] == "train" and "config_sha" in tags
 
 
+def test_train_step_on_nodes_starts_from_the_pretrained_checkpoint(tmp_path, tracking):
+    """The resolved ``pretrained`` reaches the nodes: a copy on the shared volume, named in their config."""
+    import torch
+
+    from model import ModelConfig, build_model
+    from mouaadnet.pipeline.steps import train_step
+
+    dataset, shared = tmp_path / "dataset", tmp_path / "shared"
+    dataset.mkdir()
+    shared.mkdir()
+    pretrained = tmp_path / "start.pt"
+    torch.save({"model": build_model(ModelConfig(scene_size=64, crop_size=32)).state_dict()}, pretrained)
+    seen = []
+
+    def cluster(manifest):
+        command = manifest["spec"]["trainer"]["command"]
+        config = yaml.safe_load(Path(command[command.index("--config") + 1]).read_text())
+        seen.append(config["pretrained"])
+        assert config["pretrained"] and Path(config["pretrained"]).parent.parent == shared
+        assert Path(config["pretrained"]).read_bytes() == pretrained.read_bytes()
+        _run_cli(command[3:])
+        return ("Complete", "JobSetCompleted"), ["done"]
+
+    kube = FakeKube(cluster, polls_before_done=1)
+    train_step(dataset, CONFIG, tmp_path / "checkpoint", num_nodes=2, image=IMAGE, train_volume="v",
+               namespace="ml", shared_dir=shared, kube=(kube, kube), pretrained=str(pretrained))
+    assert len(seen) == 1
+
+
 def test_train_step_on_nodes_fails_with_the_jobs_reason_and_keeps_its_files(tmp_path, tracking):
     from mouaadnet.pipeline.steps import train_step
 
@@ -284,7 +313,7 @@ def test_train_step_on_one_gpu_node_runs_torchrun_in_the_pod(tmp_path, tracking,
 
 
 def test_the_cluster_manifest_grants_what_the_step_calls():
-    docs = {d["kind"]: d for d in yaml.safe_load_all((Path(trainjob.__file__).parents[2] / "pipelines" / "k8s" /
+    docs = {d["kind"]: d for d in yaml.safe_load_all((Path(trainjob.__file__).parents[2] / "cluster" / "k8s" /
                                                        "train-on-nodes.yaml").read_text()) if d}
     assert docs["PersistentVolumeClaim"]["metadata"]["name"] == "mouaadnet-train"  # the pipeline's default
     assert docs["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteMany"]

@@ -20,7 +20,8 @@ import pytest
 from _serving_utils import copy_repo
 from PIL import Image
 
-from mouaadnet.serving.server import ServerConfig, ServerError, TritonServer, find_triton, free_port
+from mouaadnet.serving.server import TritonServer  # noqa: E402
+from mouaadnet.serving.triton_install import ServerConfig, ServerError, find_triton, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -32,8 +33,8 @@ except ServerError as _error:
 grpcclient = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
+from mouaadnet.export.standin import export_standin_onnx  # noqa: E402
 from mouaadnet.serving.client import LocalDetector, TritonDetector  # noqa: E402
-from mouaadnet.serving.onnx_model import export_standin_onnx  # noqa: E402
 from mouaadnet.serving.publish import load_on_server, publish  # noqa: E402
 
 THRESHOLD = 0.05  # the stand-in network is untrained: its scores sit around 0.1

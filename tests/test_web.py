@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from mouaadnet.apps.models import ModelError, default_model, describe_model, sample_images, shipped_model
+from mouaadnet.apps.models import ModelError, default_model, describe_model, shipped_model
 from mouaadnet.apps.web import ISOLATION_HEADERS, WEB_DIR, WebServer, WebSetupError, WebSite
+from mouaadnet.data.samples import sample_images
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_ort_web = pytest.mark.skipif(not (WEB_DIR / "node_modules/onnxruntime-web/dist").is_dir(),

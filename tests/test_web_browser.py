@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mouaadnet.apps.models import sample_images
+from mouaadnet.data.samples import sample_images
 from mouaadnet.serving.prepost import preprocess_one
 
 pytestmark = pytest.mark.browser

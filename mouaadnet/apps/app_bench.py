@@ -69,7 +69,8 @@ def stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
 
 def _inference_only(scene: str, crop: str, requests: int) -> None:
     """Child-process body: the app's requests through Predictor alone; prints the memory as JSON."""
-    from mouaadnet.apps.models import Predictor, sample_images
+    from mouaadnet.apps.models import Predictor
+    from mouaadnet.data.samples import sample_images
 
     photos = [p.read_bytes() for p in sample_images().values()]
     predictor = Predictor(scene, crop)
@@ -84,7 +85,7 @@ def _inference_only(scene: str, crop: str, requests: int) -> None:
 def run_bench(scene: Path, crop: Path, requests: int = 20, echo=print) -> dict:
     from gradio_client import Client, handle_file
 
-    from .models import sample_images
+    from mouaadnet.data.samples import sample_images
 
     photos = list(sample_images().values())
     port = free_port()

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from mouaadnet.data.samples import sample_images
 from mouaadnet.serving.prepost import DEFAULT_THRESHOLD, ImageError, open_image
 
-from .models import ModelError, Predictor, describe_model, sample_images
+from .models import ModelError, Predictor, describe_model
 
 logger = logging.getLogger("mouaadnet.app")
 HOST = "127.0.0.1"

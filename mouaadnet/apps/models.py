@@ -9,7 +9,6 @@ lazy session creation, so another runtime (OpenVINO) becomes one option here.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mouaadnet.export.standin import STANDIN_SEED
 from mouaadnet.serving.prepost import (
     DEFAULT_THRESHOLD,
     MAX_PIXELS,
@@ -28,13 +28,12 @@ from mouaadnet.serving.prepost import (
     to_people,
 )
 from mouaadnet.weights import weights_dir
+from mouaadnet.weights.shipped import sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The precision each app runs by default: the browser's by measurement (docs/BENCHMARKS.md, "Browser": WASM runs
 # INT8 slower); the Python app's is the shipped manifest's (INT8 when it passed the gates on real data).
 DEFAULT_PRECISION: dict[str, str | None] = {"web": "fp32", "app": None}
-STANDIN_SEED = 0
-STANDIN_VERSION = f"stand-in: random weights (seed {STANDIN_SEED}), no trained model in weights/"
 
 
 class ModelError(RuntimeError):
@@ -59,14 +58,6 @@ class ModelInfo:
         data = asdict(self)
         data.pop("path")
         return data
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _sidecar(path: Path) -> dict:
@@ -170,109 +161,13 @@ def standin_models(out_dir: Path | None = None, int8: bool = False) -> dict[str,
     import subprocess
     import sys
 
-    code = ("import sys; from mouaadnet.apps.models import export_standin; "
+    code = ("import sys; from mouaadnet.export.standin import export_standin; "
             "export_standin(sys.argv[1], int8=sys.argv[2] == '1')")
     done = subprocess.run([sys.executable, "-c", code, str(out_dir), "1" if int8 else "0"],
                           capture_output=True, text=True)
     if done.returncode != 0:
         raise ModelError(f"could not export the stand-in model into {out_dir}: {done.stderr.strip()[-2000:]}")
     return paths
-
-
-def sample_images() -> dict[str, Path]:
-    """Example photos that ship in pip packages: scikit-image's astronaut, matplotlib's grace_hopper."""
-    found: dict[str, Path] = {}
-    try:
-        import skimage.data
-
-        path = Path(skimage.data.__file__).parent / "astronaut.png"
-        if path.is_file():
-            found["astronaut.png"] = path
-    except ImportError:
-        pass
-    try:
-        import matplotlib
-
-        path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
-        if path.is_file():
-            found["grace_hopper.jpg"] = path
-    except ImportError:
-        pass
-    return found
-
-
-_STANDIN_LOCK = threading.Lock()
-
-
-def export_standin(out_dir: str | Path, seed: int = STANDIN_SEED, int8: bool = False) -> dict[str, Path]:
-    """Export (once) a seeded random MouaadNet as scene.onnx + crop.onnx with sidecars (``int8``: also
-    scene.int8.onnx, static INT8 calibrated on the sample photos, for latency comparisons); needs torch and onnx.
-
-    A freshly initialised head is flat (every score ~ the heatmap prior), so the stand-in rescales the last
-    convs of the heads on the sample photos: distinct peaks, boxes of varied size, genders across [0, 1].
-    That keeps the apps and their tests meaningful to look at (distinct detections to compare between the
-    browser and Python) without trained weights; it is still a random model.
-    """
-    out_dir = Path(out_dir)
-    paths = {"scene": out_dir / "scene.onnx", "crop": out_dir / "crop.onnx"}
-    if int8:
-        paths["scene_int8"] = out_dir / "scene.int8.onnx"
-    with _STANDIN_LOCK:
-        if all(p.is_file() and Path(str(p) + ".json").is_file() for p in paths.values()):
-            return paths
-        import torch
-
-        from model import ModelConfig, build_model
-        from model.artifacts import write_sidecar
-        from model.export import export_onnx
-
-        torch.manual_seed(seed)
-        net = build_model(ModelConfig()).eval()
-        samples = sample_images()
-        if samples:
-            calib = np.stack([preprocess_one(p.read_bytes(), 320)[0] for p in samples.values()])
-        else:
-            calib = np.random.default_rng(seed).random((2, 3, 320, 320), dtype=np.float32)
-        _spread_heads(net, torch.from_numpy(calib))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for mode in ("scene", "crop"):
-            path = paths[mode]
-            tmp = path.with_name(path.stem + ".tmp.onnx")
-            export_onnx(net, tmp, mode, 320 if mode == "scene" else 112)
-            tmp.replace(path)
-            write_sidecar(path, "fp32", extra={"mode": mode, "version": STANDIN_VERSION})
-        if int8:
-            from model.export import quantize_int8
-
-            path = paths["scene_int8"]
-            tmp = path.with_name(path.stem + ".tmp.onnx")
-            quantize_int8(paths["scene"], tmp, torch.from_numpy(np.concatenate([calib, calib[..., ::-1]])))
-            tmp.replace(path)
-            write_sidecar(path, "int8", source=paths["scene"], extra={"mode": "scene", "version": STANDIN_VERSION})
-    return paths
-
-
-def _spread_heads(net, calib) -> None:
-    """Rescale the heads' last convs so their outputs over ``calib`` have a chosen mean and spread."""
-    import torch
-
-    seen = {}
-    convs = {"heat": net.detection.heatmap, "size": net.detection.size, "attr": net.attributes.decision}
-    hooks = [conv.register_forward_hook(lambda _m, _i, out, key=key: seen.__setitem__(key, out.detach()))
-             for key, conv in convs.items()]
-    with torch.no_grad():
-        net(calib)
-        for hook in hooks:
-            hook.remove()
-        attr_std = torch.ones(seen["attr"].shape[1])
-        attr_std[0] = 2.0  # the gender logit
-        targets = {"heat": (2.0, -6.0), "size": (0.4, float(np.log(8.0))), "attr": (attr_std, 0.0)}
-        for key, (std, mean) in targets.items():
-            out, conv = seen[key], convs[key]
-            mu, sd = out.mean(dim=(0, 2, 3)), out.std(dim=(0, 2, 3)).clamp_min(1e-6)
-            factor = std / sd
-            conv.weight.mul_(factor.view(-1, 1, 1, 1))
-            conv.bias.copy_((conv.bias - mu) * factor + mean)
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -309,45 +204,27 @@ class Predictor:
         return self._info[mode]
 
     def _session(self, mode: str):
+        from mouaadnet.runtime import RuntimeLoadError, open_model
+
         with self._lock:
             if mode not in self._sessions:
-                from mouaadnet.serving.onnx_model import ort_session
-
                 self.info(mode)
-                if self.runtime == "onnxruntime" and self.precision is None:
-                    self._sessions[mode] = ort_session(self.paths[mode], self.threads)
-                else:
-                    from mouaadnet.runtime import RuntimeLoadError, open_model
-
-                    try:
-                        self._sessions[mode] = open_model(self.paths[mode], self.runtime, self.precision,
-                                                          self.threads)
-                    except RuntimeLoadError as error:
-                        raise ModelError(f"{self.paths[mode]}: {error}") from None
+                try:
+                    self._sessions[mode] = open_model(self.paths[mode], self.runtime, self.precision, self.threads)
+                except RuntimeLoadError as error:
+                    raise ModelError(f"{self.paths[mode]}: {error}") from None
             return self._sessions[mode]
 
     def describe_runtime(self, mode: str) -> str:
         """How ``mode`` runs (runtime, precision, threads); loads its model if it is not loaded yet."""
-        from mouaadnet.runtime import RuntimeModel
-
-        session = self._session(mode)
-        if isinstance(session, RuntimeModel):
-            return session.describe()
-        return f"{self.paths[mode].name}: onnxruntime, {self.threads} thread(s)"
+        return self._session(mode).describe()
 
     def loaded(self) -> list[str]:
         return sorted(self._sessions)
 
     def run(self, mode: str, images: np.ndarray) -> dict[str, np.ndarray]:
         """The one model call: float32 [N,3,S,S] -> the graph's outputs by name."""
-        from mouaadnet.runtime import RuntimeModel
-
-        session = self._session(mode)
-        images = np.ascontiguousarray(images, np.float32)
-        if isinstance(session, RuntimeModel):  # OpenVINO or auto, through mouaadnet.runtime
-            return session(images)
-        names = [o.name for o in session.get_outputs()]
-        return dict(zip(names, session.run(names, {"images": images})))
+        return self._session(mode)(np.ascontiguousarray(images, np.float32))
 
     def detect(self, data: bytes, threshold: float = DEFAULT_THRESHOLD, max_pixels: int = MAX_PIXELS) -> list[dict]:
         """Encoded image -> people (box in original pixels, score, gender, p_female, age); raises ImageError."""
@@ -372,4 +249,4 @@ class Predictor:
 
 
 __all__ = ["DEFAULT_PRECISION", "ImageError", "ModelError", "ModelInfo", "Predictor", "default_model",
-           "describe_model", "export_standin", "sample_images", "shipped_model"]
+           "describe_model", "shipped_model"]

@@ -82,26 +82,20 @@ def _browser_times(url: str, config: Config, model: str, image_url: str, runs: i
 
 
 def _python_times(path: Path, threads: int, tensor: np.ndarray, runs: int, warmup: int) -> list[float]:
-    from mouaadnet.serving.onnx_model import ort_session
+    from mouaadnet.runtime.session import ort_session
+    from mouaadnet.runtime.timing import call_times_ms
 
     session = ort_session(path, threads)
     feed = {"images": tensor[None]}
-    for _ in range(warmup):
-        session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
+    return call_times_ms({"python": lambda: session.run(None, feed)}, runs, warmup, rounds=1)["python"]
 
 
 def run_bench(models: list[Path], image: Path | None = None, runs: int = 50, warmup: int = 30, rounds: int = 3,
               webgpu: bool = True, python_threads: tuple[int, ...] = (1, 2), echo=print) -> dict:
     """Measure every configuration for every model; returns {facts, rows}."""
+    from mouaadnet.data.samples import sample_images
     from mouaadnet.serving.prepost import preprocess_one
 
-    from .models import sample_images
     from .web import WebServer, WebSite
 
     site = WebSite.build(models)

@@ -18,7 +18,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 
 from model import ModelConfig, build_model, reparameterize_model
 from model.export import export_onnx, quantize_int8
+from mouaadnet.runtime.timing import time_interleaved
 
 PEER = "peer-yolov8n"
 ORT_BACKENDS = ("ort-fp32", "ort-int8")
@@ -51,34 +51,6 @@ class Row:
     images_per_s: float
     file_mb: float | None = None
     precision: str | None = None  # stated by the runtime; OpenVINO INT8: "int8/<precision of the float parts>"
-
-
-def time_fn(fn: Callable[[], object], runs: int, warmup: int) -> tuple[float, float, float]:
-    """(p50 ms, p90 ms, mean ms) of ``fn`` over ``runs`` calls after ``warmup`` calls."""
-    return time_interleaved({"fn": fn}, runs, warmup, rounds=1)["fn"]
-
-
-def time_interleaved(fns: dict[str, Callable[[], object]], runs: int, warmup: int,
-                     rounds: int = 10) -> dict[str, tuple[float, float, float]]:
-    """(p50 ms, p90 ms, mean ms) of each function: ``warmup`` calls each, then ``rounds`` rounds in which every
-    function runs ``runs / rounds`` times in turn."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    rounds = max(1, min(rounds, runs))
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for r in range(rounds):
-        n = runs // rounds + (1 if r < runs % rounds else 0)
-        for name, fn in fns.items():
-            for _ in range(n):
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-    out = {}
-    for name, values in times.items():
-        arr = np.asarray(values)
-        out[name] = (float(np.percentile(arr, 50) * 1e3), float(np.percentile(arr, 90) * 1e3), float(arr.mean() * 1e3))
-    return out
 
 
 _RSS_SCRIPT = """

@@ -38,8 +38,8 @@ class Predictions:
 
 def face_sets(config: str | Path, limit: int | None = None) -> dict[str, list]:
     """The UTKFace and FairFace validation splits of a training config (the same identity split as training)."""
+    from mouaadnet.data.assembly import load_validation_sets
     from mouaadnet.training.config import TrainConfig
-    from mouaadnet.training.sources import load_validation_sets
 
     cfg = TrainConfig.from_yaml(config)
     sets = {s.name: _spread(s.samples, limit) for s in load_validation_sets(cfg.data, cfg.seed) if s.name in FACE_SETS}

@@ -1,8 +1,7 @@
-"""CLI wiring for the ways to try the model: `web` (the browser page), `app` (Gradio), `bench-web`."""
+"""CLI wiring for the ways to try the model: `web` (the browser page) and `app` (Gradio)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -87,68 +86,7 @@ def app_command(
     launch(predictor, port, examples_dir=examples, block=True)
 
 
-def bench_web(
-    model: Annotated[list[Path] | None, typer.Option(
-        "--model", help="Scene ONNX files to time (repeatable). Default: the shipped FP32 and INT8 scene models, "
-                        "else the stand-in's.")] = None,
-    image: Annotated[Path | None, typer.Option(help="Photo to time on (default: scikit-image's astronaut).")] = None,
-    runs: Annotated[int, typer.Option(help="Timed calls per configuration and round.")] = 50,
-    warmup: Annotated[int, typer.Option(help="Untimed calls first (V8 tiers WASM up over ~20 calls).")] = 30,
-    rounds: Annotated[int, typer.Option(help="Interleaved rounds over all configurations.")] = 3,
-    webgpu: Annotated[bool, typer.Option(help="Also time WebGPU on SwiftShader (software; checks the path).")] = True,
-    out: Annotated[Path | None, typer.Option(help="Write the full result (every sample) as JSON here.")] = None,
-) -> None:
-    """In-browser latency p50 (headless Chromium: WASM 1 thread, WASM threads, WebGPU) beside ONNX Runtime in
-    Python, for FP32 and INT8; prints a Markdown table (docs/BENCHMARKS.md, "Browser")."""
-    from mouaadnet.apps.browser import BrowserMissing
-    from mouaadnet.apps.models import shipped_model, standin_models
-    from mouaadnet.apps.web_bench import markdown, run_bench
-
-    models = list(model or [])
-    if not models:
-        shipped = [shipped_model("scene", p) for p in ("fp32", "int8")]
-        if all(shipped):
-            models = shipped
-        else:
-            typer.echo("no shipped FP32 + INT8 scene weights in weights/: timing the random stand-in "
-                       "(latency does not depend on the weights)", err=True)
-            found = standin_models(int8=True)
-            models = [found["scene"], found["scene_int8"]]
-    try:
-        result = run_bench(models, image, runs, warmup, rounds, webgpu, echo=lambda m: typer.echo(m, err=True))
-    except BrowserMissing as error:
-        _fail(str(error), 2)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-    typer.echo(markdown(result))
-
-
-def bench_app(
-    model: Annotated[Path | None, typer.Option("--model", help="Scene-mode ONNX (default: the shipped weights).")] = None,
-    crop_model: Annotated[Path | None, typer.Option(help="Crop-mode ONNX (default: the shipped weights).")] = None,
-    requests: Annotated[int, typer.Option(help="Scene + crop request pairs sent.")] = 20,
-    out: Annotated[Path | None, typer.Option(help="Write the result as JSON here.")] = None,
-) -> None:
-    """Resident memory of `mouaadnet app` while serving, beside the same inference without Gradio."""
-    from mouaadnet.apps.app_bench import markdown, run_bench
-    from mouaadnet.apps.models import default_model
-
-    def warn(message: str) -> None:
-        typer.echo(message, err=True)
-
-    scene = model or default_model("scene", echo=warn)
-    crop = crop_model or default_model("crop", echo=warn)
-    result = run_bench(scene, crop, requests, echo=lambda m: typer.echo(m, err=True))
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-    typer.echo(markdown(result))
-
-
 def register(app: typer.Typer) -> None:
-    """Add web, app, bench-web and bench-app to the `mouaadnet` app."""
+    """Add web and app to the `mouaadnet` app (their benchmarks, bench-web and bench-app: mouaadnet.cli.bench)."""
     app.command()(web)
     app.command("app")(app_command)
-    app.command("bench-web")(bench_web)
-    app.command("bench-app")(bench_app)

@@ -1,5 +1,5 @@
 """`mouaadnet pipeline run | compile | submit`, `mouaadnet runs compare` and `mouaadnet demo` (wiring only: the
-work is in ``mouaadnet.pipeline.runner``, ``mouaadnet.pipeline.compare`` and ``mouaadnet.pipeline.demo``)."""
+work is in ``mouaadnet.kubeflow.runner``, ``mouaadnet.pipeline.compare`` and ``mouaadnet.pipeline.demo``)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from typing import Annotated
 import typer
 import yaml
 
-from mouaadnet.pipeline.compare import COMPARE_METRICS, compare_runs, format_table
-from mouaadnet.pipeline.runner import (
+from mouaadnet.kubeflow.runner import (
     DEFAULT_CONFIG,
     PIPELINE_SPEC,
     compile_pipeline,
@@ -20,7 +19,8 @@ from mouaadnet.pipeline.runner import (
     run_local,
     submit,
 )
-from mouaadnet.pipeline.tracking import PROJECT_ROOT
+from mouaadnet.pipeline.compare import COMPARE_METRICS, compare_runs, format_table
+from mouaadnet.tracking import PROJECT_ROOT
 
 pipeline_app = typer.Typer(help="Run, compile or submit the Kubeflow pipeline.", no_args_is_help=True)
 runs_app = typer.Typer(help="Inspect pipeline runs tracked in MLflow.", no_args_is_help=True)
@@ -55,7 +55,7 @@ def run_cmd(
 
 @pipeline_app.command("compile")
 def compile_cmd(out: Annotated[Path, typer.Option(help="Spec to write.")] = PIPELINE_SPEC) -> None:
-    """Compile the pipeline to its YAML spec (committed as pipelines/mouaadnet.yaml)."""
+    """Compile the pipeline to its YAML spec (committed as cluster/mouaadnet.yaml)."""
     typer.echo(f"wrote {compile_pipeline(out)}")
 
 

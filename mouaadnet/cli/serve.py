@@ -1,4 +1,5 @@
-"""Serving commands: `serve`, `detect`, `publish`, `repo check`, `bench-serve`. Registered by mouaadnet.cli."""
+"""Serving commands: `serve`, `detect`, `publish`, `repo check` (`bench-serve`: mouaadnet.cli.bench). Registered by
+mouaadnet.cli."""
 
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ def register(app: typer.Typer) -> None:
         does not notice one that died (it stays READY and fails the requests routed to it), so serve reloads
         the model or restarts the server and says so.
         """
-        from mouaadnet.serving.server import ServerConfig, ServerError
         from mouaadnet.serving.server import serve as run
+        from mouaadnet.serving.triton_install import ServerConfig, ServerError
 
         cfg = ServerConfig(repo=repo, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                            control_mode=model_control_mode, load_models=list(load_model or []))
@@ -149,18 +150,3 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"{repo}: {len(report.errors)} problem(s)", err=True)
             raise typer.Exit(1)
         typer.echo(f"{repo}: OK ({', '.join(report.models)})")
-
-    @app.command("bench-serve")
-    def bench_serve(
-        onnx: Annotated[Path | None, typer.Option(help="ONNX to serve (default: a seeded stand-in export).")] = None,
-        seconds: Annotated[float, typer.Option(help="Seconds per concurrency level.")] = 20.0,
-        concurrency: Annotated[list[int] | None, typer.Option(help="Concurrency levels (repeatable).")] = None,
-        out: Annotated[Path | None, typer.Option(help="Update the '## Serving' section of this file.")] = None,
-        json_out: Annotated[Path | None, typer.Option(help="Write raw results as JSON.")] = None,
-        rounds: Annotated[int, typer.Option(help="Windows per path and level, taken in turn across paths.")] = 4,
-    ) -> None:
-        """Benchmark Triton (ensemble with JPEG input, detector with tensors) vs in-process ONNX Runtime."""
-        from mouaadnet.serving.bench import main as bench_main
-
-        bench_main(onnx=onnx, seconds=seconds, levels=concurrency or [1, 4, 8], out=out, json_out=json_out,
-                   rounds=rounds)

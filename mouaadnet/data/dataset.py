@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 
 from .augment import CropAugment, SceneAugment
 from .cache import ImageCache, decode_image
+from .config import CropFramingConfig, PasteConfig
 from .paste import paste_bodies
 from .types import UNKNOWN, Sample
 
@@ -74,25 +75,6 @@ class _SampleDataset(Dataset):
         raise RuntimeError(f"{type(self).__name__}: none of the {len(self.samples)} images could be read")
 
 
-@dataclass
-class PasteSettings:
-    """Body crops pasted into training scenes (see mouaadnet.data.paste)."""
-
-    bodies: list[Sample]  # crop samples with gender and/or age labels (the training split only)
-    probability: float = 0.5  # share of labelled scenes that get pasted people
-    max_per_image: int = 3
-    height: tuple[float, float] = (0.25, 0.8)  # pasted height as a fraction of the scene side
-
-
-@dataclass
-class CropFraming:
-    """Crop re-framing ranges (see mouaadnet.data.augment.reframe)."""
-
-    zoom: tuple[float, float] = (0.85, 1.1)
-    aspect: tuple[float, float] = (1.0, 1.0)
-    shift: float = 0.0
-
-
 class CropPool:
     """Random labelled crops for pasting (training scenes and the pasted validation set); unreadable ones are skipped."""
 
@@ -123,13 +105,15 @@ class SceneDataset(_SampleDataset):
         augment: bool = True,
         seed: int = 0,
         cache: ImageCache | None = None,
-        paste: PasteSettings | None = None,
+        paste: PasteConfig | None = None,
+        bodies: Sequence[Sample] = (),
     ) -> None:
+        """``bodies``: labelled crops (the training split only) pasted into augmented scenes as ``paste`` says."""
         super().__init__(samples, seed, cache)
         self.size = size
         self.transform = SceneAugment(size, seed=seed, enabled=augment)
-        self.paste = paste if augment and paste is not None and paste.bodies else None
-        self.paste_pool = CropPool(paste.bodies, cache) if self.paste else None
+        self.paste = paste if augment and paste is not None and bodies else None
+        self.paste_pool = CropPool(list(bodies), cache) if self.paste else None
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         i, image, scale = self._load(index)
@@ -139,7 +123,7 @@ class SceneDataset(_SampleDataset):
         gender, age, group = sample.gender[keep], sample.age[keep], sample.age_group[keep]
         if self.paste is not None and sample.has_boxes and rng.random() < self.paste.probability:
             bodies = self.paste_pool.draw(int(rng.integers(1, self.paste.max_per_image + 1)), rng)
-            people = paste_bodies(out, boxes, bodies, rng, self.paste.height)
+            people = paste_bodies(out, boxes, bodies, rng, tuple(self.paste.height))
             out, boxes = people.image, people.boxes
             gender = np.concatenate([gender[people.keep], people.gender])
             age = np.concatenate([age[people.keep], people.age])
@@ -168,13 +152,13 @@ class CropDataset(_SampleDataset):
         augment: bool = True,
         seed: int = 0,
         cache: ImageCache | None = None,
-        framing: CropFraming | None = None,
+        framing: CropFramingConfig | None = None,
     ) -> None:
         super().__init__(samples, seed, cache)
         self.size = size
-        framing = framing or CropFraming()
-        self.transform = CropAugment(size, seed=seed, enabled=augment, zoom=framing.zoom, aspect=framing.aspect,
-                                     shift=framing.shift)
+        framing = framing or CropFramingConfig()
+        self.transform = CropAugment(size, seed=seed, enabled=augment, zoom=tuple(framing.zoom),
+                                     aspect=tuple(framing.aspect), shift=framing.shift)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         i, image, _ = self._load(index)

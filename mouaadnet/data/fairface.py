@@ -6,7 +6,7 @@ import csv
 import os
 from pathlib import Path
 
-from .readers import Problem, ReadResult, _crop_sample, _parse_gender, read_labels_csv
+from .readers import Problem, ReadResult, crop_sample, read_labels_csv, row_image_and_gender
 from .types import FAIRFACE_AGE_BINS, FAIRFACE_BIN_OFFSET, UNKNOWN, Sample
 
 FAIRFACE_COLUMNS = ("file", "age", "gender")
@@ -38,25 +38,14 @@ def _fairface_row(
     row: dict, csv_path: Path, line: int, root: Path, source: str, result: ReadResult
 ) -> Sample | None:
     """The crop sample of one labels.csv row, or None when unusable (recorded)."""
-    if None in row or any(row[c] is None for c in FAIRFACE_COLUMNS):
-        result.problems.append(Problem(str(csv_path), line, "malformed_label", "wrong number of fields"))
+    found = row_image_and_gender(row, FAIRFACE_COLUMNS, csv_path, line, root, result)
+    if found is None:
         return None
-    file_name = row["file"].strip()
-    path = root / file_name
-    if not file_name or not path.is_file():
-        result.problems.append(
-            Problem(str(csv_path), line, "missing_image", f"image {file_name!r} does not exist")
-        )
-        return None
-    try:
-        gender = _parse_gender(row["gender"].strip())
-    except ValueError as err:
-        result.problems.append(Problem(str(csv_path), line, "malformed_label", str(err)))
-        gender = float(UNKNOWN)
+    path, gender = found
     bin_name = row["age"].strip()
     age_group = fairface_age_group(bin_name)
     if bin_name and age_group == UNKNOWN:
         result.problems.append(
             Problem(str(csv_path), line, "malformed_label", f"age bin {bin_name!r} not in {list(FAIRFACE_AGE_BINS)}")
         )
-    return _crop_sample(str(path), source, gender, float(UNKNOWN), age_group, None)
+    return crop_sample(str(path), source, gender, float(UNKNOWN), age_group, None)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .crop_readers import read_peta, read_utkface
 from .fairface import is_fairface_csv, read_fairface
-from .readers import ReadResult, read_coco_json, read_peta, read_utkface, read_yolo
+from .readers import ReadResult
+from .scene_readers import read_coco_json, read_yolo
 from .synthetic import synthetic_crops, synthetic_scenes
 
 FORMATS_HELP = (

@@ -56,3 +56,12 @@ class Sample:
     @property
     def age_group_mask(self) -> np.ndarray:
         return self.age_group >= 0
+
+
+@dataclass
+class EvalSet:
+    """A named validation set of one mode (what evaluation measures a model on)."""
+
+    name: str
+    mode: Mode
+    samples: list[Sample]

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from model import decode_crop, decode_scene
 from mouaadnet.data.dataset import CropDataset, SceneDataset, collate_crop, collate_scene
-from mouaadnet.data.types import UNKNOWN, Sample
+from mouaadnet.data.types import UNKNOWN, EvalSet, Sample
 from mouaadnet.evaluation.metrics import (
     age_bin_metrics,
     age_group_metrics,
@@ -23,13 +23,6 @@ from mouaadnet.evaluation.metrics import (
 
 MIN_DETECTION_SCORE = 0.01  # detections kept for AP (COCO evaluates the whole ranked list)
 MATCH_IOU = 0.5  # a labelled person's attributes are read from the detection matching it at this IoU
-
-
-@dataclass
-class EvalSet:
-    name: str
-    mode: str  # "scene" or "crop"
-    samples: list[Sample]
 
 
 @dataclass

@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mouaadnet.evaluation.evaluate import EvalSet, evaluate_sets
+from mouaadnet.data.types import EvalSet
+from mouaadnet.evaluation.evaluate import evaluate_sets
 
 FP32_TOLERANCE = {"AP50": 0.005, "gender_accuracy": 0.005, "age_mae": 0.05}
 INT8_MAX_AP50_DROP = 0.01
@@ -258,16 +259,16 @@ def load_eval_sets(specs: Sequence[str], limit: int | None = None, config: str |
     """Validation sets from source specs (as for `evaluate --data`; scene or crop mode detected per spec) and/or
     the validation splits of a training config (`--config`), each cut to ``limit`` samples; with ``pasted``, also
     that many of the config's scenes with its validation bodies pasted in (mouaadnet.evaluation.pasted)."""
+    from mouaadnet.data.assembly import source_name, sources_by_mode, validation_splits
+    from mouaadnet.data.config import DataSection
     from mouaadnet.data.sources import load_source
     from mouaadnet.evaluation.pasted import pasted_eval_set
-    from mouaadnet.training.config import TrainConfig
-    from mouaadnet.training.sources import source_name, sources_by_mode, validation_splits
 
     if pasted is not None and config is None:
         raise ValueError("a pasted validation set needs a training config")
     sets: list[EvalSet] = []
     if config is not None:
-        cfg = TrainConfig.from_yaml(config)
+        cfg = DataSection.from_yaml(config)
         splits = validation_splits(cfg.data, cfg.seed)
         sets = [EvalSet(s.name, s.mode, s.samples[:limit]) for _, s in splits]
         if pasted is not None:

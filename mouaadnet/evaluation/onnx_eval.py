@@ -59,19 +59,3 @@ class OnnxModel:
         x = np.ascontiguousarray(images.detach().cpu().numpy(), np.float32)
         return {name: torch.from_numpy(v) for name, v in self.sessions[mode](x).items()}
 
-
-def dataset_images(specs: list[str], mode: str, size: int, count: int, seed: int = 0) -> torch.Tensor:
-    """``count`` images of ``mode`` from data source specs, preprocessed exactly as for evaluation (letterbox,
-    RGB/255, no augmentation): float32 [N,3,size,size] for INT8 calibration and parity checks. Sources of the
-    other mode are ignored; images are drawn evenly across the sources' samples with a fixed seed."""
-    from mouaadnet.data.dataset import CropDataset, SceneDataset
-    from mouaadnet.data.sources import load_source
-    from mouaadnet.training.sources import sources_by_mode
-
-    scene, crop = sources_by_mode(list(specs))
-    samples = [s for spec in (scene if mode == "scene" else crop) for s in load_source(spec).samples]
-    if not samples:
-        raise ValueError(f"no {mode}-mode samples in {specs}")
-    dataset = (SceneDataset if mode == "scene" else CropDataset)(samples, size, augment=False)
-    order = np.random.default_rng(seed).permutation(len(samples))[:count]
-    return torch.stack([dataset[int(i)][0] for i in sorted(order)])

@@ -8,18 +8,13 @@ runs trained with and without pasting can be compared on the same scenes (`mouaa
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from mouaadnet.data.augment import letterbox
+from mouaadnet.data.config import PasteConfig, SourceConfig
 from mouaadnet.data.dataset import CropPool, load_image
 from mouaadnet.data.paste import paste_bodies
-from mouaadnet.data.types import UNKNOWN, Sample
-from mouaadnet.evaluation.evaluate import EvalSet
-
-if TYPE_CHECKING:
-    from mouaadnet.training.config import PasteConfig, SourceConfig
+from mouaadnet.data.types import UNKNOWN, EvalSet, Sample
 
 
 def pasted_scene(background: Sample, pool: CropPool, rng: np.random.Generator, size: int, max_per_image: int,

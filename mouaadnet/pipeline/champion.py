@@ -157,7 +157,7 @@ def _register_shipped(client, registered_model: str, weights: str, real_val: str
     import torch
 
     from model.artifacts import read_sidecar
-    from model.export import load_images
+    from mouaadnet.data.letterbox import load_images
     from mouaadnet.weights import WeightsError, default_model
 
     try:

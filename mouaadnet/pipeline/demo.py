@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mouaadnet.pipeline.tracking import PROJECT_ROOT
+from mouaadnet.tracking import PROJECT_ROOT
 
 PROGRESS = re.compile(r"Executing task|finished with status|^\s*epoch \d|gates (PASSED|FAILED)|^\s*\[(PASS|FAIL)|"
                       r"^pipeline |^  \S.*  |Pipeline .* finished|^\s*progress\s|^publish: |real_AP50 ")
@@ -113,7 +113,7 @@ def real_photos(count: int) -> list[tuple[str, bytes, list[dict] | None]]:
     from PIL import Image
     from skimage import data as skimage_data
 
-    from mouaadnet.data.readers import read_yolo
+    from mouaadnet.data.scene_readers import read_yolo
 
     astronaut = io.BytesIO()
     Image.fromarray(skimage_data.astronaut()).save(astronaut, format="PNG")
@@ -179,7 +179,8 @@ def demo(config: Path | None = None, images: int = 4, threshold: float = 0.3, pi
         return 1
 
     from mouaadnet.serving.client import TritonDetector
-    from mouaadnet.serving.server import ServerConfig, TritonServer, free_port
+    from mouaadnet.serving.server import TritonServer
+    from mouaadnet.serving.triton_install import ServerConfig, free_port
 
     served = "the shipped weights" if version == 1 else "the champion the pipeline promoted"
     _say(f"[3/5] {_elapsed(start)}  serve: tritonserver on 127.0.0.1 (model repository {repo}, detector "

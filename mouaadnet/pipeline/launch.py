@@ -1,8 +1,8 @@
 """Where the pipeline's train step trains when it is not one process in its own task.
 
 - ``train_with_torchrun``: one node with G GPUs: torchrun (--standalone) in the task's pod, one process per GPU;
-- ``train_on_nodes``: N nodes: the dataset and the resolved config onto the shared volume, a Kubeflow Trainer
-  TrainJob running the same entry point (``mouaadnet.pipeline.trainjob``), waited for;
+- ``train_on_nodes``: N nodes: the dataset, the starting checkpoint and the resolved config onto the shared volume,
+  a Kubeflow Trainer TrainJob running the same entry point (``mouaadnet.pipeline.trainjob``), waited for;
 - ``summary_from_checkpoint``: what the step reports, read from rank 0's last.pt (run id, best score, metrics).
 """
 
@@ -52,9 +52,10 @@ def train_with_torchrun(cfg, work: Path, gpus: int) -> None:
 
 
 def train_on_nodes(dataset_dir, config: str, epochs: int, steps_per_epoch: int, experiment: str, num_nodes: int,
-                   gpus: int, image: str, volume: str, runtime: str, namespace: str, shared_dir, kube
-                   ) -> tuple[Path, Path]:
-    """Several nodes: dataset + config onto the shared volume, a TrainJob, wait. Returns (out dir, job folder)."""
+                   gpus: int, image: str, volume: str, runtime: str, namespace: str, shared_dir, kube,
+                   pretrained: str = "") -> tuple[Path, Path]:
+    """Several nodes: dataset + config (+ the ``pretrained`` checkpoint, "" = from scratch) onto the shared volume,
+    a TrainJob, wait. Returns (out dir, job folder)."""
     import signal
 
     from mouaadnet.pipeline import trainjob
@@ -69,6 +70,8 @@ def train_on_nodes(dataset_dir, config: str, epochs: int, steps_per_epoch: int, 
     shutil.copytree(dataset_dir, root / "data")
     cfg = train_config(config, root / "data", epochs, steps_per_epoch)
     cfg.experiment = experiment
+    if pretrained:  # a path in this pod: the nodes read their copy on the volume
+        cfg.pretrained = str(shutil.copyfile(pretrained, root / "pretrained.pt"))
     config_path = write_config(cfg, root / "config.yaml")
     manifest = trainjob.render_trainjob(name, namespace or trainjob.current_namespace(), image, num_nodes, gpus,
                                         str(config_path), str(root / "out"), volume, str(shared),

@@ -40,7 +40,7 @@ DATASET_NAME = "data"  # the DVC-tracked dataset (data.dvc), as MLflow dataset i
 def _mlflow():
     import mlflow
 
-    from mouaadnet.pipeline.tracking import tracking_uri
+    from mouaadnet.tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     return mlflow
@@ -55,7 +55,7 @@ def start_pipeline_run(experiment: str, params: dict[str, Any], kfp_run_id: str 
     """Open the parent run (left RUNNING for the steps; the exit handler ends it) and return its id."""
     from mlflow.entities import Param
 
-    from mouaadnet.pipeline.tracking import PROJECT_ROOT, git_commit, log_dataset, source_tags, use_experiment
+    from mouaadnet.tracking import PROJECT_ROOT, git_commit, log_dataset, source_tags, use_experiment
 
     validate_params(params)
     _mlflow()
@@ -196,7 +196,7 @@ def records_failure(step: str):
 def step_run(step: str, parent_run_id: str = "", experiment: str = DEFAULT_EXPERIMENT,
              tags: dict[str, str] | None = None) -> Iterator[Any]:
     """A child run of ``parent_run_id`` (or a plain run in ``experiment``): FAILED when the step raises."""
-    from mouaadnet.pipeline.tracking import mlflow_run
+    from mouaadnet.tracking import mlflow_run
 
     mlflow = _mlflow()
     if parent_run_id:

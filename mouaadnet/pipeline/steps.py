@@ -1,4 +1,4 @@
-"""The pipeline's steps as plain functions: what each Kubeflow component in `components/` calls.
+"""The pipeline's steps as plain functions: what each Kubeflow component in `mouaadnet/kubeflow/components/` calls.
 
 Every step takes paths and small values and returns a dict of small values, so it runs the same under
 `kfp.local`, on a Kubeflow cluster and in a unit test. The work itself is done by the library (`dvc_data`,
@@ -13,7 +13,6 @@ import json
 import math
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +31,9 @@ from mouaadnet.pipeline.lineage import (
     step_run,
 )
 from mouaadnet.pipeline.params import PipelineStepError, config_digest, train_config, val_specs
-from mouaadnet.pipeline.tracking import log_dataset
 from mouaadnet.pipeline.trainjob import SHARED_DIR
+from mouaadnet.tracking import log_dataset
 
-REPARAM_TOLERANCE = 1e-3
 PROGRESS_EVERY_S = 10.0  # the train task prints a progress line this often (kfp.local relays it live)
 
 
@@ -133,7 +131,7 @@ def train_step(dataset_dir: str | os.PathLike, config: str, out_dir: str | os.Pa
     if num_nodes > 1:
         work, scratch = launch.train_on_nodes(dataset_dir, config, epochs, steps_per_epoch, experiment, num_nodes,
                                               gpus_per_node, image, train_volume, trainer_runtime, namespace,
-                                              shared_dir, kube)
+                                              shared_dir, kube, pretrained)
         summary = launch.summary_from_checkpoint(work)
     elif gpus_per_node > 0:
         cfg = train_config(config, dataset_dir, epochs, steps_per_epoch)
@@ -167,47 +165,26 @@ def train_step(dataset_dir: str | os.PathLike, config: str, out_dir: str | os.Pa
             "best_epoch": summary["best_epoch"], "metrics": _finite(summary["metrics"])}
 
 
-def _val_images(dataset_dir: str | os.PathLike, size: int, count: int):
-    """Real validation images for parity checks and calibration (letterboxed like serving)."""
-    from model.export import load_images
-
-    images = sorted(p for p in Path(dataset_dir).glob("val/images/*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    if not images:
-        images = sorted(p for p in Path(dataset_dir).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    return load_images(images[:count], size), len(images[:count])
-
-
 @records_failure("reparameterize")
 def reparameterize_step(checkpoint: str | os.PathLike, dataset_dir: str | os.PathLike, out_dir: str | os.PathLike,
                         experiment: str = DEFAULT_EXPERIMENT) -> dict[str, Any]:
-    """Fuse RepVGG branches and Conv+BN; check fused == training form (max abs diff <= 1e-3); out_dir/deploy.pt."""
-    import torch
-
-    from model import reparameterize_model
-    from model.artifacts import load_model_checkpoint, write_sidecar
+    """Fuse RepVGG branches and Conv+BN; check fused == training form on 4 validation images per mode
+    (``mouaadnet.export.exporter.REPARAM_TOLERANCE``); out_dir/deploy.pt."""
+    from mouaadnet.export.exporter import REPARAM_TOLERANCE, Exporter, ReparamError
+    from mouaadnet.export.images import DatasetImages
 
     with step_run("reparameterize", experiment=experiment) as run:
         mlflow = _mlflow()
-        model, cfg = load_model_checkpoint(checkpoint)
-        deploy = reparameterize_model(model)
-        diffs = {}
-        for mode, size in (("scene", cfg.scene_size), ("crop", cfg.crop_size)):
-            x, _ = _val_images(dataset_dir, size, 4)
-            with torch.no_grad():
-                a, b = model(x, mode=mode), deploy(x, mode=mode)
-            diffs[mode] = max(float((a[k] - b[k]).abs().max()) for k in a)
-        mlflow.log_metrics({f"max_abs_diff_{m}": v for m, v in diffs.items()})
-        if not max(diffs.values()) <= REPARAM_TOLERANCE:
-            raise PipelineStepError(f"reparameterization changed the outputs: {diffs} > {REPARAM_TOLERANCE}")
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / "deploy.pt"
-        torch.save({"model": deploy.state_dict(), "model_config": cfg.model_dump(), "form": "deploy"}, path)
-        params = sum(p.numel() for p in deploy.parameters())
-        write_sidecar(path, "fp32", source=checkpoint, metrics={"reparam_max_abs_diff": diffs},
-                      extra={"form": "deploy", "params": params})
-        mlflow.log_metric("params_deploy", params)
-        return {"run_id": run.info.run_id, "params": params, "max_abs_diff": max(diffs.values())}
+        exporter = Exporter.from_checkpoint(checkpoint)
+        try:
+            result = exporter.reparameterize(Path(out_dir) / "deploy.pt", DatasetImages(dataset_dir), count=4)
+        except ReparamError as error:
+            mlflow.log_metrics({f"max_abs_diff_{m}": v for m, v in error.diffs.items()})
+            raise PipelineStepError(f"reparameterization changed the outputs: {error.diffs} > {REPARAM_TOLERANCE}"
+                                    ) from None
+        mlflow.log_metrics({f"max_abs_diff_{m}": v for m, v in result.diffs.items()})
+        mlflow.log_metric("params_deploy", result.params)
+        return {"run_id": run.info.run_id, "params": result.params, "max_abs_diff": max(result.diffs.values())}
 
 
 @records_failure("qat")
@@ -234,46 +211,29 @@ def export_step(deploy_checkpoint: str | os.PathLike, dataset_dir: str | os.Path
                 int8_dir: str | os.PathLike, qat_checkpoint: str | os.PathLike | None = None, size: int = 320,
                 experiment: str = DEFAULT_EXPERIMENT, log_models: bool = True) -> dict[str, Any]:
     """FP32 ONNX (validated, parity with PyTorch) and INT8 QDQ ONNX (QAT ranges when a QAT checkpoint is given,
-    else PTQ calibration on validation images), each with its sha256 sidecar; both logged with
-    ``mlflow.onnx.log_model`` (signature + input example). Files: fp32_dir/model.onnx, int8_dir/model.onnx."""
-    import torch
-
-    from model.artifacts import load_model_checkpoint, write_sidecar
-    from model.export import count_qdq, export_onnx, int8_agreement, quantize_int8
+    else PTQ calibration on validation images), each with its sha256 sidecar (``mouaadnet.export.exporter``); both
+    logged with ``mlflow.onnx.log_model`` (signature + input example). Files: fp32_dir/model.onnx,
+    int8_dir/model.onnx."""
+    from mouaadnet.export.exporter import Exporter, qat_ranges
+    from mouaadnet.export.images import DatasetImages
 
     with step_run("export_onnx", experiment=experiment) as run:
         mlflow = _mlflow()
-        model, cfg = load_model_checkpoint(deploy_checkpoint)
-        check, n_real = _val_images(dataset_dir, size, 8)
-        fp32 = Path(fp32_dir) / "model.onnx"
-        parity = export_onnx(model, fp32, "scene", size, images=check)
-        write_sidecar(fp32, "fp32", source=deploy_checkpoint, metrics={"parity_fp32_vs_torch": parity},
-                      extra={"mode": "scene", "size": size})
-        overrides, variant = None, "int8_ptq"
-        if qat_checkpoint:
-            from model.quantization import qat_overrides
-
-            qat = torch.load(str(qat_checkpoint), map_location="cpu", weights_only=True).get("qat")
-            if qat:
-                overrides, variant = qat_overrides(qat["ranges"], fp32), "int8_qat"
-        calib, n_calib = _val_images(dataset_dir, size, 32)
-        int8 = Path(int8_dir) / "model.onnx"
-        quantize_int8(fp32, int8, calib, "u8", overrides)
-        agreement = int8_agreement(fp32, int8, check)
-        write_sidecar(int8, f"{variant.replace('_', '-')}-u8", source=deploy_checkpoint,
-                      metrics={"int8_vs_fp32": agreement, "calibration_images": n_calib, **count_qdq(int8)},
-                      extra={"mode": "scene", "size": size, "variant": variant})
-        mlflow.log_params({"size": size, "int8_variant": variant, "parity_images": n_real})
-        mlflow.log_metrics({"fp32_mb": fp32.stat().st_size / 1e6, "int8_mb": int8.stat().st_size / 1e6,
-                            **{f"parity_{k}": v for k, v in _finite(parity).items()},
-                            **{f"int8_vs_fp32_{k}": v for k, v in _finite(agreement).items()}})
+        exporter, images = Exporter.from_checkpoint(deploy_checkpoint), DatasetImages(dataset_dir)
+        fp32 = exporter.export_fp32(Path(fp32_dir) / "model.onnx", "scene", images, size)
+        qat = qat_ranges(qat_checkpoint) if qat_checkpoint else None
+        int8 = exporter.export_int8(fp32, Path(int8_dir) / "model.onnx", images, 32, "u8", qat)
+        mlflow.log_params({"size": size, "int8_variant": int8.variant, "parity_images": fp32.real_images})
+        mlflow.log_metrics({"fp32_mb": fp32.path.stat().st_size / 1e6, "int8_mb": int8.path.stat().st_size / 1e6,
+                            **{f"parity_{k}": v for k, v in _finite(fp32.parity).items()},
+                            **{f"int8_vs_fp32_{k}": v for k, v in _finite(int8.agreement).items()}})
         model_ids = {}
         if log_models:
-            model_ids = {name: log_onnx_model(path, name, check[:1].numpy())
-                         for name, path in (("onnx_fp32", fp32), ("onnx_int8", int8))}
-        return {"run_id": run.info.run_id, "int8_variant": variant, "fp32_model_id": model_ids.get("onnx_fp32", ""),
-                "int8_model_id": model_ids.get("onnx_int8", ""), "fp32_mb": fp32.stat().st_size / 1e6,
-                "int8_mb": int8.stat().st_size / 1e6}
+            model_ids = {name: log_onnx_model(path, name, fp32.check[:1].numpy())
+                         for name, path in (("onnx_fp32", fp32.path), ("onnx_int8", int8.path))}
+        return {"run_id": run.info.run_id, "int8_variant": int8.variant,
+                "fp32_model_id": model_ids.get("onnx_fp32", ""), "int8_model_id": model_ids.get("onnx_int8", ""),
+                "fp32_mb": fp32.path.stat().st_size / 1e6, "int8_mb": int8.path.stat().st_size / 1e6}
 
 
 @records_failure("compile_tensorrt")
@@ -293,19 +253,15 @@ def compile_tensorrt_step(onnx_dir: str | os.PathLike, out_dir: str | os.PathLik
 
 
 def _latency_ms(onnx_path: Path, size: int, runs: int = 20) -> float:
+    """p50 ms of one 1-thread ONNX Runtime call at batch 1 (the latency gate)."""
     import numpy as np
 
-    from model.export import ort_session
+    from mouaadnet.runtime.session import ort_session
+    from mouaadnet.runtime.timing import time_interleaved
 
     session = ort_session(onnx_path, threads=1)
     x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
-    session.run(None, {"images": x})
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, {"images": x})
-        times.append((time.perf_counter() - start) * 1e3)
-    return float(np.median(times))
+    return time_interleaved({"model": lambda: session.run(None, {"images": x})}, runs, warmup=1, rounds=1)["model"][0]
 
 
 @records_failure("evaluate")

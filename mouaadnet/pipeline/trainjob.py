@@ -14,7 +14,7 @@ last.pt / best.pt there, and the step copies best.pt into the pipeline's checkpo
 Credentials: the pods read MLflow / S3 settings from the Secret ``mouaadnet-credentials`` (secretKeyRef,
 optional keys), as every pipeline task does; the manifest holds no secret value.
 The pipeline pod's service account needs create/get/delete on trainjobs and get/list on pods and pods/log
-(pipelines/trainjob-rbac.yaml).
+(cluster/k8s/train-on-nodes.yaml).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ SHARED_DIR = "/mnt/mouaadnet-train"  # where the train_volume PVC is mounted, in
 SECRET_NAME = "mouaadnet-credentials"
 SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION",
                "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-SCHEMA = Path(__file__).resolve().parents[2] / "pipelines" / "schemas" / "trainjob.v1alpha1.schema.json"
+SCHEMA = Path(__file__).resolve().parents[2] / "cluster" / "schemas" / "trainjob.v1alpha1.schema.json"
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 # pods of one TrainJob: its JobSet has the TrainJob's name; rank 0 runs in the pod with completion index 0
 POD_SELECTOR = ("jobset.sigs.k8s.io/jobset-name={name},jobset.sigs.k8s.io/replicatedjob-name=" + NODE +

@@ -3,7 +3,8 @@ and the recorded runtime choice.
 
 - ``session``: ``open_model(path, runtime, precision, threads)`` and ``runtime_factory`` (for apps);
 - ``openvino_export``: ONNX -> OpenVINO IR, NNCF INT8 with the calibration images ORT's PTQ uses;
-- ``choice``: the fastest runtime/precision that passed the gates, written next to the model (``--runtime auto``).
+- ``choice``: reads the recorded choice (the fastest runtime/precision that passed the gates) for ``--runtime auto``;
+  ``mouaadnet.export.runtime_choice`` writes it.
 """
 
 from .session import (

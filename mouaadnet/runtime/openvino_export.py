@@ -152,12 +152,6 @@ def export_ir(fp32_onnx: str | Path, xml: str | Path, check_images: np.ndarray, 
     return report
 
 
-def count_fake_quantize(xml: str | Path) -> int:
-    import openvino as ov
-
-    return sum(op.get_type_name() == "FakeQuantize" for op in ov.Core().read_model(str(xml)).get_ordered_ops())
-
-
 def ir_from_torch(model, xml: str | Path, mode: str, size: int, calibration=None, k: int | None = None,
                   keep_float: Sequence[str] = ("tail",)) -> Path:
     """Convenience for benchmarks and tests: export ``model`` to ONNX (``model.export.export_onnx``, parity

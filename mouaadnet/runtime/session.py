@@ -39,6 +39,7 @@ import numpy as np
 RUNTIMES = ("onnxruntime", "openvino")
 OPENVINO_PRECISIONS = ("f32", "bf16")
 INPUT_NAME = "images"
+SCENE_OUTPUT_NAMES = ("boxes", "scores", "gender", "age")  # the exported graph's contract (model/onnx_run.py)
 DEFAULT_SIZES = {"scene": 320, "crop": 112}
 MAX_STATIC_BATCHES = 4
 
@@ -114,9 +115,12 @@ class RuntimeModel:
                 f"({self.precision_source}), {self.threads} thread(s)")
 
 
-def _ort_session(path: Path, threads: int):
+def ort_session(path: str | Path, threads: int | None = None):
+    """The ONNX Runtime CPU session every part of mouaadnet/ runs (bounded threads, no spinning); ``model/`` keeps
+    its own for its export checks, since it imports nothing of mouaadnet."""
     import onnxruntime as ort
 
+    threads = threads or default_threads()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -147,7 +151,7 @@ class OrtRuntimeModel(RuntimeModel):
             raise RuntimeLoadError(f"{path}: ONNX Runtime runs .onnx files (an OpenVINO IR needs --runtime openvino)")
         self.threads = threads or default_threads()
         try:
-            self.session = _ort_session(path, self.threads)
+            self.session = ort_session(path, self.threads)
         except Exception as error:  # noqa: BLE001 - ORT's own message says what is wrong
             raise RuntimeLoadError(f"{path}: cannot load with ONNX Runtime: {error}") from None
         inputs = self.session.get_inputs()

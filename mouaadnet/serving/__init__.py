@@ -1,5 +1,6 @@
-"""Serving: Triton model repository tooling, the tritonserver launcher, the gRPC client and the benchmark.
+"""Serving: Triton model repository tooling, publish, the tritonserver launcher and the gRPC client.
 
-Modules imported inside the Triton Python backend (prepost, onnx_model) need only numpy, Pillow and onnxruntime,
-so they run in the numpy<2 serving venv (.venv-serve) as well as in the main venv.
+Modules imported inside the Triton Python backend (prepost) need only numpy, Pillow and onnxruntime, so they run
+in the numpy<2 serving venv (.venv-serve) as well as in the main venv; the detector runs through
+``mouaadnet.runtime`` (also torch-free).
 """

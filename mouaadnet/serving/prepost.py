@@ -6,7 +6,7 @@ ONNX Runtime path and the tests all call these, so the server and the in-process
 Preprocess: encoded bytes -> integrity checks (PNG chunk CRCs; JPEG decoded in strict mode, so libjpeg's
 "corrupt data" warnings are errors) -> decode (bounded size and a per-request pixel/byte budget, EXIF
 orientation) -> letterbox to SIZE x SIZE with grey 114
-(centered, the training convention of `mouaadnet.data.augment.letterbox`) -> float32 [3,S,S] RGB / 255, plus one
+(centered, `mouaadnet.data.letterbox`, as in training) -> float32 [3,S,S] RGB / 255, plus one
 `meta` row per image = (scale, pad_x, pad_y, orig_w, orig_h) so boxes can be mapped back.
 Postprocess: model outputs in input pixels -> keep score >= threshold -> boxes in ORIGINAL image pixels.
 """
@@ -18,17 +18,22 @@ import math
 import struct
 import warnings
 import zlib
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageFile
+
+from mouaadnet.data.letterbox import (  # noqa: F401  (re-exported: the Triton models and clients import them here)
+    PAD_VALUE,
+    Letterbox,
+    letterbox_geometry,
+    letterbox_image,
+)
 
 try:  # libjpeg-turbo with its warnings surfaced: corrupt entropy-coded data is an error, not garbled pixels
     import simplejpeg
 except ImportError:  # pragma: no cover - a dependency; without it JPEG corruption is caught only when fatal
     simplejpeg = None
 
-PAD_VALUE = 114  # == model.preprocess.PAD_VALUE (checked by a test; importing `model` would pull torch)
 DEFAULT_SIZE = 320
 DEFAULT_THRESHOLD = 0.3
 # Decompression-bomb bounds, checked on the header BEFORE any pixel is decoded.
@@ -54,28 +59,6 @@ class BudgetError(ImageError):
 
 # Never decode a truncated file into partly grey pixels, whatever another module set this global to.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-
-
-@dataclass(frozen=True)
-class Letterbox:
-    """How an original image was placed into the square model input."""
-
-    scale: float
-    pad_x: int
-    pad_y: int
-    orig_w: int
-    orig_h: int
-
-    def as_row(self) -> np.ndarray:
-        return np.array([self.scale, self.pad_x, self.pad_y, self.orig_w, self.orig_h], np.float32)
-
-
-def letterbox_geometry(width: int, height: int, size: int) -> tuple[Letterbox, int, int]:
-    """Scale and padding placing a width x height image centered in size x size; returns (box, new_w, new_h)."""
-    scale = size / max(width, height)
-    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-    pad_x, pad_y = (size - new_w) // 2, (size - new_h) // 2
-    return Letterbox(scale, pad_x, pad_y, width, height), new_w, new_h
 
 
 # EXIF orientation -> the transposition that shows the image upright (as ImageOps.exif_transpose does).
@@ -236,23 +219,6 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         array = np.asarray(image, dtype=np.float64)
         return Image.fromarray(np.rint(np.clip(array / 65535.0, 0.0, 1.0) * 255).astype(np.uint8)).convert("RGB")
     return image.convert("RGB")
-
-
-def letterbox_image(image: np.ndarray, size: int, full_size: tuple[int, int] | None = None) -> tuple[np.ndarray, Letterbox]:
-    """HxWx3 uint8 -> size x size x 3 uint8 letterboxed with grey 114, and its geometry.
-
-    ``full_size`` is the (w, h) the geometry refers to when ``image`` was decoded at a reduced scale.
-    """
-    h, w = image.shape[:2]
-    full_w, full_h = full_size or (w, h)
-    box, new_w, new_h = letterbox_geometry(full_w, full_h, size)
-    out = np.full((size, size, 3), PAD_VALUE, np.uint8)
-    if (w, h) != (new_w, new_h):
-        resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
-    else:
-        resized = image
-    out[box.pad_y : box.pad_y + new_h, box.pad_x : box.pad_x + new_w] = resized
-    return out, box
 
 
 def normalize(image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

@@ -23,138 +23,23 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_VENV = PROJECT_ROOT / ".venv-serve"
-BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
-STUB_BINARY = "triton_python_backend_stub"
-SHM_DIR = Path("/dev/shm")
-
-
-class ServerError(RuntimeError):
-    """The server could not be started, or a model failed to load (the message carries Triton's reason)."""
-
-
-@dataclass
-class TritonInstall:
-    venv: Path
-    root: Path  # .../site-packages/pytriton/tritonserver
-    python_version: str
-
-    @property
-    def binary(self) -> Path:
-        return self.root / "bin" / "tritonserver"
-
-    @property
-    def stub(self) -> Path:
-        return self.root / "python_backend_stubs" / self.python_version / "triton_python_backend_stub"
-
-
-def serving_venv() -> Path:
-    """MOUAADNET_SERVE_VENV, else <project>/.venv-serve, else the running interpreter's venv if it has pytriton."""
-    env = os.environ.get("MOUAADNET_SERVE_VENV")
-    if env:
-        return Path(env).resolve()
-    if DEFAULT_VENV.is_dir():
-        return DEFAULT_VENV
-    return Path(sys.prefix)
-
-
-def find_triton(venv: Path | None = None) -> TritonInstall:
-    venv = Path(venv or serving_venv())
-    roots = sorted(venv.glob("lib/python3.*/site-packages/pytriton/tritonserver"))
-    if not roots:
-        raise ServerError(f"no tritonserver found in {venv}: build the serving venv with `make serve-venv` "
-                          "(or point MOUAADNET_SERVE_VENV at a venv with nvidia-pytriton installed)")
-    root = roots[-1]
-    version = root.parents[2].name.removeprefix("python")  # lib/python3.11/site-packages
-    install = TritonInstall(venv, root, version)
-    if not install.binary.is_file():
-        raise ServerError(f"{install.binary} is missing (broken nvidia-pytriton install?)")
-    if not install.stub.is_file():
-        raise ServerError(f"no triton_python_backend_stub for Python {version} in {root / 'python_backend_stubs'}")
-    return install
-
-
-def prepare_backend_dir(install: TritonInstall, where: Path | None = None) -> Path:
-    """A backend directory with python/{libtriton_python.so, triton_python_backend_utils.py, stub}. Idempotent."""
-    where = Path(where or install.venv / "triton-backends")
-    python_dir = where / "python"
-    python_dir.mkdir(parents=True, exist_ok=True)
-    wanted = {name: install.root / "backends" / "python" / name for name in BACKEND_FILES}
-    wanted["triton_python_backend_stub"] = install.stub
-    for name, source in wanted.items():
-        link = python_dir / name
-        if link.is_symlink() and Path(os.readlink(link)) == source:
-            continue
-        tmp = python_dir / f".{name}.tmp{os.getpid()}"
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(source)
-        os.replace(tmp, link)
-    return where
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class ServerConfig:
-    repo: Path
-    http_port: int = 8000
-    grpc_port: int = 8001
-    metrics_port: int = 8002
-    control_mode: str = "none"  # none | explicit | poll
-    load_models: list[str] = field(default_factory=list)  # explicit mode: models to load at start ([] = all)
-    poll_secs: int = 5
-    log_verbose: int = 0
-    shm_bytes: int = 16 * 1024 * 1024  # python backend shared memory per instance (grows on demand)
-    extra_args: list[str] = field(default_factory=list)
-
-
-def build_command(install: TritonInstall, backend_dir: Path, cfg: ServerConfig) -> list[str]:
-    if cfg.control_mode not in ("none", "explicit", "poll"):
-        raise ServerError(f"--model-control-mode must be none, explicit or poll, got {cfg.control_mode!r}")
-    cmd = [
-        str(install.binary),
-        f"--model-repository={Path(cfg.repo).resolve()}",
-        f"--backend-directory={backend_dir}",
-        "--http-address=127.0.0.1", f"--http-port={cfg.http_port}",
-        "--grpc-address=127.0.0.1", f"--grpc-port={cfg.grpc_port}",
-        "--metrics-address=127.0.0.1", f"--metrics-port={cfg.metrics_port}",
-        "--allow-gpu-metrics=false",
-        "--pinned-memory-pool-byte-size=0",
-        "--exit-on-error=false",  # stay up so the repository index can say which model failed and why
-        "--strict-readiness=true",
-        "--exit-timeout-secs=15",
-        f"--backend-config=python,shm-default-byte-size={cfg.shm_bytes}",
-        f"--log-verbose={cfg.log_verbose}",
-        f"--model-control-mode={cfg.control_mode}",
-    ]
-    if cfg.control_mode == "explicit":
-        cmd += [f"--load-model={name}" for name in cfg.load_models] or ["--load-model=*"]
-    if cfg.control_mode == "poll":
-        cmd.append(f"--repository-poll-secs={cfg.poll_secs}")
-    return cmd + list(cfg.extra_args)
-
-
-def server_env(install: TritonInstall) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{install.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-    env["VIRTUAL_ENV"] = str(install.venv)
-    env.pop("PYTHONHOME", None)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return env
+from .stubs import SHM_DIR, Stub, children, proc_state, stub_of
+from .triton_install import (
+    ServerConfig,
+    ServerError,
+    TritonInstall,
+    build_command,
+    find_triton,
+    prepare_backend_dir,
+    server_env,
+)
 
 
 def _die_with_parent() -> None:
@@ -174,52 +59,6 @@ def _http(url: str, method: str = "GET", body: bytes | None = None, timeout: flo
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
-
-
-@dataclass(frozen=True)
-class Stub:
-    """One Python-backend stub process (one model instance) of a tritonserver."""
-
-    pid: int
-    instance: str  # e.g. detector_0_1
-    model: str  # the model folder name, e.g. detector
-    shm_region: str  # its /dev/shm region, e.g. triton_python_backend_shm_region_<uuid>
-
-
-def _proc_state(pid: int) -> str | None:
-    """The /proc state letter of ``pid`` (R, S, Z, ...), None when the process is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[0]
-
-
-def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            kids.append(int(entry.name))
-    return kids
-
-
-def _stub_of(pid: int) -> Stub | None:
-    """Parse a stub's command line: stub, model.py, shm region, sizes, parent pid, backend dir, ?, instance."""
-    try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    args = [a.decode(errors="replace") for a in args if a]
-    if len(args) < 9 or not args[0].endswith(STUB_BINARY):
-        return None
-    model_py = Path(args[1])
-    return Stub(pid, args[8], model_py.parent.parent.name, args[2])
 
 
 class TritonServer:
@@ -282,14 +121,14 @@ class TritonServer:
         """The stub processes of this server now (alive or zombie); remembered for cleanup."""
         if self.process is None:
             return []
-        found = [stub for stub in map(_stub_of, _children(self.process.pid)) if stub is not None]
+        found = [stub for stub in map(stub_of, children(self.process.pid)) if stub is not None]
         self._stubs.update({stub.pid: stub for stub in found})
         return found
 
     def dead_stubs(self, include_handled: bool = False) -> list[Stub]:
         """Stubs that exited while their server runs (zombies Triton never reaped: it did not notice)."""
         self.stubs()
-        dead = [stub for pid, stub in self._stubs.items() if _proc_state(pid) in ("Z", "X")]
+        dead = [stub for pid, stub in self._stubs.items() if proc_state(pid) in ("Z", "X")]
         return dead if include_handled else [stub for stub in dead if stub.pid not in self._handled_dead]
 
     def mark_handled(self, stubs: list[Stub]) -> None:
@@ -377,12 +216,12 @@ class TritonServer:
     def _wait_stubs_gone(self, timeout: float) -> None:
         """Stubs notice their server's death and exit by themselves; SIGKILL any left after ``timeout``."""
         deadline = time.monotonic() + timeout
-        alive = [pid for pid in self._stubs if _proc_state(pid) not in (None, "Z", "X")]
+        alive = [pid for pid in self._stubs if proc_state(pid) not in (None, "Z", "X")]
         while alive and time.monotonic() < deadline:
             time.sleep(0.1)
-            alive = [pid for pid in alive if _proc_state(pid) not in (None, "Z", "X")]
+            alive = [pid for pid in alive if proc_state(pid) not in (None, "Z", "X")]
         for pid in alive:  # pids recorded as this server's stubs: still that process only if still a stub
-            stub = _stub_of(pid)
+            stub = stub_of(pid)
             if stub is not None and stub.shm_region == self._stubs[pid].shm_region:
                 try:
                     os.kill(pid, signal.SIGKILL)

@@ -2,10 +2,11 @@
 
 The method (placement after re-parameterization, re-inserted BN, per-channel weights, frozen BN at the end) is
 ``model.quantization.qat_finetune``; this module feeds it what training uses: the checkpoint's (EMA) weights,
-mixed scene/crop batches from ``mouaadnet.training.recipe.BatchStream`` over ``load_training_data`` (crop steps at the
-config's ``crop_fraction``), and ``model.losses.MultiTaskLoss``. Validation metrics (``evaluate_sets``) are
-measured before (float model), after (QAT model with fake-quant on, i.e. simulated INT8) and on the QAT weights
-with fake-quant off, and saved in the checkpoint's sidecar. The last one separates the two effects a gate
+mixed scene/crop batches from the trainer's own streams (``mouaadnet.training.recipe.build_streams`` over
+``load_training_data``: pasting, crop framing and cache included; crop steps at the config's ``crop_fraction``),
+and ``model.losses.MultiTaskLoss``. Validation metrics (``evaluate_sets``) are measured before (float model),
+after (QAT model with fake-quant on, i.e. simulated INT8) and on the QAT weights with fake-quant off, and saved
+in the checkpoint's sidecar. The last one separates the two effects a gate
 "INT8 vs FP32" sees: what the extra fine-tuning steps changed (float before -> QAT weights in float) and what
 quantization costs on those weights (QAT weights in float -> fake-quant on).
 """
@@ -13,17 +14,18 @@ quantization costs on those weights (QAT weights in float -> fake-quant on).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from model.losses import MultiTaskLoss
 from model.quantization import qat_finetune, save_qat_checkpoint, set_fake_quant
+from mouaadnet.data.assembly import TrainingData, load_training_data
 from mouaadnet.evaluation.evaluate import evaluate_sets, flat_metrics
 from mouaadnet.training.checkpoint import model_from_checkpoint
 from mouaadnet.training.config import TrainConfig
-from mouaadnet.training.recipe import BatchStream, seed_everything, step_modes
-from mouaadnet.training.sources import TrainingData, load_training_data
+from mouaadnet.training.recipe import build_streams, mixed_batches, seed_everything
 
 
 @dataclass
@@ -37,25 +39,13 @@ class QATSummary:
     losses: list[float] = field(default_factory=list)
 
 
-def qat_batches(cfg: TrainConfig, data: TrainingData, total: int, epoch: int = 0):
-    """``total`` training batches mixing scene and crop steps like one training epoch, each tagged with "mode"."""
-    from mouaadnet.data.dataset import CropDataset, SceneDataset, collate_crop, collate_scene
-
-    streams = {}
-    if data.scene.samples:
-        dataset = SceneDataset(data.scene.samples, cfg.model.scene_size, cfg.data.augment, cfg.seed)
-        streams["scene"] = BatchStream(dataset, data.scene, cfg.data.scene_batch_size, collate_scene,
-                                       cfg.data.num_workers, cfg.seed, 0)
-    if data.crop.samples:
-        dataset = CropDataset(data.crop.samples, cfg.model.crop_size, cfg.data.augment, cfg.seed)
-        streams["crop"] = BatchStream(dataset, data.crop, cfg.data.crop_batch_size, collate_crop,
-                                      cfg.data.num_workers, cfg.seed, 1)
+def qat_batches(cfg: TrainConfig, data: TrainingData, total: int, epoch: int = 0) -> Iterator[dict[str, Any]]:
+    """``total`` training batches mixing scene and crop steps like one training epoch, each tagged with "mode":
+    the trainer's streams (``build_streams``: augmentation, pasting, crop framing and cache as configured)."""
+    streams = build_streams(cfg, data)
     if not streams:
         raise ValueError("no training data for QAT (data.scene and data.crop are empty)")
-    modes = step_modes(total, cfg.data.crop_fraction, "scene" in streams, "crop" in streams)
-    iterators = {m: s.epoch(epoch, modes.count(m)) for m, s in streams.items() if m in modes}
-    for mode in modes:
-        batch = next(iterators[mode])
+    for mode, batch in mixed_batches(streams, total, cfg.data.crop_fraction, epoch):
         batch["mode"] = mode
         yield batch
 

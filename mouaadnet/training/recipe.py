@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from mouaadnet.data.assembly import ModeData, TrainingData
+from mouaadnet.data.cache import ImageCache
+from mouaadnet.data.dataset import CropDataset, SceneDataset, collate_crop, collate_scene
 from mouaadnet.training.config import TrainConfig
 from mouaadnet.training.distributed import SINGLE, DistContext, local_batch, rank_slice
-from mouaadnet.training.sources import ModeData
 
 
 def resolve_device(name: str) -> torch.device:
@@ -95,6 +99,35 @@ class BatchStream:
         loader = DataLoader(self.dataset, batch_size=self.local_batch_size, sampler=indices.tolist(),
                             collate_fn=self.collate, num_workers=self.num_workers, drop_last=True)
         return iter(loader)
+
+
+def build_streams(cfg: TrainConfig, data: TrainingData, dist: DistContext = SINGLE) -> dict[str, BatchStream]:
+    """The batch streams of the modes that have samples, as the config's data section says (augmentation,
+    pasting, crop framing, image cache, batch sizes, workers): what the trainer and QAT draw their batches from."""
+    settings, size, streams = cfg.data, cfg.model, {}
+    if data.scene.samples:
+        # Cached images keep enough pixels for the largest zoom the augmentation asks for.
+        cache = ImageCache(round(size.scene_size * 1.4)) if settings.cache else None
+        dataset = SceneDataset(data.scene.samples, size.scene_size, settings.augment, cfg.seed, cache=cache,
+                               paste=settings.paste, bodies=data.paste_bodies)
+        streams["scene"] = BatchStream(dataset, data.scene, settings.scene_batch_size, collate_scene,
+                                       settings.num_workers, cfg.seed, 0, dist)
+    if data.crop.samples:
+        cache = ImageCache(size.crop_size * 2) if settings.cache else None
+        dataset = CropDataset(data.crop.samples, size.crop_size, settings.augment, cfg.seed, cache=cache,
+                              framing=settings.crop_framing)
+        streams["crop"] = BatchStream(dataset, data.crop, settings.crop_batch_size, collate_crop,
+                                      settings.num_workers, cfg.seed, 1, dist)
+    return streams
+
+
+def mixed_batches(streams: dict[str, BatchStream], steps: int, crop_fraction: float,
+                  epoch: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(mode, batch) for ``steps`` steps of ``epoch``: the streams' batches in the step schedule (``step_modes``)."""
+    modes = step_modes(steps, crop_fraction, "scene" in streams, "crop" in streams)
+    iterators = {m: s.epoch(epoch, modes.count(m)) for m, s in streams.items() if m in modes}
+    for mode in modes:
+        yield mode, next(iterators[mode])
 
 
 def peak_lr(cfg: TrainConfig) -> float:

@@ -6,8 +6,9 @@ import time
 
 import torch
 
-from mouaadnet.training.config import SourceConfig, TrainConfig
-from mouaadnet.training.sources import load_training_data
+from mouaadnet.data.assembly import load_training_data
+from mouaadnet.data.config import SourceConfig
+from mouaadnet.training.config import TrainConfig
 from mouaadnet.training.trainer import Trainer
 
 VARIANTS = (("fp32", "off", False), ("fp32 channels_last", "off", True), ("bf16 autocast", "bf16", False),
@@ -29,11 +30,11 @@ def measure(trainer: Trainer, mode: str, steps: int, warmup: int = 2) -> float:
     batches = stream.epoch(0, steps + warmup)
     trainer.model.train()
     for _ in range(warmup):
-        trainer.train_step(next(batches), mode)
+        trainer.optimizer_step(next(batches), mode)
     images, start = 0, time.perf_counter()
     for _ in range(steps):
         batch = next(batches)
-        trainer.train_step(batch, mode)
+        trainer.optimizer_step(batch, mode)
         images += len(batch["images"])
     return images / (time.perf_counter() - start)
 

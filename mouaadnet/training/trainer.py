@@ -1,7 +1,8 @@
 """Multi-task training: mixed scene/crop batches, AMP, One-Cycle, EMA, atomic resumable checkpoints, MLflow.
 
 One process, or several that torchrun started (DistributedDataParallel, see ``mouaadnet.training.distributed``):
-then rank 0 alone validates, writes checkpoints, logs to MLflow and shows progress."""
+every process runs the same loop (``Trainer.fit``); rank 0 alone validates, writes checkpoints, logs to MLflow
+and shows progress."""
 
 from __future__ import annotations
 
@@ -9,46 +10,38 @@ import contextlib
 import math
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from model import build_model
 from model.losses import MultiTaskLoss
-from mouaadnet.data.cache import ImageCache
-from mouaadnet.data.dataset import (
-    CropDataset,
-    CropFraming,
-    PasteSettings,
-    SceneDataset,
-    collate_crop,
-    collate_scene,
-)
+from mouaadnet.data.assembly import TrainingData, load_training_data
 from mouaadnet.evaluation.evaluate import EvalResult, evaluate_sets, flat_metrics
-from mouaadnet.training import distributed
+from mouaadnet.tracking import MetricSpool, final_wait, git_commit, mlflow_run
+from mouaadnet.training import distributed, run_logging
 from mouaadnet.training.checkpoint import atomic_save, load_checkpoint, restore_rng_state, rng_state
-from mouaadnet.training.config import TrainConfig, flatten
+from mouaadnet.training.config import TrainConfig
 from mouaadnet.training.distributed import DistContext
 from mouaadnet.training.progress import ProgressLog
 from mouaadnet.training.recipe import (
-    BatchStream,
     build_optimizer,
     build_scheduler,
+    build_streams,
+    mixed_batches,
     peak_lr,
     ramped_ema,
     resolve_amp,
     resolve_device,
     seed_everything,
-    step_modes,
 )
-from mouaadnet.training.sources import TrainingData, dataset_inputs, load_training_data
 from mouaadnet.training.threads import apply_threads
 
 
@@ -96,7 +89,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.ema = (AveragedModel(self.model, multi_avg_fn=ramped_ema(cfg.optim.ema_decay, cfg.optim.ema_ramp_steps),
                                   use_buffers=True) if cfg.optim.ema else None)
-        self.streams = self._streams()
+        self.streams = build_streams(cfg, self.data, self.dist)
         # what the forward pass runs through: DistributedDataParallel under torchrun (crop batches leave the
         # detection head unused), the model itself for one process
         self.train_module = distributed.wrap(self.model, self.dist, self.device,
@@ -107,32 +100,13 @@ class Trainer:
         self.best_epoch = -1
         self.history: dict[str, list[float]] = defaultdict(list)
         self.run_id: str | None = None
+        self.last_metrics: dict[str, float] = {}  # of the last epoch run (rank 0: validation metrics included)
+        self.last_results: list[EvalResult] = []  # rank 0's last validation
 
     def _load_pretrained(self, path: str) -> None:
         state = load_checkpoint(path)
         weights = state.get("ema") or state["model"]
         self.model.load_state_dict(weights)
-
-    def _streams(self) -> dict[str, BatchStream]:
-        cfg, data, streams = self.cfg, self.cfg.data, {}
-        # Cached images keep enough pixels for the largest zoom the augmentation asks for.
-        scene_cache = ImageCache(round(cfg.model.scene_size * 1.4)) if data.cache else None
-        crop_cache = ImageCache(cfg.model.crop_size * 2) if data.cache else None
-        if self.data.scene.samples:
-            paste = PasteSettings(self.data.paste_bodies, data.paste.probability, data.paste.max_per_image,
-                                  tuple(data.paste.height))
-            dataset = SceneDataset(self.data.scene.samples, cfg.model.scene_size, data.augment, cfg.seed,
-                                   cache=scene_cache, paste=paste)
-            streams["scene"] = BatchStream(dataset, self.data.scene, data.scene_batch_size, collate_scene,
-                                           data.num_workers, cfg.seed, 0, self.dist)
-        if self.data.crop.samples:
-            framing = CropFraming(tuple(data.crop_framing.zoom), tuple(data.crop_framing.aspect),
-                                  data.crop_framing.shift)
-            dataset = CropDataset(self.data.crop.samples, cfg.model.crop_size, data.augment, cfg.seed,
-                                  cache=crop_cache, framing=framing)
-            streams["crop"] = BatchStream(dataset, self.data.crop, data.crop_batch_size, collate_crop,
-                                          data.num_workers, cfg.seed, 1, self.dist)
-        return streams
 
     @property
     def eval_model(self) -> nn.Module:
@@ -148,7 +122,8 @@ class Trainer:
             moved["images"] = moved["images"].contiguous(memory_format=torch.channels_last)
         return moved
 
-    def train_step(self, batch: dict[str, Any], mode: str) -> dict[str, float]:
+    def optimizer_step(self, batch: dict[str, Any], mode: str) -> dict[str, float]:
+        """One optimisation step on ``batch`` (this process's share of the global batch); returns its losses."""
         batch = self._to_device(batch)
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype
                     else contextlib.nullcontext())
@@ -182,22 +157,19 @@ class Trainer:
     def train_epoch(self) -> dict[str, float]:
         """One epoch of ``steps_per_epoch`` steps; returns mean losses, LR and throughput."""
         self.train_module.train()
-        steps = self.cfg.optim.steps_per_epoch
-        modes = step_modes(steps, self.cfg.data.crop_fraction, "scene" in self.streams, "crop" in self.streams)
-        iterators = {m: s.epoch(self.epoch, modes.count(m)) for m, s in self.streams.items() if m in modes}
+        steps, epochs = self.cfg.optim.steps_per_epoch, self.cfg.optim.epochs
+        batches = mixed_batches(self.streams, steps, self.cfg.data.crop_fraction, self.epoch)
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
         images, start = 0, time.perf_counter()
-        epochs = self.cfg.optim.epochs
         if self.progress_every is not None and self.progress_log is None:
             self.progress_log = ProgressLog(epochs * steps, self.epoch * steps, self.progress_every)
-        bar = tqdm(modes, desc=f"epoch {self.epoch + 1}/{epochs}", disable=not self.progress,
+        bar = tqdm(batches, total=steps, desc=f"epoch {self.epoch + 1}/{epochs}", disable=not self.progress,
                    unit="step", dynamic_ncols=True)
-        for step, mode in enumerate(bar, 1):
+        for step, (mode, batch) in enumerate(bar, 1):
             if self.device.type == "cpu":
                 apply_threads(self.cfg.threads, step - 1)
-            batch = next(iterators[mode])
-            for name, value in self.train_step(batch, mode).items():
+            for name, value in self.optimizer_step(batch, mode).items():
                 sums[name] += value
                 counts[name] += 1
             images += len(batch["images"]) * self.dist.world_size  # the global batch
@@ -285,6 +257,74 @@ class Trainer:
             atomic_save(state, self.out_dir / "best.pt")
         return improved
 
+    # ---- the run: the same loop on every process -----------------------------------------------------------
+    def fit(self, run_name: str | None = None,
+            datasets: list[tuple[str, str, str]] | None = None) -> TrainSummary:
+        """Run the epochs from ``self.epoch`` on. Every process trains its share of each batch; rank 0 then
+        validates, checkpoints and logs the epoch (inside its MLflow run) while the others wait at a barrier."""
+        with self._tracking(run_name, datasets) as spool:
+            for epoch in range(self.epoch, self.cfg.optim.epochs):
+                self.epoch = epoch
+                metrics = self.train_epoch()
+                self.gather_rng()
+                if self.dist.is_main:
+                    self._close_epoch(metrics, spool)
+                else:
+                    append_history(self.history, metrics, epoch + 1)
+                self.last_metrics = metrics
+                self.dist.barrier()  # the other ranks wait here while rank 0 validates and checkpoints
+        rates = self.history.get("images_per_second") or [float("nan")]
+        return TrainSummary(self.out_dir, len(self.history.get("epoch", [])), self.best_score, self.best_epoch + 1,
+                            self.last_metrics, float(np.mean(rates)), self.bad_samples(), self.run_id,
+                            dict(self.history))
+
+    def _close_epoch(self, metrics: dict[str, float], spool: MetricSpool) -> None:
+        """Rank 0 after an epoch: validation metrics into ``metrics``, history, checkpoints, MLflow, a line."""
+        val_metrics, self.last_results = self.validate()
+        metrics.update(val_metrics)
+        metrics["bad_samples"] = float(self.bad_samples())
+        append_history(self.history, metrics, self.epoch + 1)
+        score = val_metrics.get(self.cfg.best_metric, float("nan"))
+        improved = self.save(metrics, score)
+        spool.log(metrics, step=self.epoch + 1)  # an unreachable server never stops training
+        if self.progress or self.progress_every is not None:
+            print(f"epoch {self.epoch + 1}: loss {metrics['loss']:.4f}  {self.cfg.best_metric} {score:.4f}"
+                  f"{'  (best)' if improved else ''}  {metrics['images_per_second']:.1f} img/s", flush=True)
+
+    @contextlib.contextmanager
+    def _tracking(self, run_name: str | None,
+                  datasets: list[tuple[str, str, str]] | None) -> Iterator[MetricSpool | None]:
+        """Rank 0: the run's MLflow run (resumed with the checkpoint's run id) and its epoch-metric spool, then the
+        run's outputs; the other ranks: nothing (None)."""
+        if not self.dist.is_main:
+            yield None
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        moved_from = self.run_id if run_logging.run_is_unknown(self.run_id) else None
+        if moved_from:  # a checkpoint resumed on another machine: a new run that carries the epochs done there
+            self.run_id = None
+        amp = str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32"
+        tags = {"git_commit": git_commit(), "data_fingerprint": self.data.fingerprint, "device": str(self.device),
+                "amp": amp, "world_size": str(self.dist.world_size), "dist_backend": self.dist.backend or "none",
+                "lr_peak": f"{peak_lr(self.cfg):g}"}
+        with mlflow_run(self.cfg.experiment, run_name=run_name, run_id=self.run_id, tags=tags,
+                        entry_point="train") as run:
+            if self.run_id is None:
+                self.run_id = run.info.run_id
+                run_logging.log_run_start(self.cfg, self.out_dir, datasets)
+                if moved_from:
+                    run_logging.log_resumed(moved_from, self.epoch, dict(self.history))
+            spool = MetricSpool(self.run_id, self.out_dir / "mlflow-pending.jsonl")
+            if spool.load():  # a previous process of this run was killed while MLflow was unreachable
+                spool.flush()
+            yield spool
+            if not spool.flush(wait=final_wait()):
+                print(f"warning: MLflow still unreachable: {len(spool.pending)} epoch(s) of metrics stay in "
+                      f"{spool.path} (delivered by `--resume` of this run); checkpoints are complete", flush=True)
+            else:
+                run_logging.log_run_outputs(self.out_dir, dict(self.history), self.last_results,
+                                            {"best_epoch": self.best_epoch + 1, "bad_samples": self.bad_samples()})
+
 
 def append_history(history: dict[str, list[float]], metrics: dict[str, float], epoch: int) -> None:
     """Add one epoch; a metric absent this epoch (NaN, e.g. no matched person yet) is NaN, so every list stays
@@ -299,75 +339,6 @@ def append_history(history: dict[str, list[float]], metrics: dict[str, float], e
     history.setdefault("epoch", []).append(epoch)
 
 
-def _log_plots(history: dict[str, list[float]], results: list[EvalResult]) -> None:
-    import mlflow
-
-    from mouaadnet.evaluation import plots
-
-    mlflow.log_figure(plots.plot_training_curves(history), "plots/training_curves.png")
-    for result in results:
-        details, metrics = result.details, result.metrics
-        if result.mode == "scene" and details.get("pr_curve"):
-            pr = details["pr_curve"]
-            mlflow.log_figure(plots.plot_pr_curve(pr["recall"], pr["precision"], metrics.get("AP50", float("nan"))),
-                              f"plots/{result.name}_pr_curve.png")
-        if metrics.get("gender_count"):
-            mlflow.log_figure(plots.plot_gender_confusion(metrics["gender_confusion"]),
-                              f"plots/{result.name}_gender_confusion.png")
-        if details.get("true_age") and any(a >= 0 for a in details["true_age"]):
-            mlflow.log_figure(plots.plot_age_errors(details["pred_age"], details["true_age"]),
-                              f"plots/{result.name}_age_errors.png")
-        if metrics.get("age_group_count"):
-            mlflow.log_figure(plots.plot_age_group_confusion(metrics["age_group_confusion"]),
-                              f"plots/{result.name}_age_group_confusion.png")
-
-
-def _forget_unknown_run(trainer: Trainer) -> str | None:
-    """A checkpoint resumed on another machine names an MLflow run this tracking store does not have: start a
-    new run (returns the old id) instead of failing; the same store keeps resuming the same run."""
-    if trainer.run_id is None:
-        return None
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from mouaadnet.pipeline.tracking import tracking_uri
-
-    try:
-        MlflowClient(tracking_uri()).get_run(trainer.run_id)
-        return None
-    except MlflowException as error:
-        if error.error_code != "RESOURCE_DOES_NOT_EXIST":  # an unreachable server is not another machine
-            return None
-        old, trainer.run_id = trainer.run_id, None
-        return old
-
-
-def _log_history(history: dict[str, list[float]]) -> None:
-    """Log the per-epoch metrics of earlier epochs (from the checkpoint) under their epoch numbers."""
-    import math
-
-    import mlflow
-
-    for index, epoch in enumerate(history.get("epoch", [])):
-        values = {k: v[index] for k, v in history.items() if k != "epoch" and index < len(v) and math.isfinite(v[index])}
-        mlflow.log_metrics(values, step=int(epoch))
-
-
-def _log_run_outputs(trainer: Trainer, results: list[EvalResult]) -> None:
-    """Plots, best.pt and summary tags; a failure (e.g. the artifact store is down) is reported, not fatal:
-    the checkpoints on disk are complete either way."""
-    import mlflow
-
-    from mouaadnet.pipeline.tracking import final_wait, retry_until
-
-    best = trainer.out_dir / "best.pt"
-    steps = [("plots", lambda: _log_plots(dict(trainer.history), results) if results else None),
-             ("checkpoints/best.pt", lambda: mlflow.log_artifact(str(best), artifact_path="checkpoints")
-              if best.is_file() else None),
-             ("summary tags", lambda: mlflow.set_tags({"best_epoch": str(trainer.best_epoch + 1),
-                                                       "bad_samples": str(trainer.bad_samples())}))]
-    for what, call in steps:
-        retry_until(call, min(final_wait(), 30.0), f"logging {what}")
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
@@ -382,18 +353,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
     Under torchrun every process calls this; they train together (DistributedDataParallel) and rank 0 alone
     validates, writes last.pt / best.pt, logs to MLflow and prints. The other ranks return a summary without
     validation metrics."""
-    import mlflow
-
-    from mouaadnet.pipeline.tracking import (
-        MetricSpool,
-        final_wait,
-        git_commit,
-        log_dataset,
-        log_params_safely,
-        mlflow_run,
-        retry_until,
-    )
-
     ctx = distributed.setup(cfg.device, cfg.distributed.timeout_min)  # one process: no process group
     trainer = Trainer(cfg, out_dir, data=data, progress=progress, progress_every=progress_every, dist=ctx)
     last = trainer.out_dir / "last.pt"
@@ -401,63 +360,4 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
         if ctx.is_main and not last.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint to resume at {last}")
         trainer.restore(last)
-    if not ctx.is_main:
-        return _follow(trainer)
-    trainer.out_dir.mkdir(parents=True, exist_ok=True)
-    moved_from = _forget_unknown_run(trainer)
-    tags = {"git_commit": git_commit(), "data_fingerprint": trainer.data.fingerprint,
-            "device": str(trainer.device), "amp": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "fp32",
-            "world_size": str(ctx.world_size), "dist_backend": ctx.backend or "none", "lr_peak": f"{peak_lr(cfg):g}"}
-    results: list[EvalResult] = []
-    metrics: dict[str, float] = {}
-    with mlflow_run(cfg.experiment, run_name=run_name, run_id=trainer.run_id, tags=tags, entry_point="train") as run:
-        if trainer.run_id is None:
-            trainer.run_id = run.info.run_id
-            log_params_safely(flatten(cfg.model_dump()))
-            for name, digest, source in dataset_inputs(cfg.data) if datasets is None else datasets:
-                log_dataset(name, digest, source)
-            (trainer.out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-            retry_until(lambda: mlflow.log_artifact(str(trainer.out_dir / "config.yaml")), 30.0,
-                        "logging config.yaml")  # an artifact store outage must not stop training
-            if moved_from:  # resumed on another machine: the new run carries the epochs done there
-                mlflow.set_tags({"resumed_from_run": moved_from, "resumed_at_epoch": str(trainer.epoch)})
-                _log_history(dict(trainer.history))
-        spool = MetricSpool(trainer.run_id, trainer.out_dir / "mlflow-pending.jsonl")
-        if spool.load():  # a previous process of this run was killed while MLflow was unreachable
-            spool.flush()
-        for epoch in range(trainer.epoch, cfg.optim.epochs):
-            trainer.epoch = epoch
-            metrics = trainer.train_epoch()
-            trainer.gather_rng()
-            val_metrics, results = trainer.validate()
-            metrics.update(val_metrics)
-            metrics["bad_samples"] = float(trainer.bad_samples())
-            append_history(trainer.history, metrics, epoch + 1)
-            score = val_metrics.get(cfg.best_metric, float("nan"))
-            improved = trainer.save(metrics, score)
-            spool.log(metrics, step=epoch + 1)  # an unreachable server never stops training
-            if progress or progress_every is not None:
-                print(f"epoch {epoch + 1}: loss {metrics['loss']:.4f}  {cfg.best_metric} {score:.4f}"
-                      f"{'  (best)' if improved else ''}  {metrics['images_per_second']:.1f} img/s", flush=True)
-            ctx.barrier()  # the other ranks wait here while rank 0 validates and checkpoints
-        if not spool.flush(wait=final_wait()):
-            print(f"warning: MLflow still unreachable: {len(spool.pending)} epoch(s) of metrics stay in "
-                  f"{spool.path} (delivered by `--resume` of this run); checkpoints are complete", flush=True)
-        else:
-            _log_run_outputs(trainer, results)
-    rates = trainer.history.get("images_per_second") or [float("nan")]
-    return TrainSummary(trainer.out_dir, len(trainer.history.get("epoch", [])), trainer.best_score,
-                        trainer.best_epoch + 1, metrics, float(np.mean(rates)), trainer.bad_samples(),
-                        trainer.run_id, dict(trainer.history))
-
-
-def _follow(trainer: Trainer) -> TrainSummary:
-    """Ranks other than 0: the same epochs on their share of every batch; no validation, checkpoint or MLflow."""
-    metrics: dict[str, float] = {}
-    for epoch in range(trainer.epoch, trainer.cfg.optim.epochs):
-        trainer.epoch = epoch
-        metrics = trainer.train_epoch()
-        trainer.gather_rng()
-        trainer.dist.barrier()
-    return TrainSummary(trainer.out_dir, trainer.cfg.optim.epochs, trainer.best_score, trainer.best_epoch + 1,
-                        metrics, metrics.get("images_per_second", float("nan")), trainer.bad_samples(), trainer.run_id)
+    return trainer.fit(run_name, datasets)

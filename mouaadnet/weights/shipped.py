@@ -47,11 +47,13 @@ def load_manifest(directory: str | Path | None = None) -> dict[str, Any]:
     return manifest
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file. The torch-free twin of ``model.artifacts.sha256_file``: the apps and the serving venv
+    check the shipped files without importing ``model`` (whose package imports torch)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+        while block := handle.read(1 << 20):
+            digest.update(block)
     return digest.hexdigest()
 
 
@@ -68,7 +70,7 @@ def _checked(directory: Path, name: str) -> Path:
         raise WeightsError(f"{path} has no sha256 sidecar {sidecar.name}") from None
     except (ValueError, KeyError, TypeError) as error:
         raise WeightsError(f"{sidecar} is not a valid sidecar ({error!r})") from None
-    if _sha256(path) != expected:
+    if sha256_file(path) != expected:
         raise WeightsError(f"{path}: sha256 differs from its sidecar {sidecar.name} (file changed or truncated?)")
     return path
 

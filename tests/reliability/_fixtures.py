@@ -13,7 +13,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def standin_onnx(tmp_path_factory):
-    from mouaadnet.serving.onnx_model import export_standin_onnx
+    from mouaadnet.export.standin import export_standin_onnx
 
     return export_standin_onnx(tmp_path_factory.mktemp("standin") / "model.onnx", seed=0)
 
@@ -24,7 +24,8 @@ def triton(tmp_path_factory, standin_onnx):
     from _serving_utils import copy_repo
 
     from mouaadnet.serving.publish import publish
-    from mouaadnet.serving.server import ServerConfig, ServerError, TritonServer, find_triton, free_port
+    from mouaadnet.serving.server import TritonServer
+    from mouaadnet.serving.triton_install import ServerConfig, ServerError, find_triton, free_port
 
     try:
         install = find_triton()

@@ -74,7 +74,7 @@ def files(tmp_path_factory):
 
     torch.save({"model": Evil()}, f["evil"])
     f["onnx_truncated"] = root / "trunc.onnx"
-    from mouaadnet.serving.onnx_model import export_standin_onnx
+    from mouaadnet.export.standin import export_standin_onnx
 
     good_onnx = export_standin_onnx(root / "good" / "model.onnx", seed=0)
     f["onnx_truncated"].write_bytes(good_onnx.read_bytes()[:3000])

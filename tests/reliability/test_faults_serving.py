@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.time
 grpcclient = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from mouaadnet.serving.server import ServerError, find_triton, free_port  # noqa: E402
+from mouaadnet.serving.triton_install import ServerError, find_triton, free_port  # noqa: E402
 
 try:
     find_triton()
@@ -91,7 +91,8 @@ class Serve:
 
 
 def _stubs(server_pid: int):
-    from mouaadnet.serving.server import _children, _stub_of
+    from mouaadnet.serving.stubs import children as _children
+    from mouaadnet.serving.stubs import stub_of as _stub_of
 
     return [s for s in map(_stub_of, _children(server_pid)) if s is not None]
 

@@ -31,7 +31,8 @@ def _config(path: Path, experiment: str = "rel-train", epochs: int = EPOCHS) -> 
            "data": {"scene": [{"path": "synthetic:24:0", "val": "synthetic:4:99", "max_val": 4}],
                     "crop": [{"path": "synthetic-crops:24:1", "val": "synthetic-crops:4:98", "max_val": 4}],
                     "scene_batch_size": 4, "crop_batch_size": 4},
-           "optim": {"epochs": epochs, "steps_per_epoch": 4}}
+           "optim": {"epochs": epochs, "steps_per_epoch": 4},
+           "threads": 1}  # not "auto": runs compared bit for bit must use the same kernels (thread count)
     path.write_text(yaml.safe_dump(cfg))
     return path
 

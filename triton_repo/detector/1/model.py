@@ -17,7 +17,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from mouaadnet.runtime import open_model
-from mouaadnet.serving.onnx_model import INPUT_NAME, OUTPUT_NAMES
+from mouaadnet.runtime.session import INPUT_NAME
+from mouaadnet.runtime.session import SCENE_OUTPUT_NAMES as OUTPUT_NAMES
 from mouaadnet.serving.prepost import check_model_input
 
 

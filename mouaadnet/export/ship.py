@@ -1,0 +1,101 @@
+"""Turn a trained checkpoint into the shipped weights folder: checkpoint, FP32 + INT8 ONNX per mode, sidecars,
+quality gates on the real validation sets, and the manifest that says which precision runs by default. The export
+and the gates are ``mouaadnet.export.exporter``'s; reading the folder back is ``mouaadnet.weights``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.artifacts import write_sidecar
+from mouaadnet.export.exporter import MODES, Exporter
+from mouaadnet.export.images import TrainingImages
+from mouaadnet.weights.shipped import MANIFEST
+
+
+@dataclass
+class ShipReport:
+    directory: Path
+    manifest: dict[str, Any]
+    gates_passed: bool
+    gates_text: str
+
+
+def _shipped_checkpoint(checkpoint: Path, out: Path) -> tuple[torch.nn.Module, Path]:
+    """Write the EMA weights alone (no optimizer state): what `evaluate` and `train --pretrained` read."""
+    from mouaadnet.training.checkpoint import load_checkpoint, model_from_checkpoint
+
+    model, _ = model_from_checkpoint(checkpoint)
+    data = load_checkpoint(checkpoint)
+    state = {"model": model.state_dict(), "model_config": data.get("model_config") or model.cfg.model_dump(),
+             "config": data.get("config"), "metrics": data.get("metrics") or {}, "epoch": data.get("epoch"),
+             "data_fingerprint": data.get("data_fingerprint")}
+    path = out / "mouaadnet.pt"
+    torch.save(state, path)
+    write_sidecar(path, "fp32", source=checkpoint, extra={"epoch": data.get("epoch")})
+    return model.eval(), path
+
+
+def ship(checkpoint: str | Path, config: str | Path, out: str | Path, num_calib: int = 64,
+         val_limit: int | None = None, extra_val: list[str] | None = None, calibration: str = "MinMax") -> ShipReport:
+    """Build ``out`` (written beside, then swapped in whole, so a failed run leaves the old folder intact);
+    ``calibration``: ONNX Runtime's calibration method for the INT8 activation ranges."""
+    from onnxruntime.quantization import CalibrationMethod
+
+    if calibration not in CalibrationMethod.__members__:
+        raise ValueError(f"calibration must be one of {sorted(CalibrationMethod.__members__)}, got {calibration!r}")
+    checkpoint, config, out = Path(checkpoint), Path(config), Path(out)
+    staging = out.with_name(out.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    model, pt = _shipped_checkpoint(checkpoint, staging)
+    exporter, images = Exporter(model, pt), TrainingImages(config)  # calibrated on the training split
+    files = {}
+    for mode in MODES:
+        fp32 = exporter.export_fp32(staging / f"mouaadnet.{mode}.fp32.onnx", mode, images)
+        int8 = exporter.export_int8(fp32, staging / f"mouaadnet.{mode}.int8.onnx", images, num_calib,
+                                    calibrate_method=calibration)
+        files[mode] = {"fp32": fp32.path, "int8": int8.path}
+    report = exporter.gate(list(extra_val or []), val_limit, config, fp32=[files[m]["fp32"] for m in MODES],
+                           int8={"int8_ptq": [files[m]["int8"] for m in MODES]}, gated="int8_ptq")
+    default = "int8" if report.passed else "fp32"  # INT8 runs by default only when it passed on real data
+    manifest = {
+        "checkpoint": pt.name,
+        "models": {m: {"fp32": files[m]["fp32"].name, "int8": files[m]["int8"].name, "default": default} for m in MODES},
+        "gates": report.to_dict(),
+        "trained_with": str(config),
+        "licence": "research and non-commercial use only (trained on research-only data; see docs/MODEL_CARD.md)",
+    }
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float) + "\n")
+    keep = [p for p in out.glob("*") if p.is_dir()] if out.is_dir() else []  # e.g. a resume/ checkpoint folder
+    for folder in keep:
+        shutil.move(str(folder), staging / folder.name)
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    return ShipReport(out, manifest, report.passed, report.format())
+
+
+def link_triton_seed(weights: str | Path, triton_repo: str | Path, model: str = "detector") -> Path:
+    """Make Triton's committed version 1 of ``model`` serve the shipped default scene ONNX: a relative symlink
+    (and one for its sidecar), so the repository's first version is always exactly the shipped file."""
+    import os
+
+    from mouaadnet.weights.shipped import default_model
+
+    target = default_model("scene", directory=weights)
+    version = Path(triton_repo) / model / "1"
+    for name, source in (("model.onnx", target), ("model.onnx.json", Path(str(target) + ".json"))):
+        link = version / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(os.path.relpath(source.resolve(), version.resolve()))
+    return version / "model.onnx"

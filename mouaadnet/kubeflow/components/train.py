@@ -1,0 +1,30 @@
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from mouaadnet.kubeflow.components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def train(dataset: Input[Dataset], config: str, data_fingerprint: str, epochs: int, steps_per_epoch: int,
+          experiment: str, checkpoint: Output[Model], metrics: Output[Metrics], pretrained: str = "auto", num_nodes: int = 1,
+          gpus_per_node: int = 0, image: str = "", train_volume: str = "", trainer_runtime: str = "torch-distributed"
+          ) -> NamedTuple("Trained", [("best_score", float), ("mlflow_run_id", str)]):
+    """Train on the versioned dataset (config and data fingerprint are inputs, so they key the cache), starting
+    from ``pretrained`` ("auto" = the shipped weights when present; "" = from scratch).
+
+    num_nodes 1, gpus_per_node 0: one process; 1 node with G GPUs: torchrun in this pod; N nodes: a Kubeflow
+    Trainer TrainJob running `image`, data and checkpoint through the ReadWriteMany PVC `train_volume`."""
+    from collections import namedtuple
+
+    from mouaadnet.pipeline.steps import train_step
+
+    result = train_step(dataset.path, config, checkpoint.path, epochs, steps_per_epoch, data_fingerprint, experiment,
+                        pretrained=pretrained, num_nodes=num_nodes, gpus_per_node=gpus_per_node, image=image,
+                        train_volume=train_volume, trainer_runtime=trainer_runtime)
+    for name, value in result["metrics"].items():
+        metrics.log_metric(name.replace("/", "_"), value)
+    checkpoint.metadata.update({"data_fingerprint": data_fingerprint, "best_epoch": result["best_epoch"],
+                                "num_nodes": num_nodes, "gpus_per_node": gpus_per_node})
+    return namedtuple("Trained", ["best_score", "mlflow_run_id"])(float(result["best_score"]), result["run_id"])

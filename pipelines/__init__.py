@@ -1,1 +1,0 @@
-"""Kubeflow pipeline definitions (`mouaadnet.py`) and their compiled specs (`mouaadnet.yaml`)."""
