@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
@@ -24,6 +24,7 @@ AGE_RANGES: tuple[tuple[int, int], ...] = AGE_GROUP_RANGES + FAIRFACE_AGE_RANGES
 FAIRFACE_BIN_OFFSET = len(AGE_GROUP_RANGES)
 HEAD_STRIDE = 8  # output stride of the fused map the heads read (see model.heads for the reason)
 NETWORK_STRIDE = 32  # deepest backbone stride: scene inputs must be a multiple of it
+V2_NMS_IOU = 0.6  # default NMS IoU of arch v2 (YOLO-family detectors use 0.45-0.7 for one class)
 
 Cfg = TypeVar("Cfg", bound=BaseModel)
 
@@ -38,6 +39,10 @@ class StrictConfig(BaseModel):
 class ModelConfig(StrictConfig):
     """Widths, depths, input sizes and head options of MouaadNet-Ultra."""
 
+    # v1: centre heatmap + log-size + sub-cell offset, box trained at each person's centre cell only (CenterNet).
+    # v2: centre heatmap + distances to the four box sides at every cell, trained over each person's Gaussian
+    # core (TTFNet); the box is read at the peak cell itself (issue 21). v1 checkpoints keep loading as v1.
+    arch: Literal["v1", "v2"] = "v1"
     widths: list[int] = [16, 24, 48, 96, 128]  # output channels of backbone stages 1..5 (strides 2..32)
     depths: list[int] = [1, 2, 2, 2, 3]  # blocks per stage (the first block of stages 2..5 downsamples)
     neck_width: int = 64
@@ -50,6 +55,15 @@ class ModelConfig(StrictConfig):
     scene_size: int = 320
     crop_size: int = 112
     top_k: int = 100
+    # Class-agnostic IoU threshold of the Fast NMS after top-K (in the exported graph); 0 = off. None = the arch's
+    # default: off for v1 (its shipped outputs stay as they are), V2_NMS_IOU for v2.
+    nms_iou: float | None = None
+
+    def nms_threshold(self) -> float:
+        """The NMS IoU threshold decode uses (0 = no NMS)."""
+        if self.nms_iou is not None:
+            return self.nms_iou
+        return V2_NMS_IOU if self.arch == "v2" else 0.0
 
     @field_validator("widths")
     @classmethod
@@ -101,6 +115,13 @@ class ModelConfig(StrictConfig):
         if not 0.0 < p < 1.0:
             raise ValueError(f"must be in (0, 1), got {p}")
         return p
+
+    @field_validator("nms_iou")
+    @classmethod
+    def _iou(cls, iou: float | None) -> float | None:
+        if iou is not None and not 0.0 <= iou <= 1.0:
+            raise ValueError(f"must be in [0, 1] (0 = no NMS), got {iou}")
+        return iou
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ModelConfig:

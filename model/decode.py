@@ -27,6 +27,48 @@ def box_from_regression(cx: torch.Tensor, cy: torch.Tensor, size: torch.Tensor, 
     return torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=-1)
 
 
+def box_from_ltrb(ax: torch.Tensor, ay: torch.Tensor, ltrb: torch.Tensor, stride: int) -> torch.Tensor:
+    """x1,y1,x2,y2 from an anchor point (pixels) and log-distances to the left, top, right, bottom sides (stride
+    units) in the last dim (arch v2)."""
+    d = torch.exp(ltrb.clamp(-SIZE_LOG_LIMIT, SIZE_LOG_LIMIT)) * stride
+    return torch.stack([ax - d[..., 0], ay - d[..., 1], ax + d[..., 2], ay + d[..., 3]], dim=-1)
+
+
+def cell_anchor(cell: torch.Tensor, stride: int) -> torch.Tensor:
+    """Pixel coordinate of a cell's centre, the point arch v2 measures box sides from."""
+    return (cell + 0.5) * stride
+
+
+def box_iou_matrix(boxes: torch.Tensor) -> torch.Tensor:
+    """Pairwise IoU [N,K,K] of x1,y1,x2,y2 boxes [N,K,4] (plain Min/Max/Mul ops: any ONNX runtime)."""
+    a, b = boxes.unsqueeze(2), boxes.unsqueeze(1)
+    iw = (torch.min(a[..., 2], b[..., 2]) - torch.max(a[..., 0], b[..., 0])).clamp(min=0)
+    ih = (torch.min(a[..., 3], b[..., 3]) - torch.max(a[..., 1], b[..., 1])).clamp(min=0)
+    inter = iw * ih
+    area = (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
+    return inter / (area.unsqueeze(2) + area.unsqueeze(1) - inter).clamp(min=1e-6)
+
+
+def fast_nms(decoded: dict[str, torch.Tensor], iou: float) -> dict[str, torch.Tensor]:
+    """Class-agnostic Fast NMS (YOLACT, Bolya et al. 2019) on score-sorted rows [N,K,...]: a row whose box overlaps
+    any higher-scored row by more than ``iou`` gets score 0, then the rows are re-sorted by score.
+
+    Why Fast NMS and not ONNX NonMaxSuppression: it is a fixed-shape K x K IoU matrix, an upper-triangular max and
+    a TopK, so every runtime (ORT, OpenVINO, onnxruntime-web, TensorRT, INT8 graphs) runs it and the graph contract
+    [N,K,...] does not change. It may also drop a row that only an already-suppressed row overlaps (slightly stricter
+    than greedy NMS; not measured against it here).
+    """
+    k = decoded["scores"].shape[1]
+    overlap = box_iou_matrix(decoded["boxes"])
+    # Row j is compared with every row i < j (higher or equal score: the rows come sorted from TopK).
+    higher = torch.ones(k, k, dtype=torch.bool, device=overlap.device).triu(diagonal=1)
+    worst = (overlap * higher.to(overlap.dtype)).amax(dim=1)  # [N,K]: max IoU of row j with any earlier row
+    scores = decoded["scores"] * (worst <= iou).to(decoded["scores"].dtype)
+    scores, order = scores.topk(k, dim=1)
+    return {"boxes": decoded["boxes"].gather(1, order.unsqueeze(-1).expand(-1, -1, 4)), "scores": scores,
+            "gender": decoded["gender"].gather(1, order), "age": decoded["age"].gather(1, order)}
+
+
 def _gather(maps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Pick (N,C,H,W) maps at flat spatial indices (N,K) -> (N,K,C)."""
     n, c = maps.shape[:2]
@@ -34,8 +76,12 @@ def _gather(maps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return flat.gather(2, index.unsqueeze(1).expand(n, c, index.shape[1])).transpose(1, 2)
 
 
-def decode_scene(outputs: dict[str, torch.Tensor], k: int = 100, stride: int = HEAD_STRIDE) -> dict[str, torch.Tensor]:
-    """Scene-mode head tensors -> boxes [N,K,4] (input px), scores [N,K], gender P(female) [N,K], age [N,K]."""
+def decode_scene(outputs: dict[str, torch.Tensor], k: int = 100, stride: int = HEAD_STRIDE,
+                 nms_iou: float = 0.0) -> dict[str, torch.Tensor]:
+    """Scene-mode head tensors -> boxes [N,K,4] (input px), scores [N,K], gender P(female) [N,K], age [N,K].
+
+    Arch v1 (``size`` + ``offset``) or v2 (``ltrb``: the box is read at the peak cell). ``nms_iou`` > 0 runs
+    class-agnostic Fast NMS after top-K (suppressed rows: score 0, sorted last)."""
     heat = torch.sigmoid(outputs["heatmap"])
     n, _, h, w = heat.shape
     # A cell is a peak when it equals the max of its 3x3 neighbourhood (CenterNet's NMS replacement).
@@ -43,15 +89,19 @@ def decode_scene(outputs: dict[str, torch.Tensor], k: int = 100, stride: int = H
     scores, index = peaks.reshape(n, -1).topk(min(k, h * w), dim=1)
     ys = torch.div(index, w, rounding_mode="floor").to(heat.dtype)
     xs = (index - torch.div(index, w, rounding_mode="floor") * w).to(heat.dtype)
-    offset = _gather(outputs["offset"], index)
-    cx = (xs + offset[..., 0]) * stride
-    cy = (ys + offset[..., 1]) * stride
-    return {
-        "boxes": box_from_regression(cx, cy, _gather(outputs["size"], index), stride),
+    if "ltrb" in outputs:
+        boxes = box_from_ltrb(cell_anchor(xs, stride), cell_anchor(ys, stride), _gather(outputs["ltrb"], index), stride)
+    else:
+        offset = _gather(outputs["offset"], index)
+        boxes = box_from_regression((xs + offset[..., 0]) * stride, (ys + offset[..., 1]) * stride,
+                                    _gather(outputs["size"], index), stride)
+    decoded = {
+        "boxes": boxes,
         "scores": scores,
         "gender": torch.sigmoid(_gather(outputs["gender"], index)[..., 0]),
         "age": expected_age(_gather(outputs["age"], index)),
     }
+    return fast_nms(decoded, nms_iou) if nms_iou > 0 else decoded
 
 
 def decode_crop(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

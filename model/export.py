@@ -5,7 +5,8 @@ Plain library (torch, onnx, onnxruntime, onnxslim, numpy, pillow); no MLOps impo
 Graph contract (checked by ``validate_onnx`` and the tests):
 - input ``images`` float32 [N,3,H,W], RGB, pixel value / 255 (``model.preprocess.image_to_tensor``), N dynamic;
 - scene mode: ``boxes`` [N,K,4] (x1,y1,x2,y2 in input pixels), ``scores`` [N,K], ``gender`` [N,K] (P(female)),
-  ``age`` [N,K] (years), all float32, final detections (peak extraction and top-K run inside the graph);
+  ``age`` [N,K] (years), all float32, final detections (peak extraction, top-K and, when the config's NMS
+  threshold is > 0, class-agnostic Fast NMS run inside the graph: suppressed rows have score 0, sorted last);
 - crop mode: ``gender`` [N] (P(female)) and ``age`` [N] (years), float32.
 
 Exporter choice (torch 2.13): the legacy TorchScript exporter (``dynamo=False``). It works here with no extra
@@ -21,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -41,7 +42,6 @@ from .onnx_run import (  # noqa: F401  (the graph contract and ORT runner, re-ex
     run_onnx,
 )
 from .parity import KEEP_SCORE, PARITY_TOLERANCE, parity, parity_failures  # noqa: F401
-from .preprocess import PAD_VALUE, image_to_tensor
 from .reparam import reparameterize_model
 
 MIN_OPSET = 17
@@ -53,12 +53,12 @@ QUANT_OP_TYPES = ("Conv", "Add", "Concat", "MaxPool", "Resize", "Mul", "Sigmoid"
 class SceneExport(nn.Module):
     """Deploy model + in-graph decoding: images -> (boxes, scores, gender, age), the final detections."""
 
-    def __init__(self, model: nn.Module, k: int):
+    def __init__(self, model: nn.Module, k: int, nms_iou: float = 0.0):
         super().__init__()
-        self.model, self.k = model, k
+        self.model, self.k, self.nms_iou = model, k, nms_iou  # nms_iou 0: no NMS (arch v1's graph as shipped)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = decode_scene(self.model(images, mode="scene"), self.k)
+        out = decode_scene(self.model(images, mode="scene"), self.k, nms_iou=self.nms_iou)
         return tuple(out[name] for name in SCENE_OUTPUT_NAMES)
 
 
@@ -80,8 +80,9 @@ def export_wrapper(model: nn.Module, mode: Mode, k: int | None = None, reparamet
         raise ValueError(f"mode must be 'scene' or 'crop', got {mode!r}")
     deploy = reparameterize_model(model) if reparameterize else model.eval()
     if mode == "scene":
-        k = k or getattr(getattr(model, "cfg", None), "top_k", 100)
-        return SceneExport(deploy, k).eval()
+        cfg = getattr(model, "cfg", None)
+        k = k or getattr(cfg, "top_k", 100)
+        return SceneExport(deploy, k, cfg.nms_threshold() if cfg is not None else 0.0).eval()
     return CropExport(deploy).eval()
 
 
@@ -245,32 +246,6 @@ def describe_io(proto) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- calibration
-
-
-def _letterbox(image: np.ndarray, size: int) -> np.ndarray:
-    """Aspect-preserving resize + centred grey padding (same rule as mouaadnet.data.augment.letterbox)."""
-    from PIL import Image
-
-    h, w = image.shape[:2]
-    scale = size / max(h, w)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    out = np.full((size, size, 3), PAD_VALUE, np.uint8)
-    x, y = (size - nw) // 2, (size - nh) // 2
-    out[y:y + nh, x:x + nw] = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
-    return out
-
-
-def load_images(paths: Iterable[str | Path], size: int) -> torch.Tensor:
-    """Image files -> letterboxed, normalised float32 [N,3,size,size] (the documented model input)."""
-    from PIL import Image
-
-    tensors = []
-    for p in paths:
-        with Image.open(p) as im:
-            tensors.append(image_to_tensor(_letterbox(np.asarray(im.convert("RGB")), size)))
-    if not tensors:
-        raise ValueError("no images given")
-    return torch.stack(tensors)
 
 
 class _Reader:

@@ -47,6 +47,35 @@ class DetectionHead(nn.Module):
         return {"heatmap": self.heatmap(t), "size": self.size(t), "offset": self.offset(t)}
 
 
+class DenseBoxHead(nn.Module):
+    """Arch v2: center heatmap (1 class, logits) and, at every cell, log-distances from the cell's centre to the
+    four box sides (l, t, r, b in stride units): ``ltrb`` [N,4,h,w].
+
+    What comes from where:
+    - FCOS (Tian et al. 2019): a box from distances to its sides at a point, kept positive by exp(); exp of a
+      log-distance also makes a 10 % error cost the same for a 20-px and a 300-px person;
+    - TTFNet (Liu et al. 2020): the heatmap stays CenterNet's Gaussian and the box branch is trained at every cell
+      of each person's Gaussian core, not only the centre, so the peak found at test time (often off the exact
+      centre cell on large people) has a trained box (see ``model.losses.dense_box_targets``);
+    - GFL / NanoDet: no separate centre-ness branch (the heatmap is the quality score); the distribution head of GFL
+      is not taken (4x17 bins cost more head FLOPs than this budget gives, and it mainly sharpens ambiguous edges).
+    """
+
+    def __init__(self, width: int, head_width: int, convs: int, prior: float):
+        super().__init__()
+        self.tower = _tower(width, head_width, convs)
+        self.heatmap = nn.Conv2d(head_width, 1, 1)
+        self.ltrb = nn.Conv2d(head_width, 4, 1)
+        nn.init.constant_(self.heatmap.bias, -math.log((1.0 - prior) / prior))
+        # Start every cell at a 2x2-cell box (16x16 px at stride 8) so the first GIoU gradients are well defined.
+        nn.init.normal_(self.ltrb.weight, std=0.01)
+        nn.init.constant_(self.ltrb.bias, 0.0)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        t = self.tower(x)
+        return {"heatmap": self.heatmap(t), "ltrb": self.ltrb(t)}
+
+
 class AttributeHead(nn.Module):
     """Spatial-attention-gated pooling and one linear decision layer (1 gender logit + 101 age logits).
 

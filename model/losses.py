@@ -1,4 +1,7 @@
-"""Multi-task loss: focal heatmap + CIoU/L1 boxes + BCE gender + soft-label cross-entropy age.
+"""Multi-task loss: focal heatmap + boxes + BCE gender + soft-label cross-entropy age.
+
+Boxes: arch v1 gets CIoU + L1 offset at each person's centre cell (CenterNet); arch v2 (an ``ltrb`` head output)
+gets GIoU at every cell of each person's Gaussian core, TTFNet-style (``dense_box_targets``).
 
 Every term is masked by the label masks and normalised by the number of labelled items, so a batch that
 mixes fully labelled scenes, face crops with exact ages and body crops with age groups weighs each label
@@ -18,17 +21,20 @@ import torch.nn.functional as F
 from pydantic import field_validator
 
 from .config import AGE_RANGES, HEAD_STRIDE, MAX_AGE, NUM_AGE_BINS, StrictConfig
-from .decode import SIZE_LOG_LIMIT, expected_age
+from .decode import SIZE_LOG_LIMIT, box_from_ltrb, cell_anchor, expected_age
 
 GAUSSIAN_ALPHA = 0.54  # TTFNet: elliptical Gaussian sigma = alpha * box side / 6
+GAUSSIAN_BETA = 0.54  # TTFNet: the box-regression core is the Gaussian truncated at beta * box side / 2
+MIN_LOG_AREA_PX = 4.0  # log-area weights use at least a 2x2-px box, so every weight stays > 0
+MIN_SIDE_CELLS = 1e-3  # a target side distance at least this (cells): tiny boxes off their centre cell's anchor
 
 
 class LossConfig(StrictConfig):
     """Weights ``w_task`` of the sum and the shape of the soft age labels."""
 
     heatmap: float = 1.0
-    box: float = 2.0  # 1 - CIoU of the box decoded at each ground-truth center
-    offset: float = 1.0  # L1 on the sub-cell center offset
+    box: float = 2.0  # v1: 1 - CIoU of the box at each ground-truth centre; v2: weighted 1 - GIoU over the cores
+    offset: float = 1.0  # L1 on the sub-cell center offset (v1 only)
     gender: float = 1.0
     age: float = 0.5  # cross-entropy against the soft age distribution
     age_l1: float = 0.02  # L1 of the expected age, in years: pulls the mean of the distribution
@@ -77,6 +83,16 @@ def ciou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> to
     with torch.no_grad():
         alpha = v / (1 - iou + v + eps)
     return 1 - (iou - center_dist / diag - alpha * v)
+
+
+def giou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """1 - Generalized IoU (Rezatofighi et al. 2019) for x1,y1,x2,y2 boxes (..., 4), TTFNet's box loss."""
+    px1, py1, px2, py2 = pred.unbind(-1)
+    tx1, ty1, tx2, ty2 = target.unbind(-1)
+    inter = (torch.min(px2, tx2) - torch.max(px1, tx1)).clamp(min=0) * (torch.min(py2, ty2) - torch.max(py1, ty1)).clamp(min=0)
+    union = (px2 - px1).clamp(min=0) * (py2 - py1).clamp(min=0) + (tx2 - tx1) * (ty2 - ty1) - inter + eps
+    enclose = (torch.max(px2, tx2) - torch.min(px1, tx1)) * (torch.max(py2, ty2) - torch.min(py1, ty1)) + eps
+    return 1 - (inter / union - (enclose - union) / enclose)
 
 
 def age_target_distribution(age: torch.Tensor, age_group: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -129,6 +145,61 @@ def scene_targets(batch: dict[str, torch.Tensor], height: int, width: int, strid
         "cell": torch.stack([cell_x, cell_y], -1),
         "valid": valid,
     }
+
+
+def dense_box_targets(boxes: torch.Tensor, valid: torch.Tensor, height: int, width: int,
+                      stride: int = HEAD_STRIDE, beta: float = GAUSSIAN_BETA) -> dict[str, torch.Tensor]:
+    """Arch v2 box targets at every cell: ``boxes`` [N,h*w,4] (the box each cell regresses, input px) and
+    ``weight`` [N,h*w] (0 = no box loss there).
+
+    TTFNet (Liu et al. 2020): a person's positive cells are its Gaussian core, the elliptical Gaussian around its
+    centre cell truncated at beta * side / 2; each cell weighs its Gaussian value times log(box area), normalised
+    so that the person's cells sum to log(area): every person counts once whatever its size (no large-box flood),
+    larger ones somewhat more, and the centre cells most. FCOS: a cell is positive only when its centre lies inside
+    the box (the distances must be positive), and a cell in two cores regresses the smaller box (ambiguity rule).
+    The centre cell is always positive, even for boxes thinner than a cell (its distances are clamped).
+    """
+    n, m = boxes.shape[:2]
+    if m == 0:  # a batch of empty scenes: no cell regresses a box
+        return {"boxes": boxes.new_zeros(n, height * width, 4), "weight": boxes.new_zeros(n, height * width)}
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    w_cells, h_cells = (x2 - x1) / stride, (y2 - y1) / stride
+    cell_x = ((x1 + x2) / 2 / stride).floor().clamp(0, width - 1)
+    cell_y = ((y1 + y2) / 2 / stride).floor().clamp(0, height - 1)
+    xs = torch.arange(width, device=boxes.device, dtype=torch.float32).view(1, 1, 1, width)
+    ys = torch.arange(height, device=boxes.device, dtype=torch.float32).view(1, 1, height, 1)
+    dx, dy = xs - cell_x[..., None, None], ys - cell_y[..., None, None]
+    sigma_x = (beta * w_cells / 6).clamp(min=0.3)[..., None, None]
+    sigma_y = (beta * h_cells / 6).clamp(min=0.3)[..., None, None]
+    gauss = torch.exp(-(dx**2) / (2 * sigma_x**2) - dy**2 / (2 * sigma_y**2))
+    core = (dx.abs() <= beta * w_cells[..., None, None] / 2) & (dy.abs() <= beta * h_cells[..., None, None] / 2)
+    ax, ay = cell_anchor(xs, stride), cell_anchor(ys, stride)
+    inside = ((ax > x1[..., None, None]) & (ax < x2[..., None, None]) &
+              (ay > y1[..., None, None]) & (ay < y2[..., None, None]))
+    positive = ((core & inside) | ((dx == 0) & (dy == 0))) & valid[..., None, None]  # [N,M,h,w]
+    area = ((x2 - x1) * (y2 - y1)).clamp(min=MIN_LOG_AREA_PX)
+    owner = torch.where(positive, area[..., None, None], torch.full_like(gauss, math.inf)).argmin(dim=1)  # [N,h,w]
+    owned = positive & (torch.arange(m, device=boxes.device).view(1, m, 1, 1) == owner.unsqueeze(1))
+    g = gauss * owned.float()
+    per_person = torch.log(area) / g.sum(dim=(2, 3)).clamp(min=1e-6)  # [N,M]
+    weight = (g * per_person[..., None, None]).sum(dim=1).reshape(n, -1)
+    target = boxes.gather(1, owner.reshape(n, -1, 1).expand(-1, -1, 4))
+    return {"boxes": target, "weight": weight}
+
+
+def encode_ltrb(target: torch.Tensor, height: int, width: int, stride: int = HEAD_STRIDE) -> torch.Tensor:
+    """The ``ltrb`` head output [N,4,h,w] that decodes to ``target`` boxes [N,h*w,4] at every cell (tests, teachers)."""
+    ax, ay = _cell_anchors(height, width, stride, target.device)
+    d = torch.stack([ax - target[..., 0], ay - target[..., 1], target[..., 2] - ax, target[..., 3] - ay], -1)
+    log_d = torch.log((d / stride).clamp(min=MIN_SIDE_CELLS))
+    return log_d.transpose(1, 2).reshape(target.shape[0], 4, height, width)
+
+
+def _cell_anchors(height: int, width: int, stride: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anchor x and y (px) of every cell, flat in row-major order [h*w]."""
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32, device=device),
+                            torch.arange(width, dtype=torch.float32, device=device), indexing="ij")
+    return cell_anchor(xs.flatten(), stride), cell_anchor(ys.flatten(), stride)
 
 
 def _gather_rows(maps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -190,20 +261,39 @@ class MultiTaskLoss:
         target = scene_targets(batch, h, w, self.stride)
         valid = target["valid"]
         index = target["index"]
+        boxes = self.dense_box_parts(outputs, batch, valid) if "ltrb" in outputs else self.centre_box_parts(
+            outputs, batch, target)
+        parts = {"heatmap": focal_heatmap_parts(outputs["heatmap"], target["heatmap"], batch["has_boxes"]), **boxes}
+        gender = _gather_rows(outputs["gender"].float(), index)[..., 0]
+        age = _gather_rows(outputs["age"].float(), index)
+        attr = self.attribute_parts(gender, age, batch["gender"], batch["age"], batch["age_group"], valid)
+        return {**parts, **attr}
+
+    def centre_box_parts(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
+                         target: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Arch v1: (sum, count) of 1 - CIoU and the L1 offset at each person's centre cell."""
+        valid, index = target["valid"], target["index"]
         offset = _gather_rows(outputs["offset"].float(), index)
         log_size = _gather_rows(outputs["size"].float(), index).clamp(-SIZE_LOG_LIMIT, SIZE_LOG_LIMIT)
         center = (target["cell"] + offset) * self.stride
         half = torch.exp(log_size) * self.stride / 2
         pred_boxes = torch.cat([center - half, center + half], -1)
-        parts = {
-            "heatmap": focal_heatmap_parts(outputs["heatmap"], target["heatmap"], batch["has_boxes"]),
+        return {
             "box": _masked_sum(ciou_loss(pred_boxes, batch["boxes"].float()), valid),
             "offset": _masked_sum((offset - target["offset"]).abs().sum(-1), valid),
         }
-        gender = _gather_rows(outputs["gender"].float(), index)[..., 0]
-        age = _gather_rows(outputs["age"].float(), index)
-        attr = self.attribute_parts(gender, age, batch["gender"], batch["age"], batch["age_group"], valid)
-        return {**parts, **attr}
+
+    def dense_box_parts(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], valid: torch.Tensor
+                        ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Arch v2: (weighted sum of 1 - GIoU over every core cell, sum of the weights) as in TTFNet, whose
+        normaliser is the total weight (so a batch of many small people and one of a few large ones weigh alike)."""
+        ltrb = outputs["ltrb"].float()
+        n, _, h, w = ltrb.shape
+        target = dense_box_targets(batch["boxes"].float(), valid, h, w, self.stride)
+        ax, ay = _cell_anchors(h, w, self.stride, ltrb.device)
+        pred = box_from_ltrb(ax, ay, ltrb.reshape(n, 4, -1).transpose(1, 2), self.stride)
+        weight = target["weight"]
+        return {"box": ((giou_loss(pred, target["boxes"]) * weight).sum(), weight.sum())}
 
     def attribute_parts(self, gender_logit: torch.Tensor, age_logits: torch.Tensor, gender: torch.Tensor,
                         age: torch.Tensor, age_group: torch.Tensor, valid: torch.Tensor | None = None

@@ -10,11 +10,12 @@ from torch import nn
 from .backbone import Backbone
 from .config import NETWORK_STRIDE, ModelConfig
 from .decode import decode_crop, decode_scene
-from .heads import AttributeHead, DetectionHead
+from .heads import AttributeHead, DenseBoxHead, DetectionHead
 from .neck import SlimPAN
 
 Mode = Literal["scene", "crop"]
-SCENE_OUTPUTS = ("heatmap", "size", "offset", "gender", "age")
+SCENE_OUTPUTS = ("heatmap", "size", "offset", "gender", "age")  # arch v1
+SCENE_OUTPUTS_V2 = ("heatmap", "ltrb", "gender", "age")
 CROP_OUTPUTS = ("gender", "age")
 
 
@@ -24,6 +25,8 @@ class MouaadNet(nn.Module):
     ``forward(images, mode)`` takes float32 [N,3,H,W] RGB in [0, 1] and returns raw head tensors (logits):
     - scene mode (H, W multiples of 32): heatmap [N,1,H/8,W/8], size [N,2,..] (log of w,h in stride units),
       offset [N,2,..] (center offset in cells), gender [N,1,..] (logit of P(female)), age [N,101,..] (logits);
+      arch v2 has ltrb [N,4,..] (log of the distances from each cell's centre to the box sides, stride units)
+      instead of size and offset;
     - crop mode (any H, W >= 32): gender [N] (logit of P(female)) and age [N,101] (logits).
     ``decode`` turns them into probabilities, years and boxes.
     """
@@ -33,7 +36,8 @@ class MouaadNet(nn.Module):
         self.cfg = cfg
         self.backbone = Backbone(cfg)
         self.neck = SlimPAN(self.backbone.out_channels, cfg.neck_width, cfg.neck_depth)
-        self.detection = DetectionHead(cfg.neck_width, cfg.head_width, cfg.head_convs, cfg.heatmap_prior)
+        head = DenseBoxHead if cfg.arch == "v2" else DetectionHead
+        self.detection = head(cfg.neck_width, cfg.head_width, cfg.head_convs, cfg.heatmap_prior)
         self.attributes = AttributeHead(cfg.neck_width, cfg.head_width, cfg.head_convs, cfg.attr_dropout,
                                         cfg.attr_window)
 
@@ -47,8 +51,14 @@ class MouaadNet(nn.Module):
     def decode(self, outputs: dict[str, torch.Tensor], k: int | None = None) -> dict[str, torch.Tensor]:
         """Scene outputs -> top-K people (boxes, scores, gender, age); crop outputs -> gender, age per image."""
         if "heatmap" in outputs:
-            return decode_scene(outputs, k or self.cfg.top_k)
+            return decode_scene(outputs, k or self.cfg.top_k, nms_iou=self.cfg.nms_threshold())
         return decode_crop(outputs)
+
+    @torch.no_grad()
+    def predict_decoded(self, images: torch.Tensor, mode: Mode = "scene") -> dict[str, torch.Tensor]:
+        """Decoded outputs as the exported graph gives them (top-K, the config's NMS): evaluation's ``predict``
+        calls this method when a model has it, so ``mouaadnet evaluate`` measures the function that ships."""
+        return self.decode(self(images.to(next(self.parameters()).device), mode=mode))
 
 
 def check_input(images: torch.Tensor, mode: str) -> None:

@@ -10,7 +10,9 @@ Two checks, both on the file that ships:
    machine), so comparing sorted top-K lists shifts a whole detection. Instead every ONNX detection must be a
    cell that PyTorch also calls a peak *up to the score tolerance*, with the same score and box; and every
    PyTorch peak that wins by more than the tolerance (over its neighbours and at the top-K cut) must be among
-   the ONNX detections. A tie may go either way; a real graph error still fails.
+   the ONNX detections, unless NMS may drop it (a peak-like cell scoring at least as high, up to the tolerance,
+   overlaps it by the NMS threshold or more, up to ``NMS_IOU_TIE``). A tie may go either way; a real graph error
+   still fails.
 
 Plain library (torch, numpy, onnx, onnxruntime); no MLOps imports.
 """
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import HEAD_STRIDE
-from .decode import box_from_regression, expected_age
+from .decode import box_from_ltrb, box_from_regression, cell_anchor, expected_age
 from .onnx_run import Mode, OnnxValidationError, ort_session, output_names, run_onnx
 
 # FP32 ONNX Runtime vs PyTorch. Raw head logits are compared relative to each tensor's largest magnitude (at
@@ -38,7 +40,9 @@ from .onnx_run import Mode, OnnxValidationError, ort_session, output_names, run_
 PARITY_TOLERANCE = {"heads_detection": 1e-4, "heads_attributes": 1e-2, "scores": 1e-4, "boxes_px": 0.5,
                     "gender": 1e-3, "age_years": 1e-2, "unmatched": 0}
 KEEP_SCORE = 0.05  # from this score on a detection's gender and age are compared too
-HEAD_CONVS = ("heatmap", "size", "offset", "decision")  # module names of the heads' last convs
+HEAD_CONVS = ("heatmap", "size", "offset", "ltrb", "decision")  # module names of the heads' last convs
+SCENE_HEADS = {"v1": ("heatmap", "size", "offset", "decision"), "v2": ("heatmap", "ltrb", "decision")}
+NMS_IOU_TIE = 1e-3  # box IoU this close to the NMS threshold may go either way on another CPU
 
 
 def parity(onnx_path: str | Path, reference: nn.Module, images: torch.Tensor, mode: Mode) -> dict:
@@ -56,7 +60,7 @@ def parity(onnx_path: str | Path, reference: nn.Module, images: torch.Tensor, mo
         report["gender"] = float(np.abs(ref["gender"] - got["gender"]).max())
         report["age_years"] = float(np.abs(ref["age"] - got["age"]).max())
         return report
-    report.update(match_detections(dense_decode(ref_heads), got))
+    report.update(match_detections(dense_decode(ref_heads), got, nms_iou=getattr(reference, "nms_iou", 0.0)))
     return report
 
 
@@ -88,7 +92,7 @@ def _run_with_heads(proto, images: torch.Tensor, mode: Mode) -> tuple[dict, dict
     import onnx
 
     heads = head_tensor_names(proto)
-    wanted = ("heatmap", "size", "offset", "decision") if mode == "scene" else ("decision",)
+    wanted = SCENE_HEADS["v2" if "ltrb" in heads else "v1"] if mode == "scene" else ("decision",)
     missing = [name for name in wanted if name not in heads]
     if missing:
         raise OnnxValidationError(f"scene graph without the head conv(s) {missing}")
@@ -107,7 +111,7 @@ def _heads_difference(ref_heads: dict[str, torch.Tensor], got_heads: dict[str, n
     ref = {"decision": torch.cat([ref_heads["gender"][:, None], ref_heads["age"]], 1) if mode == "crop"
            else torch.cat([ref_heads["gender"], ref_heads["age"]], 1)}
     if mode == "scene":
-        ref.update({name: ref_heads[name] for name in ("heatmap", "size", "offset")})
+        ref.update({name: ref_heads[name] for name in ("heatmap", "size", "offset", "ltrb") if name in ref_heads})
     report = {"heads_attributes": 0.0} if mode == "crop" else {"heads_detection": 0.0, "heads_attributes": 0.0}
     for name, tensor in ref.items():
         expected = tensor.numpy().reshape(got_heads[name].shape)
@@ -124,9 +128,13 @@ def dense_decode(heads: dict[str, torch.Tensor], stride: int = HEAD_STRIDE) -> d
         heat = torch.sigmoid(heads["heatmap"])
         n, _, h, w = heat.shape
         ys, xs = torch.meshgrid(torch.arange(h, dtype=heat.dtype), torch.arange(w, dtype=heat.dtype), indexing="ij")
-        cx = (xs + heads["offset"][:, 0]) * stride
-        cy = (ys + heads["offset"][:, 1]) * stride
-        boxes = box_from_regression(cx, cy, heads["size"].permute(0, 2, 3, 1), stride)
+        if "ltrb" in heads:
+            boxes = box_from_ltrb(cell_anchor(xs, stride), cell_anchor(ys, stride), heads["ltrb"].permute(0, 2, 3, 1),
+                                  stride)
+        else:
+            cx = (xs + heads["offset"][:, 0]) * stride
+            cy = (ys + heads["offset"][:, 1]) * stride
+            boxes = box_from_regression(cx, cy, heads["size"].permute(0, 2, 3, 1), stride)
         around = F.max_pool2d(heat, 3, stride=1, padding=1)
         neighbours = _neighbour_max(heat)
         flat = {"scores": heat, "around": around, "neighbours": neighbours,
@@ -146,9 +154,11 @@ def _neighbour_max(heat: torch.Tensor) -> torch.Tensor:
 
 
 def match_detections(dense: dict[str, np.ndarray], got: dict[str, np.ndarray],
-                     tie: float = PARITY_TOLERANCE["scores"]) -> dict:
-    """Match every ONNX detection row (but the zero-score fillers of an image with fewer than K peaks) to a PyTorch
-    cell that is a peak up to ``tie`` with the same score and the nearest box; then count PyTorch peaks that win by more than ``tie`` yet are missing from the ONNX rows."""
+                     tie: float = PARITY_TOLERANCE["scores"], nms_iou: float = 0.0) -> dict:
+    """Match every ONNX detection row (but the zero-score fillers of an image with fewer than K peaks, and rows NMS
+    zeroed) to a PyTorch cell that is a peak up to ``tie`` with the same score and the nearest box; then count
+    PyTorch peaks that win by more than ``tie`` yet are missing from the ONNX rows and that NMS (``nms_iou`` > 0)
+    could not have dropped."""
     report = {"scores": 0.0, "boxes_px": 0.0, "gender": 0.0, "age_years": 0.0, "matched": 0, "kept": 0, "unmatched": 0,
               "unmatched_examples": []}
     k = got["scores"].shape[1]
@@ -174,7 +184,7 @@ def match_detections(dense: dict[str, np.ndarray], got: dict[str, np.ndarray],
                 report["gender"] = max(report["gender"], float(abs(dense["gender"][i, cell] - got["gender"][i, row])))
                 report["age_years"] = max(report["age_years"], float(abs(dense["age"][i, cell] - got["age"][i, row])))
         for cell in _certain_peaks(dense, i, k, tie):
-            if not used[cell]:
+            if not used[cell] and not (nms_iou > 0 and _nms_may_drop(dense, i, cell, peak_like, nms_iou, tie)):
                 _unmatched(report, f"image {i}: PyTorch peak at cell {cell} (score {score[cell]:.6g}) missing in ONNX")
     return report
 
@@ -188,6 +198,23 @@ def _certain_peaks(dense: dict[str, np.ndarray], i: int, k: int, tie: float) -> 
     contenders = np.sort(score[peak_like])[::-1]
     outranked_by = np.searchsorted(-contenders, -(score[clear] - 2 * tie), side="left") - 1  # minus itself
     return clear[outranked_by < k]
+
+
+def _nms_may_drop(dense: dict[str, np.ndarray], i: int, cell: int, peak_like: np.ndarray, nms_iou: float,
+                  tie: float) -> bool:
+    """Could NMS drop ``cell`` on some CPU: does another peak-like cell scoring at least as high (up to ``tie``)
+    overlap its box by ``nms_iou - NMS_IOU_TIE`` or more?"""
+    score, boxes = dense["scores"][i], dense["boxes"][i]
+    rivals = np.nonzero(peak_like & (score >= score[cell] - tie))[0]
+    rivals = rivals[rivals != cell]
+    if not len(rivals):
+        return False
+    a, b = boxes[cell], boxes[rivals]
+    iw = np.clip(np.minimum(a[2], b[:, 2]) - np.maximum(a[0], b[:, 0]), 0, None)
+    ih = np.clip(np.minimum(a[3], b[:, 3]) - np.maximum(a[1], b[:, 1]), 0, None)
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
+    return bool((inter / np.maximum(union, 1e-6) >= nms_iou - NMS_IOU_TIE).any())
 
 
 def _unmatched(report: dict, what: str) -> None:

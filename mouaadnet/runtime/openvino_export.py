@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -150,17 +149,3 @@ def export_ir(fp32_onnx: str | Path, xml: str | Path, check_images: np.ndarray, 
                          "bin": xml.with_suffix(".bin").name, "bin_sha256": sha256_file(xml.with_suffix(".bin")),
                          **{k: report[k] for k in ("quantized", "ir_mb", "agreement_reference")}})
     return report
-
-
-def ir_from_torch(model, xml: str | Path, mode: str, size: int, calibration=None, k: int | None = None,
-                  keep_float: Sequence[str] = ("tail",)) -> Path:
-    """Convenience for benchmarks and tests: export ``model`` to ONNX (``model.export.export_onnx``, parity
-    checked), then to IR (``calibration`` None) or NNCF INT8 IR; the ONNX stays in a temporary folder."""
-    from model.export import export_onnx
-
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = Path(tmp) / f"{mode}.onnx"
-        export_onnx(model, onnx_path, mode, size, k)
-        if calibration is None:
-            return onnx_to_ir(onnx_path, xml)
-        return quantize_openvino(onnx_path, xml, np.asarray(calibration), keep_float)
