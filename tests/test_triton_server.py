@@ -196,11 +196,12 @@ def test_model_whose_initialize_raises_is_not_ready(server, client):
     (broken / "1").mkdir(parents=True)
     (broken / "config.pbtxt").write_text(BROKEN_CONFIG)
     (broken / "1" / "model.py").write_text(BROKEN_MODEL_PY)
+    admin = {"mouaadnet-admin-key": server.admin_key}  # the repository API needs serve's admin key
     try:
         with pytest.raises(InferenceServerException, match="weights file is corrupt"):
-            client.load_model("broken")
+            client.load_model("broken", headers=admin)
         assert not client.is_model_ready("broken")
-        index = {m["name"]: m for m in client.get_model_repository_index(as_json=True)["models"]}
+        index = {m["name"]: m for m in client.get_model_repository_index(headers=admin, as_json=True)["models"]}
         assert index["broken"]["state"] == "UNAVAILABLE" and "weights file is corrupt" in index["broken"]["reason"]
         assert client.is_model_ready("mouaadnet")
     finally:
@@ -277,7 +278,7 @@ def test_publish_while_serving_switches_without_failed_requests(server, client, 
         time.sleep(1.0)
         result = publish(onnx_models[1], server.cfg.repo, keep=2)
         assert result.version == 3
-        load_on_server(server.grpc_url, "detector")
+        load_on_server(server.grpc_url, "detector", repo=server.cfg.repo)
         time.sleep(1.0)
     finally:
         stop.set()

@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
         does not notice one that died (it stays READY and fails the requests routed to it), so serve reloads
         the model or restarts the server and says so.
         """
-        from mouaadnet.serving.server import serve as run
+        from mouaadnet.serving.supervise import serve as run
         from mouaadnet.serving.triton_install import ServerConfig, ServerError
 
         cfg = ServerConfig(repo=repo, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
@@ -50,7 +50,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def detect(
-        images: Annotated[list[Path], typer.Argument(help="Image files (JPEG/PNG).")],
+        images: Annotated[list[Path], typer.Argument(
+            help="Image files (JPEG/PNG/...), or folders: every image file directly in a folder.")],
         url: Annotated[str | None, typer.Option(
             help="Ask a Triton server at this gRPC endpoint (e.g. 127.0.0.1:8001) instead of running in-process.")] = None,
         model: Annotated[Path | None, typer.Option(
@@ -74,6 +75,7 @@ def register(app: typer.Typer) -> None:
             ClientError,
             LocalDetector,
             TritonDetector,
+            expand_paths,
             format_people,
             read_images,
         )
@@ -86,6 +88,9 @@ def register(app: typer.Typer) -> None:
                        "runs its own model (the detector's `runtime` parameter)", err=True)
             raise typer.Exit(2)
         try:
+            images, notes = expand_paths(images)
+            for note in notes:
+                typer.echo(note, err=True)
             blobs = read_images(images)
             if url is not None:
                 detector = TritonDetector(url)
@@ -130,7 +135,7 @@ def register(app: typer.Typer) -> None:
                    f"sha256 {result.sha256[:12]}" + (f"; removed versions {result.removed}" if result.removed else ""))
         if load:
             try:
-                load_on_server(load, model)
+                load_on_server(load, model, repo=repo)
             except Exception as error:  # noqa: BLE001 - report Triton's reason
                 typer.echo(f"error: loading {model} on {load} failed: {error}", err=True)
                 raise typer.Exit(1) from None

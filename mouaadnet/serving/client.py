@@ -29,13 +29,35 @@ class ClientError(RuntimeError):
     """Server down, model not ready, bad input file: the message says which and what to do."""
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".mpo")
+
+
+def expand_paths(paths: list[str | Path]) -> tuple[list[Path], list[str]]:
+    """Files as given; a folder stands for the image files directly in it (sorted by name, by suffix
+    ``IMAGE_SUFFIXES``; subfolders are not searched). Returns the files and one note per folder."""
+    files, notes = [], []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            files.append(path)
+            continue
+        entries = sorted((p for p in path.iterdir() if p.is_file()), key=lambda p: p.name)
+        images = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
+        if not images:
+            raise ClientError(f"{path}: a folder with no image files in it (looked for {' '.join(IMAGE_SUFFIXES)}; "
+                              "subfolders are not searched)")
+        skipped = len(entries) - len(images)
+        notes.append(f"{path}: {len(images)} image(s)" + (f", {skipped} other file(s) skipped" if skipped else ""))
+        files += images
+    return files, notes
+
+
 def read_images(paths: list[str | Path]) -> list[bytes]:
     """Read files and check each is an image we can decode (header check only); raises ClientError."""
     blobs = []
     for path in paths:
         path = Path(path)
         if not path.is_file():
-            raise ClientError(f"{path}: no such file")
+            raise ClientError(f"{path}: no such file or folder" if not path.exists() else f"{path}: not a file")
         data = path.read_bytes()
         try:
             open_image(data)

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import io
 import math
-import struct
 import warnings
-import zlib
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -27,6 +25,15 @@ from mouaadnet.data.letterbox import (  # noqa: F401  (re-exported: the Triton m
     Letterbox,
     letterbox_geometry,
     letterbox_image,
+)
+
+from .integrity import (  # noqa: F401  (ImageError and check_png_chunks re-exported: callers import them here)
+    ImageError,
+    check_png_chunks,
+    check_png_pixels,
+    check_tiff_deflate,
+    check_webp_zeroed,
+    webp_structure_problem,
 )
 
 try:  # libjpeg-turbo with its warnings surfaced: corrupt entropy-coded data is an error, not garbled pixels
@@ -47,10 +54,6 @@ MAX_REQUEST_BYTES = 64 * 1024 * 1024
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "BMP", "WEBP", "GIF", "TIFF", "MPO"})
 META_COLUMNS = ("scale", "pad_x", "pad_y", "orig_w", "orig_h")
 OUTPUT_NAMES = ("boxes", "scores", "gender", "age")
-
-
-class ImageError(ValueError):
-    """The bytes are not a usable image (empty, not an image, truncated, too large). The message says which."""
 
 
 class BudgetError(ImageError):
@@ -95,12 +98,17 @@ def open_image(
         raise ImageError(f"image too large: {error}") from None
     except Exception as error:
         head = bytes(data[:8])
+        if head[:4] == b"RIFF" and bytes(data[8:12]) == b"WEBP":  # Pillow: "could not create decoder object"
+            raise ImageError(webp_structure_problem(data) or f"corrupt WebP ({len(data)} bytes): the WebP decoder "
+                             f"cannot parse its bitstream ({error})") from None
         why = "no known image format" if "cannot identify image file" in str(error) else str(error)
         raise ImageError(f"not an image ({len(data)} bytes starting {head!r}): {why}") from None
     if image.format not in ALLOWED_FORMATS:
         raise ImageError(f"unsupported image format {image.format}; send JPEG or PNG")
     if image.format == "PNG":
         check_png_chunks(data)
+    elif image.format == "WEBP" and webp_structure_problem(data):
+        raise ImageError(webp_structure_problem(data))
     w, h = image.size
     if w < 1 or h < 1:
         raise ImageError(f"image has no pixels ({w}x{h})")
@@ -109,28 +117,9 @@ def open_image(
             f"image too large: {w}x{h} ({w * h / 1e6:.1f} MP); limits are {max_side} px per side and "
             f"{max_pixels / 1e6:.0f} MP (refused before decoding, against decompression bombs)"
         )
+    if image.format == "WEBP":
+        check_webp_zeroed(data, w, h)
     return image
-
-
-def check_png_chunks(data: bytes) -> None:
-    """Walk a PNG's chunks and check each one's CRC (Pillow checks none of IDAT's while decoding, so a damaged
-    pixel stream would decode into wrong pixels); raises ImageError naming the chunk."""
-    view, pos, n = memoryview(bytes(data)), 8, len(data)
-    while pos < n:
-        if pos + 12 > n:
-            raise ImageError(f"truncated PNG: chunk header at byte {pos} is cut off ({n} bytes)")
-        length, tag = struct.unpack(">I4s", view[pos:pos + 8])
-        end = pos + 8 + length
-        if end + 4 > n:
-            raise ImageError(f"truncated PNG: chunk {tag.decode('latin-1')!r} at byte {pos} needs {length} bytes, "
-                             f"the file ends after {n - pos - 8}")
-        (crc,) = struct.unpack(">I", view[end:end + 4])
-        if zlib.crc32(view[pos + 4:end]) & 0xFFFFFFFF != crc:
-            raise ImageError(f"corrupt PNG: chunk {tag.decode('latin-1')!r} at byte {pos} fails its CRC check")
-        if tag == b"IEND":
-            return
-        pos = end + 4
-    raise ImageError(f"truncated PNG: no IEND chunk in {n} bytes")
 
 
 def _jpeg_target(image: Image.Image, size: int | None) -> tuple[int, int]:
@@ -186,6 +175,10 @@ def _decode_opened(data: bytes, image: Image.Image, size: int | None) -> tuple[n
     orientation = _orientation(image)
     full_w, full_h = _oriented_size(image, orientation)
     try:
+        if image.format == "PNG":  # the pixel stream vs the header, before Pillow fills missing rows black
+            check_png_pixels(data)
+        elif image.format == "TIFF":
+            check_tiff_deflate(data, image)
         if image.format in ("JPEG", "MPO"):
             _check_jpeg_strict(data, image)
             if size is not None:
@@ -245,16 +238,21 @@ def preprocess_one(
 
 def preprocess_batch(
     blobs: list[bytes], size: int = DEFAULT_SIZE, *, max_pixels: int = MAX_PIXELS, max_side: int = MAX_SIDE,
-    max_request_pixels: int = MAX_REQUEST_PIXELS, max_request_bytes: int = MAX_REQUEST_BYTES,
+    max_request_pixels: int = MAX_REQUEST_PIXELS, max_request_bytes: int = MAX_REQUEST_BYTES, admit=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A list of encoded images (one request) -> (float32 [N,3,S,S], meta float32 [N,5]).
 
-    Every header is checked and the request's decoding budget added up *before* any pixel is decoded.
+    Every header is checked and the request's decoding budget added up *before* any pixel is decoded; then
+    ``admit(pixels)`` (the server-wide budget, ``admission.DecodeBudget.admit``) may refuse it as busy.
     Raises ImageError naming the index of the first bad image, or BudgetError for the request as a whole.
     """
     if len(blobs) == 0:
         raise ImageError("no images in the request")
-    opened, pixels, total_bytes = [], 0, 0
+    total_bytes = sum(len(blob) for blob in blobs)  # before any copy or parse of a blob
+    if total_bytes > max_request_bytes:
+        raise BudgetError(f"request too large: its {len(blobs)} image(s) hold {total_bytes / 2**20:.1f} MiB; one "
+                          f"request may carry at most {max_request_bytes / 2**20:.0f} MiB of encoded images")
+    opened, pixels = [], 0
     for i, blob in enumerate(blobs):
         try:
             image = open_image(blob, max_pixels=max_pixels, max_side=max_side)
@@ -262,13 +260,14 @@ def preprocess_batch(
             raise ImageError(f"image {i}: {error}") from None
         opened.append(image)
         pixels += decode_cost(image, size)
-        total_bytes += len(blob)
-    if pixels > max_request_pixels or total_bytes > max_request_bytes:
+    if pixels > max_request_pixels:
         raise BudgetError(
             f"request too expensive: its {len(blobs)} image(s) decode to {pixels / 1e6:.1f} MP from "
             f"{total_bytes / 2**20:.1f} MiB; one request may decode at most {max_request_pixels / 1e6:.0f} MP "
             f"from {max_request_bytes / 2**20:.0f} MiB (JPEGs count at the reduced scale they are decoded at): "
             "send fewer or smaller images per request")
+    if admit is not None:
+        admit(pixels)
     images = np.empty((len(blobs), 3, size, size), np.float32)
     meta = np.empty((len(blobs), len(META_COLUMNS)), np.float32)
     for i, (blob, image) in enumerate(zip(blobs, opened)):

@@ -202,12 +202,28 @@ def prune(model_dir: Path, keep: int) -> list[int]:
     return old
 
 
-def load_on_server(url: str, model: str, timeout: float = 120.0) -> None:
+def load_on_server(url: str, model: str, timeout: float = 120.0, repo: Path | None = None,
+                   admin_key: str | None = None) -> None:
     """Ask a server in explicit model-control mode to (re)load ``model``: Triton loads the new version, switches
-    traffic once it is ready and then unloads the old one, so requests in flight keep succeeding."""
-    import tritonclient.grpc as grpcclient
+    traffic once it is ready and then unloads the old one, so requests in flight keep succeeding.
 
+    Loading needs the admin key of `mouaadnet serve`: ``admin_key``, else $MOUAADNET_ADMIN_KEY, else the
+    ``repo``/.admin-key the server wrote into the repository it serves."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from .guard import ADMIN_HEADER
+    from .triton_install import ADMIN_KEY_FILE, read_admin_key
+
+    key = admin_key or read_admin_key(repo)
     client = grpcclient.InferenceServerClient(url)
-    client.load_model(model, client_timeout=timeout)
+    try:
+        client.load_model(model, headers={ADMIN_HEADER: key} if key else None, client_timeout=timeout)
+    except InferenceServerException as error:
+        if "restricted" in str(error):
+            raise PublishError(f"the server at {url} loads models only for its admin key ({error.message()}): "
+                               f"publish into the --repo it serves (its {ADMIN_KEY_FILE}) or set "
+                               "$MOUAADNET_ADMIN_KEY") from None
+        raise
     if not client.is_model_ready(model):
         raise PublishError(f"server at {url} reports {model} not ready after loading")

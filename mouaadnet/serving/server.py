@@ -16,20 +16,28 @@ fails with "Stub process '<model>_0_0' is not healthy", and stopping the server 
 So the stubs are watched here (from /proc: a stub that exited is left as a zombie child of tritonserver):
 ``dead_stubs()`` names them, ``serve`` reloads the model (explicit model control) or restarts the server, and
 ``stop()`` removes the shared-memory regions (/dev/shm) the stubs of this server left behind.
+
+The request guard (``guard``; ``cfg.guard``, on by default): Triton listens on free internal loopback ports with
+every API restricted to a key, a guard process on the configured public ports refuses what Triton cannot be told
+to refuse (oversized requests above all) and forwards the rest. This object's own calls (health, repository
+index, reload) go to the internal port with the keys; ``http_url`` / ``grpc_url`` are the public ones.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
+import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .admission import budget_path
+from .guard import ADMIN_HEADER, ENV_GUARD_KEY, GUARD_HEADER
 from .stubs import SHM_DIR, Stub, children, proc_state, stub_of
 from .triton_install import (
     ServerConfig,
@@ -37,7 +45,10 @@ from .triton_install import (
     TritonInstall,
     build_command,
     find_triton,
+    guard_command,
+    internal_config,
     prepare_backend_dir,
+    resolve_admin_key,
     server_env,
 )
 
@@ -52,8 +63,9 @@ def _die_with_parent() -> None:
         pass
 
 
-def _http(url: str, method: str = "GET", body: bytes | None = None, timeout: float = 2.0) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, method=method)
+def _http(url: str, method: str = "GET", body: bytes | None = None, timeout: float = 2.0,
+          headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read()
@@ -69,6 +81,9 @@ class TritonServer:
         self.install = install or find_triton()
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
+        self.guard: subprocess.Popen | None = None  # the request guard on the public ports (cfg.guard)
+        self.internal = cfg  # what tritonserver itself listens on (internal ports behind the guard)
+        self._keys: dict[str, str] = {}  # headers of this server's own calls to Triton (guard + admin key)
         self._log_file = None
         self._stubs: dict[int, Stub] = {}  # every stub seen, for dead-stub detection and /dev/shm cleanup
         self._handled_dead: set[int] = set()
@@ -77,6 +92,19 @@ class TritonServer:
     @property
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.cfg.http_port}"
+
+    @property
+    def internal_http_url(self) -> str:
+        """Triton's own HTTP endpoint (behind the guard; every API there needs a key)."""
+        return f"http://127.0.0.1:{self.internal.http_port}"
+
+    @property
+    def internal_grpc_url(self) -> str:
+        return f"127.0.0.1:{self.internal.grpc_port}"
+
+    @property
+    def admin_key(self) -> str | None:
+        return self._keys.get(ADMIN_HEADER)
 
     @property
     def grpc_url(self) -> str:
@@ -94,7 +122,15 @@ class TritonServer:
         if not Path(self.cfg.repo).is_dir():
             raise ServerError(f"model repository {self.cfg.repo} does not exist")
         backend_dir = prepare_backend_dir(self.install)
-        cmd = build_command(self.install, backend_dir, self.cfg)
+        admin_key = self._keys.get(ADMIN_HEADER)  # kept across restarts: `publish --load` may have read it
+        keep_guard = self.cfg.guard and self.guard is not None and self.guard.poll() is None
+        if not keep_guard:  # a guard kept through a restart keeps forwarding to the same internal ports and keys
+            self.internal, self._keys = self.cfg, {}
+        if self.cfg.guard and not keep_guard:
+            guard_key = secrets.token_hex(16)
+            self._keys = {GUARD_HEADER: guard_key, ADMIN_HEADER: admin_key or resolve_admin_key(self.cfg)}
+            self.internal = internal_config(self.cfg, guard_key, self._keys[ADMIN_HEADER])
+        cmd = build_command(self.install, backend_dir, self.internal)
         self._stubs, self._handled_dead, self.removed_shm = {}, set(), []
         if self.log_path:
             self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -103,17 +139,47 @@ class TritonServer:
             out = None  # inherit: the user sees Triton's own log lines
         self.process = subprocess.Popen(cmd, env=server_env(self.install), stdout=out, stderr=subprocess.STDOUT,
                                         start_new_session=True, preexec_fn=_die_with_parent)
+        if self.cfg.guard and not keep_guard:
+            try:
+                self.start_guard()
+            except BaseException:
+                self.stop()  # no tritonserver left running without its guard
+                raise
         return self
+
+    def start_guard(self, timeout: float = 30.0) -> None:
+        """(Re)start the request guard on the public ports and wait until both accept connections."""
+        env = {**server_env(self.install), ENV_GUARD_KEY: self._keys[GUARD_HEADER]}
+        self.guard = subprocess.Popen(guard_command(self.install, self.cfg, self.internal), env=env,
+                                      stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                                      preexec_fn=_die_with_parent)
+        deadline = time.monotonic() + timeout
+        for port in (self.cfg.grpc_port, self.cfg.http_port):
+            while True:
+                if self.guard.poll() is not None:
+                    raise ServerError(f"the request guard exited with code {self.guard.returncode} (ports "
+                                      f"{self.cfg.grpc_port}/{self.cfg.http_port} taken?)" + self._log_hint())
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise ServerError(f"the request guard is not listening on {port} after {timeout:.0f} s") \
+                            from None
+                    time.sleep(0.05)
+
+    def guard_died(self) -> bool:
+        return self.guard is not None and self.guard.poll() is not None
 
     def live(self) -> bool:
         try:
-            return _http(f"{self.http_url}/v2/health/live")[0] == 200
+            return _http(f"{self.internal_http_url}/v2/health/live", headers=self._keys)[0] == 200
         except OSError:
             return False
 
     def ready(self) -> bool:
         try:
-            return _http(f"{self.http_url}/v2/health/ready")[0] == 200
+            return _http(f"{self.internal_http_url}/v2/health/ready", headers=self._keys)[0] == 200
         except OSError:
             return False
 
@@ -140,12 +206,15 @@ class TritonServer:
 
     def reload_model(self, name: str, timeout: float = 120.0) -> None:
         """Explicit model control: load ``name`` again (new instances and stubs; traffic moves when ready)."""
-        status, body = _http(f"{self.http_url}/v2/repository/models/{name}/load", "POST", b"{}", timeout=timeout)
+        status, body = _http(f"{self.internal_http_url}/v2/repository/models/{name}/load", "POST", b"{}",
+                             timeout=timeout, headers=self._keys)
         if status != 200:
             raise ServerError(f"reloading {name} failed: HTTP {status} {body[:300]!r}")
 
     def cleanup_shm(self) -> list[str]:
         """Remove the /dev/shm regions of this server's stubs that are still there (call once it has exited)."""
+        if self.process is not None:
+            budget_path(self.process.pid).unlink(missing_ok=True)  # preprocess's decode budget (admission)
         removed = []
         for stub in self._stubs.values():
             path = SHM_DIR / stub.shm_region
@@ -158,7 +227,7 @@ class TritonServer:
         return removed
 
     def model_index(self) -> list[dict]:
-        status, body = _http(f"{self.http_url}/v2/repository/index", "POST", b"{}")
+        status, body = _http(f"{self.internal_http_url}/v2/repository/index", "POST", b"{}", headers=self._keys)
         if status != 200:
             raise ServerError(f"repository index failed: HTTP {status} {body[:200]!r}")
         return json.loads(body or b"[]")
@@ -194,8 +263,13 @@ class TritonServer:
             return "\n" + "\n".join(tail)
         return ""
 
-    def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM (Triton drains in-flight requests and stops the stubs), SIGKILL after ``timeout``."""
+    def stop(self, timeout: float = 20.0, keep_guard: bool = False) -> int | None:
+        """SIGTERM (Triton drains in-flight requests and stops the stubs), SIGKILL after ``timeout``.
+
+        ``keep_guard``: for a restart: the guard stays on the public ports (clients stay connected and get
+        "retry" errors meanwhile instead of refused connections) and the next ``start()`` reuses its ports."""
+        if not keep_guard:
+            self._stop_guard()
         if self.process is None:
             return None
         if self.process.poll() is None:
@@ -212,6 +286,18 @@ class TritonServer:
             self._log_file.close()
             self._log_file = None
         return self.process.returncode
+
+    def _stop_guard(self) -> None:
+        if self.guard is None:
+            return
+        if self.guard.poll() is None:
+            self.guard.send_signal(signal.SIGTERM)
+            try:
+                self.guard.wait(10)
+            except subprocess.TimeoutExpired:
+                self.guard.kill()
+                self.guard.wait(5)
+        self.guard = None
 
     def _wait_stubs_gone(self, timeout: float) -> None:
         """Stubs notice their server's death and exit by themselves; SIGKILL any left after ``timeout``."""
@@ -239,106 +325,3 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def _print(message: str, err: bool = False) -> None:
-    print(message, file=sys.stderr if err else sys.stdout, flush=True)
-
-
-def _describe_dead(stubs: list[Stub]) -> str:
-    return ", ".join(f"{stub.instance} (model {stub.model}, pid {stub.pid})" for stub in stubs)
-
-
-def serve(cfg: ServerConfig, echo=_print, timeout: float = 180.0, log_path: Path | None = None,
-          recover: bool = True, max_restarts: int = 3, restart_window: float = 600.0) -> int:
-    """Foreground server for `mouaadnet serve`: prints endpoints when ready, stops on Ctrl-C / SIGTERM.
-
-    Watches the Python-backend stubs: when one dies, the model is reloaded (explicit model control) or the whole
-    server restarted (none / poll: Triton refuses load requests there), at most ``max_restarts`` times in
-    ``restart_window`` seconds; with ``recover=False`` it exits 1 naming the dead stub instead.
-    Returns the exit code: 0 after a requested stop, 1 when a model failed to load (Triton's reason printed),
-    the server died, or a dead stub could not be recovered.
-    """
-    server = TritonServer(cfg, log_path=log_path)
-    stopping = {"flag": False}
-
-    def on_signal(signum, _frame):
-        stopping["flag"] = True
-
-    def start_and_wait() -> None:
-        server.start()
-        deadline = time.monotonic() + timeout
-        while not stopping["flag"]:
-            try:
-                server.wait_ready(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
-                return
-            except ServerError as error:
-                if "not ready after" not in str(error) or time.monotonic() >= deadline:
-                    raise
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    restarts: list[float] = []
-    try:
-        try:
-            start_and_wait()
-        except ServerError as error:
-            echo(f"error: {error}", err=True)
-            return 1
-        if stopping["flag"]:
-            return 0
-        echo(f"tritonserver ready (pid {server.pid}), models in {Path(cfg.repo).resolve()}:")
-        for model in server.model_index():
-            echo(f"  {model['name']:<12} version {model.get('version', '-'):<4} {model.get('state', '?')}")
-        echo(f"  gRPC     {server.grpc_url}")
-        echo(f"  HTTP     {server.http_url}")
-        echo(f"  metrics  {server.metrics_url}")
-        echo(f"  model control: {cfg.control_mode}.  Ctrl-C or SIGTERM stops the server.")
-        next_check = time.monotonic() + 1.0
-        while not stopping["flag"]:
-            if server.process.poll() is not None:
-                echo(f"error: tritonserver exited unexpectedly with code {server.process.returncode}", err=True)
-                return 1
-            if time.monotonic() >= next_check:
-                next_check = time.monotonic() + 1.0
-                dead = server.dead_stubs()
-                if dead:
-                    server.mark_handled(dead)
-                    echo(f"error: Python-backend stub died: {_describe_dead(dead)}; Triton keeps reporting the "
-                         "model READY while requests routed to that instance fail ('Stub process ... is not "
-                         "healthy')", err=True)
-                    if not recover:
-                        echo("not recovering (--no-recover): exiting so a supervisor can restart the server",
-                             err=True)
-                        return 1
-                    now = time.monotonic()
-                    restarts[:] = [t for t in restarts if now - t < restart_window] + [now]
-                    if len(restarts) > max_restarts:
-                        echo(f"error: {len(restarts)} stub deaths within {restart_window:.0f} s: giving up",
-                             err=True)
-                        return 1
-                    try:
-                        if cfg.control_mode == "explicit":
-                            for name in sorted({stub.model for stub in dead}):
-                                server.reload_model(name)
-                                echo(f"reloaded model {name}: new stubs are serving it")
-                        else:
-                            echo(f"restarting tritonserver (model control {cfg.control_mode}: Triton cannot "
-                                 "reload one model) ...")
-                            code = server.stop()
-                            echo(f"tritonserver stopped (exit code {code}); starting it again")
-                            start_and_wait()
-                            echo(f"tritonserver ready again (pid {server.pid})")
-                    except ServerError as error:
-                        echo(f"error: recovery failed: {error}", err=True)
-                        return 1
-            time.sleep(0.2)
-        echo("stopping tritonserver ...")
-        return 0
-    finally:
-        code = server.stop()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        if getattr(server, "removed_shm", None):
-            echo(f"removed {len(server.removed_shm)} shared-memory region(s) its stubs left in {SHM_DIR}")
-        if code is not None and stopping["flag"]:
-            echo(f"tritonserver stopped (exit code {code})")

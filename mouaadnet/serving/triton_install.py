@@ -6,10 +6,13 @@ docstring for why each piece is needed).
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from .guard import DEFAULT_MAX_BYTES, ENV_ADMIN_KEY, restricted_args
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -104,6 +107,11 @@ class ServerConfig:
     log_verbose: int = 0
     shm_bytes: int = 16 * 1024 * 1024  # python backend shared memory per instance (grows on demand)
     extra_args: list[str] = field(default_factory=list)
+    # The request guard (mouaadnet.serving.guard) on the public ports, Triton on internal loopback ports behind it
+    # with every API restricted to the guard's key or the admin key. False: Triton on the public ports, open.
+    guard: bool = True
+    max_request_bytes: int = DEFAULT_MAX_BYTES  # largest gRPC message / HTTP body the guard lets through
+    admin_key: str | None = None  # None: $MOUAADNET_ADMIN_KEY, else a fresh one written to <repo>/.admin-key
 
 
 def build_command(install: TritonInstall, backend_dir: Path, cfg: ServerConfig) -> list[str]:
@@ -139,3 +147,45 @@ def server_env(install: TritonInstall) -> dict[str, str]:
     env.pop("PYTHONHOME", None)
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
+
+
+ADMIN_KEY_FILE = ".admin-key"  # in the model repository: whoever may change the models may also load them
+
+
+def read_admin_key(repo: Path | None = None) -> str | None:
+    """The admin key `serve` uses: $MOUAADNET_ADMIN_KEY, else the one it wrote into ``repo``/.admin-key."""
+    key = os.environ.get(ENV_ADMIN_KEY)
+    if key:
+        return key
+    path = Path(repo) / ADMIN_KEY_FILE if repo is not None else None
+    return path.read_text().strip() if path is not None and path.is_file() else None
+
+
+def resolve_admin_key(cfg: ServerConfig) -> str:
+    """cfg.admin_key, else $MOUAADNET_ADMIN_KEY, else a fresh random key written to <repo>/.admin-key (0600)."""
+    key = cfg.admin_key or os.environ.get(ENV_ADMIN_KEY)
+    if key:
+        return key
+    key = secrets.token_hex(16)
+    path = Path(cfg.repo) / ADMIN_KEY_FILE
+    tmp = path.with_name(f"{ADMIN_KEY_FILE}.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    os.replace(tmp, path)
+    return key
+
+
+def internal_config(cfg: ServerConfig, guard_key: str, admin_key: str) -> ServerConfig:
+    """What tritonserver itself runs with behind the guard: free internal loopback ports, every API restricted."""
+    return replace(cfg, http_port=free_port(), grpc_port=free_port(),
+                   extra_args=[*restricted_args(guard_key, admin_key), *cfg.extra_args])
+
+
+def guard_command(install: TritonInstall, cfg: ServerConfig, internal: ServerConfig) -> list[str]:
+    """The guard process (serving venv's Python: grpcio + this project); its key goes in the environment."""
+    return [str(install.venv / "bin" / "python"), "-m", "mouaadnet.serving.guard",
+            f"--grpc-port={cfg.grpc_port}", f"--http-port={cfg.http_port}",
+            f"--grpc-upstream=127.0.0.1:{internal.grpc_port}", f"--http-upstream=127.0.0.1:{internal.http_port}",
+            f"--max-bytes={cfg.max_request_bytes}", f"--control-mode={cfg.control_mode}",
+            f"--repo={Path(cfg.repo).resolve()}"]

@@ -114,3 +114,64 @@ def huge_png() -> bytes:
     array[::7] = 200
     array[:, ::13, 1] = 90
     return encode(array, "PNG", compress_level=1)
+
+
+# Crafted damage that keeps every checksum the container has (issue 24): the pixel data itself is wrong.
+def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    pos, chunks = 8, []
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        chunks.append((data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]))
+        pos += 12 + length
+    return chunks
+
+
+def _png_with_idat(idat: bytes, source: bytes) -> bytes:
+    keep = [(tag, body) for tag, body in _png_chunks(source) if tag not in (b"IDAT", b"IEND")]
+    return b"\x89PNG\r\n\x1a\n" + b"".join(png_chunk(t, b) for t, b in keep + [(b"IDAT", idat), (b"IEND", b"")])
+
+
+def _scene416() -> np.ndarray:
+    return photo()[:416]  # 512x416, as in the issue's case
+
+
+def png_idat_zeroed_valid_crc() -> bytes:
+    """2000 bytes of the compressed pixel data zeroed, every chunk CRC recomputed (Pillow: rows left black)."""
+    source = encode(_scene416(), "PNG")
+    idat = bytearray(b"".join(body for tag, body in _png_chunks(source) if tag == b"IDAT"))
+    start = len(idat) // 10
+    idat[start:start + 2000] = bytes(2000)
+    return _png_with_idat(bytes(idat), source)
+
+
+def png_half_rows() -> bytes:
+    """A valid zlib stream holding only the first half of the rows the header announces (valid CRCs)."""
+    source = encode(_scene416(), "PNG")
+    raw = zlib.decompress(b"".join(body for tag, body in _png_chunks(source) if tag == b"IDAT"))
+    row = 1 + 512 * 3
+    return _png_with_idat(zlib.compress(raw[: 208 * row]), source)
+
+
+def _zeroed(data: bytes, length: int = 2000) -> bytes:
+    out = bytearray(data)
+    start = len(out) // 3
+    out[start:start + length] = bytes(length)
+    return bytes(out)
+
+
+def webp_zeroed() -> bytes:
+    return _zeroed(encode(_scene416(), "WEBP", quality=80))
+
+
+def webp_truncated() -> bytes:
+    data = encode(_scene416(), "WEBP", quality=80)
+    return data[: len(data) // 2]
+
+
+def tiff_deflate_zeroed() -> bytes:
+    return _zeroed(encode(_scene416(), "TIFF", compression="tiff_adobe_deflate"))
+
+
+def decode_bomb_png() -> bytes:
+    """48.6 KB that decode to 50 MP (8192x6103 grey zeros): inside every per-request limit, ~0.7 s of decoding."""
+    return encode(np.zeros((6103, 8192), np.uint8), "PNG", compress_level=9)

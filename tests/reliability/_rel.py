@@ -44,3 +44,32 @@ def tensor_input(name, array, dtype="FP32"):
     inp = grpcclient.InferInput(name, list(array.shape), dtype)
     inp.set_data_from_numpy(array)
     return inp
+
+
+def server_rss_parts(server) -> dict[str, float]:
+    """RSS in MB of a TritonServer's processes: tritonserver, each stub (by model instance name), the guard."""
+    import psutil
+
+    proc = psutil.Process(server.pid)
+    parts = {"tritonserver": proc.memory_info().rss / 2**20}
+    for child in proc.children(recursive=True):
+        try:
+            instance = next((a for a in child.cmdline() if "_0_" in a), str(child.pid))
+            parts[instance] = child.memory_info().rss / 2**20
+        except psutil.NoSuchProcess:
+            pass
+    if server.guard is not None:
+        parts["guard"] = psutil.Process(server.guard.pid).memory_info().rss / 2**20
+    return parts
+
+
+def server_shm_mb(server) -> float:
+    """MB of /dev/shm its stubs' regions occupy (allocated blocks: the Python backend grows them, never shrinks)."""
+    from mouaadnet.serving.stubs import SHM_DIR
+
+    total = 0
+    for stub in server.stubs():
+        path = SHM_DIR / stub.shm_region
+        if path.exists():
+            total += path.stat().st_blocks * 512
+    return total / 2**20

@@ -254,3 +254,38 @@ def test_publish_refuses_traversal_and_tampered_artifacts(tmp_path, scoreboard):
             problems.append(f"{name}: {exit_code} {output}")
     assert not problems, problems
     assert json.loads((artifact.with_name("model.onnx.json")).read_text())["sha256"]
+
+
+def test_detect_on_a_folder(tmp_path, scoreboard):
+    """`mouaadnet detect DIR`: what a user means is every image in it (as for several files); a folder without
+    images is one clear line. Subfolders and other files are left out and the count says so."""
+    from _serving_utils import tiny_onnx
+
+    onnx = tiny_onnx(tmp_path / "model.onnx")
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    for name in ("b.jpg", "a.PNG"):
+        Image.fromarray(np.full((48, 64, 3), 120, np.uint8)).save(photos / name)
+    (photos / "notes.txt").write_text("not an image")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.md").write_text("nothing")
+    cases = [("detect: a folder of images", photos, 0, "a.PNG"), ("detect: a folder with no images", empty, 1,
+                                                                    "a folder with no image files")]
+    problems = []
+    for name, folder, code, expected in cases:
+        exit_code, output, traceback = _run(["detect", folder, "--model", onnx, "--json"])
+        ok = exit_code == code and expected in output and not traceback
+        if code == 0:
+            lines = output.splitlines()
+            found = [row["image"] for row in json.loads("\n".join(lines[lines.index("["):]))]
+            ok = ok and [os.path.basename(f) for f in found] == ["a.PNG", "b.jpg"] and "1 other file(s) skipped" in output
+            observed = f"exit {exit_code}: {len(found)} images detected ({', '.join(os.path.basename(f) for f in found)}); " \
+                       + next(ln for ln in output.splitlines() if "image(s)" in ln)
+        else:
+            observed = f"exit {exit_code}: " + next((ln for ln in output.splitlines() if expected in ln), output[-200:])
+        scoreboard.record("bad-input", f"cli: {name}", done=f"mouaadnet detect {folder.name}/ --model model.onnx",
+                          observed=observed, ok=ok, bad_inputs=1)
+        if not ok:
+            problems.append(f"{name}: exit {exit_code}: {output[-600:]}")
+    assert not problems, problems

@@ -82,6 +82,20 @@ def _cases(good):
          "16 x 16384x3051 (800 MP) in one request"),
         ("unsupported format (PPM)", "mouaadnet", [image_input([img.ppm()])], "unsupported image format",
          "a PPM image"),
+        ("PNG IDAT zeroed, CRCs recomputed", "mouaadnet", [image_input([img.png_idat_zeroed_valid_crc()])],
+         "fails its zlib checksum", "512x416 PNG, 2000 IDAT bytes zeroed, chunk CRCs recomputed"),
+        ("PNG with only half its rows", "mouaadnet", [image_input([img.png_half_rows()])], "208 of 416 rows",
+         "512x416 PNG whose (valid) zlib stream holds 208 rows"),
+        ("zeroed WebP", "mouaadnet", [image_input([img.webp_zeroed()])], "zero bytes in a row",
+         "512x416 WebP, 2000 bytes zeroed a third of the way in"),
+        ("truncated WebP", "mouaadnet", [image_input([img.webp_truncated()])], "truncated WebP",
+         "first half of a WebP"),
+        ("zeroed deflate TIFF", "mouaadnet", [image_input([img.tiff_deflate_zeroed()])], "corrupt TIFF",
+         "512x416 deflate TIFF, 2000 bytes zeroed a third of the way in"),
+        ("score_threshold without an image", "mouaadnet", [_threshold([0.3])], "needs input 'image'",
+         "score_threshold [1,1] only"),
+        ("empty image tensor [0,1]", "mouaadnet", [image_input([], shape=(0, 1))], "empty tensor",
+         "image BYTES of shape [0,1]"),
         ("threshold NaN", "mouaadnet", [image_input([good]), _threshold([np.nan])], "score_threshold", "NaN"),
         ("threshold negative", "mouaadnet", [image_input([good]), _threshold([-0.1])], "score_threshold", "-0.1"),
         ("threshold 2.0", "mouaadnet", [image_input([good]), _threshold([2.0])], "score_threshold", "2.0"),
@@ -201,10 +215,14 @@ def test_expensive_requests_do_not_stall_others(client, triton, good, scoreboard
     for t in threads:
         t.join(180)
     bound = 8.0  # seconds, on the shared 2-core machine under load (issue: 17 s before the fix)
-    ok = not errors and timings["small"] < bound
+    # admission control (64 MP in flight across the server): the second 50 MP request may be refused as busy
+    busy = [e for e in errors if "server busy" in e]
+    ok = len(busy) == len(errors) <= 1 and timings["small"] < bound
     scoreboard.record("bad-input", "triton: two 50 MP PNG requests + one small request",
                       done="2 concurrent requests with a 16384x3051 PNG each, then a 512x512 JPEG",
                       observed=f"heavy requests {timings['heavy0']:.2f} s / {timings['heavy1']:.2f} s, small request "
-                               f"{timings['small']:.2f} s (bound {bound:.0f} s){'; errors ' + str(errors) if errors else ''}",
+                               f"{timings['small']:.2f} s (bound {bound:.0f} s)"
+                               + (f"; {len(busy)} heavy refused as busy" if busy else "")
+                               + (f"; errors {[e for e in errors if e not in busy]}" if len(busy) < len(errors) else ""),
                       ok=ok, bad_inputs=1, requests=3, failed=len(errors), good_failed=int(timings["small"] >= bound))
     assert ok, (timings, errors)

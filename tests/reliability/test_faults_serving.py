@@ -160,7 +160,7 @@ def test_detector_stub_killed_under_load(tmp_path, standin_onnx, scoreboard, mod
                       observed=f"Triton itself kept reporting READY; `mouaadnet serve` {how} in "
                                f"{recovered_at - killed_at:.1f} s; {sum(1 for o in during if o[2])} of {len(during)} "
                                f"requests meanwhile got errors ({'; '.join(messages)[:160]}), none hung (max "
-                               f"{max(o[1] for o in outcomes):.1f} s); 0 of {len(after_recovery)} failed after; "
+                               f"{max(o[1] for o in outcomes):.1f} s); {len(failed_after)} of {len(after_recovery)} failed after; "
                                f"serve exit {code}; /dev/shm regions of its {len(regions)} stubs left: {len(leaked)}",
                       ok=ok, faults=1, requests=len(outcomes), failed=sum(1 for o in outcomes if o[2]),
                       good_failed=len(failed_after))

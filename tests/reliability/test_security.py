@@ -52,6 +52,7 @@ def _check_loopback(scoreboard, what: str, pid: int):
 @pytest.mark.integration
 def test_triton_listens_on_loopback_only(triton, scoreboard):
     _check_loopback(scoreboard, "tritonserver", triton.pid)
+    _check_loopback(scoreboard, "request guard (public gRPC/HTTP ports)", triton.guard.pid)
 
 
 @pytest.mark.integration
