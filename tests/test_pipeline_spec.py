@@ -116,6 +116,10 @@ def test_train_runs_where_num_nodes_and_gpus_per_node_say():
         assert inputs["image"]["runtimeValue"]["constant"] == "ghcr.io/mouaadnet/mouaadnet-ultra:0.1.0"
         assert inputs["num_nodes"]["componentInputParameter"] == "pipelinechannel--num_nodes"
         assert inputs["gpus_per_node"]["componentInputParameter"] == "pipelinechannel--gpus_per_node"
+        # the data pins key the train cache and are checked before training; CPU processes per node (torchrun)
+        assert inputs["data_pins"]["componentInputParameter"] == "pipelinechannel--data_pins"
+        assert inputs["nproc_per_node"]["componentInputParameter"] == "pipelinechannel--nproc_per_node"
+    assert params["data_pins"]["defaultValue"] == "" and params["nproc_per_node"]["defaultValue"] == 1
     releases = _named(tasks, r"release(-\d+)?")
     assert len(releases) == 3  # the same sub-pipeline after each way of training
     for release in releases:

@@ -33,6 +33,40 @@ def data_check(
     raise typer.Exit(0 if report.ok else 1)
 
 
+@data_app.command("pin")
+def data_pin(
+    config: Annotated[Path, typer.Option(help="Training config whose folders outside data/ to pin.")],
+) -> None:
+    """Write CONFIG's pins file (configs/X.pins.yaml): DVC's md5 of every folder it reads outside data/.
+
+    A pipeline run re-hashes them and refuses a folder whose digest changed; commit the file."""
+    from mouaadnet.pipeline.data_pins import DataPinError, write_pins
+
+    try:
+        typer.echo(f"wrote {write_pins(config, echo=typer.echo)}")
+    except DataPinError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+
+
+@data_app.command("verify")
+def data_verify(
+    config: Annotated[Path, typer.Option(help="Training config to check against its pins file.")],
+) -> None:
+    """Re-hash CONFIG's folders outside data/ against its pins file (what a pipeline run checks first)."""
+    from mouaadnet.pipeline.data_pins import DataPinError, pins_path, verify_sources
+    from mouaadnet.training.config import TrainConfig
+
+    pins = pins_path(config)
+    try:
+        text = pins.read_text(encoding="utf-8") if pins.is_file() else ""
+        for name, md5, folder in verify_sources(TrainConfig.from_yaml(config), text):
+            typer.echo(f"ok  {name:<18} {md5}  {folder}")
+    except DataPinError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+
+
 def _exit_on_sigterm() -> None:
     """Turn SIGTERM into KeyboardInterrupt so the MLflow run ends KILLED and last.pt stays intact."""
 
@@ -97,6 +131,12 @@ def train(
                                         "gloo on CPU): execs torchrun. Batch sizes in the config are global. "
                                         "Several machines: start torchrun yourself (README).")] = 1,
     run_name: Annotated[Optional[str], typer.Option(help="Name of the MLflow run.")] = None,
+    resume_key: Annotated[Optional[str], typer.Option(
+        help="Tag the MLflow run with KEY and copy last.pt / best.pt to its artifact store after every epoch, "
+             "so the pipeline's train step resumes it after a preemption (mouaadnet.training.durable).")] = None,
+    datasets: Annotated[Optional[Path], typer.Option(
+        help="JSON list of [name, digest, source]: the MLflow dataset inputs to record instead of one per "
+             "config source (the pipeline passes its pinned digests).")] = None,
 ) -> None:
     """Train the multi-task model; every run is tracked in MLflow (MLFLOW_TRACKING_URI or ./mlflow.db).
 
@@ -119,7 +159,9 @@ def train(
     _exit_on_sigterm()
     main_rank = os.environ.get("RANK", "0") == "0"
     try:
-        summary = run_training(cfg, out, resume=resume, progress=not quiet, run_name=run_name)
+        inputs = [tuple(item) for item in json.loads(datasets.read_text())] if datasets else None
+        summary = run_training(cfg, out, resume=resume, progress=not quiet, run_name=run_name, datasets=inputs,
+                               resume_key=resume_key)
     except KeyboardInterrupt:
         if main_rank:
             typer.echo(f"\ninterrupted: the MLflow run is marked KILLED; resume with --resume --out {out}", err=True)

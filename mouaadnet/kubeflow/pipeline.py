@@ -10,10 +10,13 @@
 - Exit handler: `finish_run` ends the MLflow parent run FINISHED, or FAILED when any step failed.
 - No secrets in the spec: on a cluster every task reads S3 / MLflow settings from the Kubernetes Secret
   `mouaadnet-credentials` (kfp-kubernetes `use_secret_as_env`, optional keys); locally from the environment.
-- Training scale: `num_nodes` x `gpus_per_node`. One node without GPUs: one process (kfp.local, `make run`); one
-  node with G GPUs: the task requests G GPUs and runs torchrun in its pod; N nodes: the task submits a Kubeflow
+- Training scale: `num_nodes` x `gpus_per_node`. One node without GPUs: `nproc_per_node` processes (1: in the
+  task, kfp.local, `make run`; more: torchrun, gloo); one node with G GPUs: the task requests G GPUs and runs torchrun in its pod; N nodes: the task submits a Kubeflow
   Trainer TrainJob (same image, same entry point), streams its rank-0 log and fails with it; dataset and
   checkpoint travel through the ReadWriteMany PVC `train_volume` (see docs/DISTRIBUTED.md).
+- Preemption: on one node the train step copies its checkpoints to its MLflow run's artifact store every epoch; a
+  run re-submitted with the same parameters reuses the cached steps and resumes that MLflow run (README, "The
+  long run"). Folders the config reads outside data/ are checked against `data_pins` before training.
 """
 
 from kfp import dsl, kubernetes
@@ -129,6 +132,8 @@ def mouaadnet_pipeline(
     pretrained: str = "auto",
     real_val: str = "examples/real",
     shipped: str = "weights",
+    data_pins: str = "",
+    nproc_per_node: int = 1,
 ):
     """config: YAML text or a path relative to repo_dir; data_version: the md5 data.dvc pins (refused if it
     differs); epochs / steps_per_epoch: 0 = the config's; min_ap50, max_model_mb, max_latency_ms: gates on top
@@ -138,7 +143,11 @@ def mouaadnet_pipeline(
     pretrained: the checkpoint training starts from ("auto" = the shipped weights when weights/ has them, else
     from scratch; "" = from scratch); real_val: the real validation scenes the champion rule judges on; shipped:
     the shipped weights folder, whose default scene ONNX is the registry's first champion (Triton's committed
-    version 1; without a manifest there, the first candidate becomes champion)."""
+    version 1; without a manifest there, the first candidate becomes champion); data_pins: the pins file of
+    the config (DVC md5 of each folder it reads outside data/; the CLI fills it in; a changed folder is
+    refused); nproc_per_node: CPU training processes on one node without GPUs (torchrun when > 1, 0 = one per
+    core when the node is idle). A train step re-run with the same inputs after a preemption resumes its
+    unfinished MLflow run from the checkpoint it copies to the run's artifact store every epoch."""
     kfp_run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
     exit_task = _with_env(finish_run(experiment=experiment, kfp_run_id=kfp_run_id), cache=False)
     with dsl.ExitHandler(exit_task, name="mlflow-parent-run"):
@@ -157,7 +166,8 @@ def mouaadnet_pipeline(
         train_args = {"dataset": dataset, "config": config, "data_fingerprint": data.outputs["fingerprint"],
                       "epochs": epochs, "steps_per_epoch": steps_per_epoch, "experiment": experiment,
                       "num_nodes": num_nodes, "gpus_per_node": gpus_per_node, "image": component_image.IMAGE,
-                      "train_volume": train_volume, "trainer_runtime": trainer_runtime, "pretrained": pretrained}
+                      "train_volume": train_volume, "trainer_runtime": trainer_runtime, "pretrained": pretrained,
+                      "data_pins": data_pins, "nproc_per_node": nproc_per_node}
         release_args = {"dataset": dataset, "config": config, "qat_steps": qat_steps, "export_size": export_size,
                         "build_tensorrt": build_tensorrt, "min_ap50": min_ap50, "max_model_mb": max_model_mb,
                         "max_latency_ms": max_latency_ms, "serve_precision": serve_precision,

@@ -1,6 +1,9 @@
-"""Where the pipeline's train step trains when it is not one process in its own task.
+"""Where the pipeline's train step trains when it is not one process in its own task, and what lets it resume.
 
-- ``train_with_torchrun``: one node with G GPUs: torchrun (--standalone) in the task's pod, one process per GPU;
+- ``resume_key``: what a train step trains, as one digest: a re-submitted run with the same key resumes the
+  unfinished MLflow run of that key from the checkpoint in its artifact store (``mouaadnet.training.durable``);
+- ``processes``: how many training processes one CPU node runs (``nproc_per_node``, 0 = one per core when idle);
+- ``train_with_torchrun``: one node with G GPUs, or P CPU processes: torchrun (--standalone) in the task's pod;
 - ``train_on_nodes``: N nodes: the dataset, the starting checkpoint and the resolved config onto the shared volume,
   a Kubeflow Trainer TrainJob running the same entry point (``mouaadnet.pipeline.trainjob``), waited for;
 - ``summary_from_checkpoint``: what the step reports, read from rank 0's last.pt (run id, best score, metrics).
@@ -8,6 +11,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -27,6 +33,55 @@ def summary_from_checkpoint(work: Path) -> dict[str, Any]:
             "best_epoch": int(state["best_epoch"]) + 1, "metrics": dict(state["metrics"])}
 
 
+def resume_key(config: str, epochs: int, steps_per_epoch: int, experiment: str, pretrained: str,
+               datasets: list[tuple[str, str, str]]) -> str:
+    """Digest of what the step trains: config text, schedule overrides, experiment, starting weights, data
+    digests. Not where nor on how many processes: a run may resume on another machine and process count."""
+    start = hashlib.sha256(Path(pretrained).read_bytes()).hexdigest() if pretrained else ""
+    what = {"config": config, "epochs": epochs, "steps_per_epoch": steps_per_epoch, "experiment": experiment,
+            "pretrained": start, "data": sorted((name, digest) for name, digest, _ in datasets)}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def processes(nproc_per_node: int, cfg) -> int:
+    """Training processes for one CPU node: ``nproc_per_node``, or with 0 one per core when the machine is
+    otherwise idle (1-minute load under 0.5) and the global batches split evenly, else 1 (contention: one
+    process with ``threads: auto`` degrades gracefully; DDP waits for its slowest process every step)."""
+    if nproc_per_node > 0:
+        return nproc_per_node
+    from mouaadnet.training.threads import cores
+
+    n = cores()
+    batches = (cfg.data.scene_batch_size, cfg.data.crop_batch_size)
+    if n > 1 and os.getloadavg()[0] < 0.5 and all(b % n == 0 for b in batches):
+        return n
+    return 1
+
+
+def train_on_this_node(cfg, work: Path, key: str, nproc: int, datasets: list[tuple[str, str, str]] | None,
+                       progress: bool = False, progress_every: float | None = None) -> dict[str, Any]:
+    """Train on this node, in this process (``nproc`` 1) or with torchrun; resumes the unfinished MLflow run of
+    ``key`` from the checkpoint in its artifact store when there is one, else starts a new run tagged ``key``.
+    Returns the summary values (run id, best score and epoch, last metrics)."""
+    from mouaadnet.training import durable
+
+    run_id = durable.find_resumable(cfg.experiment, key)
+    if run_id:
+        done = durable.download(run_id, work)
+        print(f"train: resuming MLflow run {run_id} after epoch {done} (its checkpoint, from its artifact store)",
+              flush=True)
+        write_config(cfg, work / "config.yaml")  # a new run writes it at its start; this pod never saw that
+    if nproc > 1:
+        train_with_torchrun(cfg, work, nproc, bool(run_id), key, datasets)
+        return summary_from_checkpoint(work)
+    from mouaadnet.training.trainer import train
+
+    result = train(cfg, work, resume=bool(run_id), progress=progress, run_name="train", progress_every=progress_every,
+                   datasets=datasets, resume_key=key)
+    return {"run_id": result.run_id, "best_score": result.best_score, "best_epoch": result.best_epoch,
+            "metrics": result.last_metrics}
+
+
 def write_config(cfg, path: Path) -> Path:
     import yaml
 
@@ -35,19 +90,28 @@ def write_config(cfg, path: Path) -> Path:
     return path
 
 
-def train_with_torchrun(cfg, work: Path, gpus: int) -> None:
-    """One node, ``gpus`` GPUs: torchrun (--standalone) runs `mouaadnet train` with one process per GPU."""
+def train_with_torchrun(cfg, work: Path, nproc: int, resume: bool = False, key: str = "",
+                        datasets: list[tuple[str, str, str]] | None = None) -> None:
+    """One node: torchrun (--standalone) runs `mouaadnet train` with ``nproc`` processes (one per GPU, or CPU
+    processes of one thread each: torchrun sets OMP_NUM_THREADS=1 and ``threads: auto`` shares the cores)."""
     import subprocess
 
     from mouaadnet.training.distributed import torchrun_command
 
     config_path = write_config(cfg, work / "train_config.yaml")
-    command = torchrun_command(gpus, ["train", "--config", str(config_path), "--out", str(work), "--quiet",
-                                      "--run-name", "train"])
+    args = ["train", "--config", str(config_path), "--out", str(work), "--quiet", "--run-name", "train"]
+    if resume:
+        args.append("--resume")
+    if key:
+        args += ["--resume-key", key]
+    if datasets is not None:
+        (work / "datasets.json").write_text(json.dumps(datasets))
+        args += ["--datasets", str(work / "datasets.json")]
+    command = torchrun_command(nproc, args)
     print(" ".join(command), flush=True)
     done = subprocess.run(command, check=False)  # its output goes to this task's log
     if done.returncode != 0:
-        raise PipelineStepError(f"torchrun with {gpus} processes failed (exit code {done.returncode}); the failing "
+        raise PipelineStepError(f"torchrun with {nproc} processes failed (exit code {done.returncode}); the failing "
                                 f"rank and its error are in the log above")
 
 

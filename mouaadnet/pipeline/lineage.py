@@ -109,7 +109,21 @@ def adopt_runs(parent_run_id: str, runs: dict[str, str]) -> dict[str, str]:
             outcome[step] = "reused"
         if step == "prepare_data" and run.data.tags.get("data_fingerprint"):
             client.set_tag(parent_run_id, "data_fingerprint", run.data.tags["data_fingerprint"])
+        if step == "train":
+            _copy_dataset_inputs(client, run, parent_run_id)
     return outcome
+
+
+def _copy_dataset_inputs(client, run, parent_run_id: str) -> None:
+    """The data the train run recorded (pinned folders' digests) also on the parent: its Dataset column then says
+    what the pipeline run trained on, not only the data.dvc version it prepared."""
+    from mlflow.entities import DatasetInput
+
+    have = {(d.dataset.name, d.dataset.digest) for d in client.get_run(parent_run_id).inputs.dataset_inputs}
+    new = [DatasetInput(d.dataset, d.tags) for d in run.inputs.dataset_inputs
+           if (d.dataset.name, d.dataset.digest) not in have]
+    if new:
+        client.log_inputs(parent_run_id, datasets=new)
 
 
 def finish_pipeline_run(experiment: str, kfp_run_id: str, state: str, error: str = "",

@@ -103,17 +103,41 @@ def _resolve_pretrained(pretrained: str) -> str:
     return pretrained
 
 
+def _dataset_inputs(config: str, data_pins: str, dataset_dir: str | os.PathLike,
+                    data_fingerprint: str) -> list[tuple[str, str, str]] | None:
+    """The train run's MLflow dataset inputs: data.dvc's md5 when the config reads data/, and every pinned folder
+    (re-hashed, refused when changed); None = the trainer's default (one per source)."""
+    from mouaadnet.pipeline.data_pins import verify_sources
+    from mouaadnet.pipeline.params import DATA_PREFIX
+
+    raw = train_config(config)  # source paths as written: data/ ones are data.dvc's, verified by prepare_data
+    inputs = verify_sources(raw, data_pins)
+    sources = [*raw.data.scene, *raw.data.crop]
+    if data_fingerprint and any((spec or "").startswith(DATA_PREFIX) for s in sources for spec in (s.path, s.val)):
+        inputs.insert(0, (DATASET_NAME, data_fingerprint, str(Path(dataset_dir).resolve())))
+    return inputs or None
+
+
 @records_failure("train")
 def train_step(dataset_dir: str | os.PathLike, config: str, out_dir: str | os.PathLike, epochs: int = 0,
                steps_per_epoch: int = 0, data_fingerprint: str = "", experiment: str = DEFAULT_EXPERIMENT,
                progress: bool = False, pretrained: str = "", num_nodes: int = 1, gpus_per_node: int = 0,
                image: str = "", train_volume: str = "", trainer_runtime: str = "", namespace: str = "",
-               shared_dir: str | os.PathLike = SHARED_DIR, kube: tuple[Any, Any] | None = None) -> dict[str, Any]:
+               shared_dir: str | os.PathLike = SHARED_DIR, kube: tuple[Any, Any] | None = None, data_pins: str = "",
+               nproc_per_node: int = 1) -> dict[str, Any]:
     """Train on the dataset artifact; ``out_dir`` gets best.pt and config.yaml. Returns the summary values.
+
+    Data: every folder the config reads outside data/ is re-hashed against ``data_pins`` (the text of the pins
+    file next to the config, ``mouaadnet.pipeline.data_pins``) and refused when it changed; the train run records
+    each digest (and data.dvc's md5 when the config reads data/) as an MLflow dataset input.
+    Preemption: on one node the run copies its checkpoints to its MLflow artifact store after every epoch, tagged
+    with a digest of what it trains (``launch.resume_key``); this step, re-run with the same inputs after a kill,
+    resumes that run where its last copy stopped, in the same MLflow run.
 
     ``pretrained``: "auto" = the shipped weights (weights/mouaadnet.pt) when they exist, else from scratch;
     "" = from scratch; a path = that checkpoint. Where it trains:
-    - ``num_nodes`` 1, ``gpus_per_node`` 0: one process in this task (kfp.local, a CPU pod);
+    - ``num_nodes`` 1, ``gpus_per_node`` 0: ``nproc_per_node`` CPU processes in this task (kfp.local, a CPU pod):
+      one in this process, several under torchrun (gloo, one thread each); 0 = one per core when it is idle;
     - ``num_nodes`` 1, ``gpus_per_node`` G: torchrun with G processes (DDP, nccl) in this task's pod, which
       requests the G GPUs;
     - ``num_nodes`` N > 1: a Kubeflow Trainer TrainJob of N pods x G GPUs running the same entry point
@@ -121,11 +145,13 @@ def train_step(dataset_dir: str | os.PathLike, config: str, out_dir: str | os.Pa
       through the ReadWriteMany PVC ``train_volume`` mounted at ``shared_dir``; ``kube``: (CustomObjectsApi,
       CoreV1Api), default: the pod's service account.
     """
-    if num_nodes < 1 or gpus_per_node < 0:
-        raise PipelineStepError(f"num_nodes must be >= 1 and gpus_per_node >= 0, got {num_nodes} and {gpus_per_node}")
+    if num_nodes < 1 or gpus_per_node < 0 or nproc_per_node < 0:
+        raise PipelineStepError(f"num_nodes must be >= 1, gpus_per_node and nproc_per_node >= 0, got {num_nodes}, "
+                                f"{gpus_per_node} and {nproc_per_node}")
     from mouaadnet.pipeline import launch
 
     pretrained = _resolve_pretrained(pretrained)
+    datasets = _dataset_inputs(config, data_pins, dataset_dir, data_fingerprint)
     work = Path(out_dir).parent / (Path(out_dir).name + ".work")
     scratch = work
     if num_nodes > 1:
@@ -133,21 +159,12 @@ def train_step(dataset_dir: str | os.PathLike, config: str, out_dir: str | os.Pa
                                               gpus_per_node, image, train_volume, trainer_runtime, namespace,
                                               shared_dir, kube, pretrained)
         summary = launch.summary_from_checkpoint(work)
-    elif gpus_per_node > 0:
-        cfg = train_config(config, dataset_dir, epochs, steps_per_epoch)
-        cfg.experiment, cfg.pretrained = experiment, pretrained or None
-        launch.train_with_torchrun(cfg, work, gpus_per_node)
-        summary = launch.summary_from_checkpoint(work)
     else:
-        from mouaadnet.training.trainer import train
-
         cfg = train_config(config, dataset_dir, epochs, steps_per_epoch)
         cfg.experiment, cfg.pretrained = experiment, pretrained or None
-        datasets = [(DATASET_NAME, data_fingerprint, str(Path(dataset_dir).resolve()))] if data_fingerprint else None
-        result = train(cfg, work, progress=progress, run_name="train", progress_every=PROGRESS_EVERY_S,
-                       datasets=datasets)
-        summary = {"run_id": result.run_id, "best_score": result.best_score, "best_epoch": result.best_epoch,
-                   "metrics": result.last_metrics}
+        key = launch.resume_key(config, epochs, steps_per_epoch, experiment, pretrained, datasets or [])
+        nproc = gpus_per_node or launch.processes(nproc_per_node, cfg)
+        summary = launch.train_on_this_node(cfg, work, key, nproc, datasets, progress, PROGRESS_EVERY_S)
     client = _client()
     client.set_tag(summary["run_id"], STEP_TAG, "train")
     client.set_tag(summary["run_id"], "pipeline.data_version", data_fingerprint)

@@ -26,7 +26,7 @@ from model.losses import MultiTaskLoss
 from mouaadnet.data.assembly import TrainingData, load_training_data
 from mouaadnet.evaluation.evaluate import EvalResult, evaluate_sets, flat_metrics
 from mouaadnet.tracking import MetricSpool, final_wait, git_commit, mlflow_run
-from mouaadnet.training import distributed, run_logging
+from mouaadnet.training import distributed, durable, run_logging
 from mouaadnet.training.checkpoint import atomic_save, load_checkpoint, restore_rng_state, rng_state
 from mouaadnet.training.config import TrainConfig
 from mouaadnet.training.distributed import DistContext
@@ -62,8 +62,10 @@ class Trainer:
     """Owns the model, optimizer state and data streams of one run (of this process, under torchrun)."""
 
     def __init__(self, cfg: TrainConfig, out_dir: str | Path, data: TrainingData | None = None, progress: bool = True,
-                 progress_every: float | None = None, dist: DistContext | None = None):
+                 progress_every: float | None = None, dist: DistContext | None = None,
+                 resume_key: str | None = None):
         self.cfg = cfg
+        self.resume_key = resume_key  # set: every epoch's checkpoints are also copied to the MLflow run (durable)
         self.out_dir = Path(out_dir)
         self.dist = dist if dist is not None else distributed.current()
         self.progress = progress and self.dist.is_main
@@ -287,6 +289,8 @@ class Trainer:
         score = val_metrics.get(self.cfg.best_metric, float("nan"))
         improved = self.save(metrics, score)
         spool.log(metrics, step=self.epoch + 1)  # an unreachable server never stops training
+        if self.resume_key:  # the copy a re-submitted pipeline run resumes from when this machine is gone
+            durable.upload(self.run_id, self.out_dir, self.epoch + 1)
         if self.progress or self.progress_every is not None:
             print(f"epoch {self.epoch + 1}: loss {metrics['loss']:.4f}  {self.cfg.best_metric} {score:.4f}"
                   f"{'  (best)' if improved else ''}  {metrics['images_per_second']:.1f} img/s", flush=True)
@@ -307,6 +311,8 @@ class Trainer:
         tags = {"git_commit": git_commit(), "data_fingerprint": self.data.fingerprint, "device": str(self.device),
                 "amp": amp, "world_size": str(self.dist.world_size), "dist_backend": self.dist.backend or "none",
                 "lr_peak": f"{peak_lr(self.cfg):g}"}
+        if self.resume_key:
+            tags[durable.KEY_TAG] = self.resume_key
         with mlflow_run(self.cfg.experiment, run_name=run_name, run_id=self.run_id, tags=tags,
                         entry_point="train") as run:
             if self.run_id is None:
@@ -343,7 +349,8 @@ def append_history(history: dict[str, list[float]], metrics: dict[str, float], e
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
           data: TrainingData | None = None, run_name: str | None = None,
-          progress_every: float | None = None, datasets: list[tuple[str, str, str]] | None = None) -> TrainSummary:
+          progress_every: float | None = None, datasets: list[tuple[str, str, str]] | None = None,
+          resume_key: str | None = None) -> TrainSummary:
     """Train (or resume) one run, tracked as one MLflow run; returns the summary of the whole run.
 
     ``progress``: tqdm bars (a terminal); ``progress_every``: plain progress lines at most every that many seconds
@@ -352,9 +359,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
 
     Under torchrun every process calls this; they train together (DistributedDataParallel) and rank 0 alone
     validates, writes last.pt / best.pt, logs to MLflow and prints. The other ranks return a summary without
-    validation metrics."""
+    validation metrics. ``resume_key``: tag the run with it and copy the checkpoints to its artifact store after
+    every epoch (``mouaadnet.training.durable``), so a pipeline run re-submitted after a preemption resumes it."""
     ctx = distributed.setup(cfg.device, cfg.distributed.timeout_min)  # one process: no process group
-    trainer = Trainer(cfg, out_dir, data=data, progress=progress, progress_every=progress_every, dist=ctx)
+    trainer = Trainer(cfg, out_dir, data=data, progress=progress, progress_every=progress_every, dist=ctx,
+                      resume_key=resume_key)
     last = trainer.out_dir / "last.pt"
     if resume:
         if ctx.is_main and not last.is_file():
