@@ -21,7 +21,7 @@ PIP_INSTALL := -m pip install --disable-pip-version-check --no-input -qq
 INSTALL_LOG := $(CURDIR)/.install.log
 QUIET = > $(INSTALL_LOG) 2>&1 || { tail -n 40 $(INSTALL_LOG); echo "install failed: full log in $(INSTALL_LOG)"; exit 1; }
 
-.PHONY: test reliability run venv serve-venv peer-venv web-deps chromium screenshots web app lint info clean
+.PHONY: test reliability run venv serve-venv peer-venv web-deps chromium podman image screenshots web app lint info clean
 
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV) (the project and its test extras; a few minutes the first time)"
@@ -32,11 +32,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-$(SERVE_STAMP): pyproject.toml
+$(SERVE_STAMP): pyproject.toml requirements-serve.txt
 	@echo "setting up $(VENV_SERVE) (Triton server and its Python backend)"
 	@test -x $(VENV_SERVE)/bin/python || $(SERVE_PYTHON) -m venv $(VENV_SERVE)
 	@$(VENV_SERVE)/bin/python $(PIP_INSTALL) --upgrade pip
-	@$(VENV_SERVE)/bin/python $(PIP_INSTALL) 'nvidia-pytriton==0.7.0' 'tritonclient[grpc]>=2.50' 'numpy<2' onnxruntime openvino onnx pillow 'simplejpeg>=1.8'
+	@$(VENV_SERVE)/bin/python $(PIP_INSTALL) -r requirements-serve.txt
 	@$(VENV_SERVE)/bin/python $(PIP_INSTALL) --no-deps -e .
 	@touch $(SERVE_STAMP)
 
@@ -68,7 +68,20 @@ chromium:
 
 web-deps: $(ORT_WEB) chromium
 
-test: $(STAMP) $(SERVE_STAMP) web-deps
+# Containers without Docker (README, "In containers"): Debian's podman, runc (the runtime mouaadnet.containers sets)
+# and mmdebstrap (a local base image when none can be pulled). tests/test_container.py skips without podman.
+podman:
+	@command -v podman >/dev/null || { if [ "$$(id -u)" = 0 ]; then \
+	  echo "installing podman (Debian packages podman runc mmdebstrap uidmap, for the container images)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc mmdebstrap uidmap) $(QUIET); \
+	else echo "note: podman missing and not root: the container tests will skip (sudo apt-get install podman runc mmdebstrap uidmap)"; fi; }
+
+# The pipeline image (every component runs in it) and the Triton serving image, built with podman on
+# BASE_IMAGE, or a Debian base made locally when python:3.11-slim-bookworm cannot be pulled.
+image: $(STAMP) podman
+	$(BIN)/mouaadnet image build $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE))
+
+test: $(STAMP) $(SERVE_STAMP) web-deps podman
 	$(BIN)/python -m pytest -q
 
 # Rewrite docs/web.png and docs/app.png (the README's screenshots) with headless Chromium.

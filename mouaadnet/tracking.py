@@ -27,6 +27,9 @@ def tracking_uri() -> str:
 
 
 def git_commit() -> str:
+    """HEAD of the checkout; in the container image (no checkout) the commit it was built from."""
+    if os.environ.get("MOUAADNET_GIT_COMMIT"):
+        return os.environ["MOUAADNET_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
         return out.stdout.strip() or "unknown"

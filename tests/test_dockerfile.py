@@ -51,7 +51,12 @@ def test_multi_stage_cpu_default_non_root_entrypoint(scoreboard):
                       observed=f"USER {users[-1] if users else '- (root)'} (numeric uid: runAsNonRoot can check it)",
                       ok=bool(users) and users[-1].split(":")[0].isdigit() and users[-1].split(":")[0] != "0")
     froms = [rest for kw, rest in instructions if kw == "FROM"]
-    assert len(froms) >= 2 and all("${BASE_IMAGE}" in f for f in froms)
+    stages = [f.split()[-1] for f in froms if " AS " in f.upper()]
+    # every stage starts from the base or from an earlier stage (the images from their dependency stage: a code
+    # change rebuilds only the project's layer); the default target, the last stage, is the pipeline image
+    assert len(froms) >= 2 and all(f.split()[0] == "${BASE_IMAGE}" or f.split()[0] in stages[:i]
+                                   for i, f in enumerate(froms))
+    assert stages[-1] == "runtime" and "serving" in stages
     base = next(rest for kw, rest in instructions if kw == "ARG" and rest.startswith("BASE_IMAGE="))
     assert base.split("=", 1)[1].startswith("python:3.11-slim")
     assert any(kw == "ARG" and rest.startswith("TORCH_INDEX_URL=") and rest.endswith("/cpu")

@@ -77,9 +77,9 @@ def info(
 
 def _register_commands() -> None:
     """Each area wires its own commands; their modules import heavy libraries only inside commands."""
-    from mouaadnet.cli import apps, bench, export, pipeline, serve, train, weights
+    from mouaadnet.cli import apps, bench, export, image, pipeline, serve, train, weights
 
-    for module in (train, export, serve, pipeline, weights, apps, bench):
+    for module in (train, export, serve, pipeline, weights, apps, bench, image):
         module.register(app)
 
 

@@ -41,13 +41,36 @@ def run_cmd(
     experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = "mouaadnet-pipeline",
     pipeline_root: Annotated[Path, typer.Option(help="Where kfp.local writes task artifacts.")] = Path("runs/pipeline"),
     cache: Annotated[bool, typer.Option(help="Reuse task outputs of earlier runs with the same inputs.")] = False,
+    runner: Annotated[str, typer.Option(
+        help="subprocess: every task in this venv; docker: every task in the image (--image) through kfp.local's "
+             "DockerRunner, on DOCKER_HOST or podman's Docker API (README, \"In containers\").")] = "subprocess",
+    image: Annotated[str | None, typer.Option(
+        help="--runner docker: the image the tasks run (default: what `make image` builds).")] = None,
+    nproc_per_node: Annotated[int | None, typer.Option(
+        "--nproc-per-node", min=0, help="CPU training processes (torchrun, 1 thread each, when > 1; 0 = one per "
+                                        "core when the machine is idle). Default 1.")] = None,
+    pretrained: Annotated[str | None, typer.Option(
+        help="Checkpoint training starts from: 'auto' (default: the shipped weights), '' (from scratch) or a "
+             "path.")] = None,
 ) -> None:
-    """Run the whole pipeline locally with kfp.local (subprocesses in this venv; no Docker, no cluster)."""
+    """Run the whole pipeline locally with kfp.local (subprocesses in this venv, or containers with --runner
+    docker; no cluster).
+
+    Re-run the same command after a kill (with --cache): finished steps are reused and the train step resumes
+    its MLflow run from the checkpoint it copies to the run's artifact store every epoch."""
     args = pipeline_arguments(config, epochs=epochs, steps_per_epoch=steps_per_epoch, qat_steps=qat_steps,
                               min_ap50=min_ap50, build_tensorrt=build_tensorrt, target_backend=target_backend,
                               serve_precision=serve_precision, triton_repo=str(triton_repo.resolve()),
-                              experiment=experiment)
-    result = run_local(args, pipeline_root, cache)
+                              experiment=experiment, nproc_per_node=nproc_per_node, pretrained=pretrained)
+    if runner not in ("subprocess", "docker"):
+        raise typer.BadParameter("subprocess or docker", param_hint="--runner")
+    from mouaadnet.containers import ContainerError
+
+    try:
+        result = run_local(args, pipeline_root, cache, runner=runner, image=image)
+    except ContainerError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(format_result(result))
     if result["state"] != "SUCCEEDED":
         raise typer.Exit(1)

@@ -31,12 +31,16 @@ def _pipeline_func():
 def pipeline_arguments(config: str | Path | None = None, repo_dir: str | Path | None = None,
                        **overrides: Any) -> dict[str, Any]:
     """The pipeline's arguments: the config file's *text* (so the cache key sees its content), the md5 that
-    data.dvc pins as ``data_version`` (so caching is keyed by the data version), plus overrides."""
+    data.dvc pins as ``data_version`` (so caching is keyed by the data version), the text of the config's pins
+    file (``configs/X.pins.yaml``, when it has one) as ``data_pins``, plus overrides."""
+    from mouaadnet.pipeline.data_pins import pins_path
     from mouaadnet.pipeline.dvc_data import pinned_md5
 
     repo = Path(repo_dir or PROJECT_ROOT).resolve()
     config_path = Path(config or DEFAULT_CONFIG)
-    args: dict[str, Any] = {"config": config_path.read_text(encoding="utf-8"), "data_version": pinned_md5(repo)}
+    pins = pins_path(config_path)
+    args: dict[str, Any] = {"config": config_path.read_text(encoding="utf-8"), "data_version": pinned_md5(repo),
+                            "data_pins": pins.read_text(encoding="utf-8") if pins.is_file() else ""}
     args.update({k: v for k, v in overrides.items() if v is not None})
     return args
 
@@ -62,10 +66,15 @@ def compile_pipeline(out: str | Path = PIPELINE_SPEC) -> Path:
 
 
 def run_local(arguments: dict[str, Any], pipeline_root: str | Path = "runs/pipeline", cache: bool = False,
-              repo_dir: str | Path | None = None) -> dict[str, Any]:
+              repo_dir: str | Path | None = None, runner: str = "subprocess",
+              image: str | None = None) -> dict[str, Any]:
     """Run the pipeline with kfp.local; returns {"state", "parent_run_id", "status", "tags", "metrics", ...}.
 
+    runner "subprocess": every task in this venv; "docker": every task in ``image`` (default: what `make image`
+    builds) through kfp.local's DockerRunner (mouaadnet.kubeflow.in_containers).
     MLFLOW_TRACKING_URI is fixed for all tasks (default: sqlite ./mlflow.db of the current folder)."""
+    from contextlib import ExitStack
+
     from kfp import local
 
     from mouaadnet.pipeline.lineage import DEFAULT_EXPERIMENT, STEP_TAG, _client
@@ -81,17 +90,28 @@ def run_local(arguments: dict[str, Any], pipeline_root: str | Path = "runs/pipel
     pipeline_root = Path(pipeline_root).resolve()
     pipeline_root.mkdir(parents=True, exist_ok=True)
     started_ms = int(time.time() * 1000)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
-               raise_on_error=False, enable_caching=cache)
-    state, error = "SUCCEEDED", ""
-    try:
-        task = _pipeline_func()(**arguments)
-        outputs = getattr(task, "outputs", {}) or {}
-    except Exception as exc:  # noqa: BLE001 - kfp.local raises for some failures even with raise_on_error=False
-        state, error, outputs = "FAILED", f"{type(exc).__name__}: {exc}", {}
+    pipeline, state, error = _pipeline_func(), "SUCCEEDED", ""
+    with ExitStack() as stack:
+        if runner == "docker":
+            from mouaadnet.kubeflow.in_containers import docker_runner, executors_image, task_containers
+
+            image = stack.enter_context(task_containers(image))  # podman's Docker API when no Docker is there
+            stack.enter_context(executors_image(pipeline, image))
+            kfp_runner = docker_runner(arguments)
+        elif runner == "subprocess":
+            kfp_runner = local.SubprocessRunner(use_venv=False)
+        else:
+            raise ValueError(f"runner must be subprocess or docker, got {runner!r}")
+        local.init(runner=kfp_runner, pipeline_root=str(pipeline_root), raise_on_error=False, enable_caching=cache)
+        try:
+            task = pipeline(**arguments)
+            outputs = getattr(task, "outputs", {}) or {}
+        except Exception as exc:  # noqa: BLE001 - kfp.local raises for some failures even with raise_on_error=False
+            state, error, outputs = "FAILED", f"{type(exc).__name__}: {exc}", {}
     client = _client()
     exp = client.get_experiment_by_name(experiment)
     result: dict[str, Any] = {"state": state, "error": error, "pipeline_root": str(pipeline_root),
+                              "runner": runner if runner == "subprocess" else f"{runner} ({image})",
                               "tracking_uri": os.environ["MLFLOW_TRACKING_URI"], "experiment": experiment,
                               "outputs": {k: v for k, v in outputs.items() if isinstance(v, (str, int, float, bool))}}
     if exp is not None:
@@ -125,6 +145,8 @@ def format_result(result: dict[str, Any]) -> str:
     else:
         lines.append("  nothing published")
     lines.append(f"  artifacts          {result['pipeline_root']}")
+    if result.get("runner", "subprocess") != "subprocess":
+        lines.append(f"  tasks ran in       {result['runner']}")
     return "\n".join(lines)
 
 
