@@ -92,7 +92,8 @@ def test_one_component_runs_in_the_image(images, tmp_path, monkeypatch):
     dataset = Path(task.outputs["dataset"].path)
     assert dataset.is_relative_to(tmp_path / "kfp") and sorted(p.name for p in dataset.glob("*/annotations.json"))
     assert dataset.stat().st_uid == os.getuid()  # the task ran as the caller: its files are the caller's
-    client = MlflowClient()
+    # the store by name: an earlier test of the session may have set mlflow's process-wide tracking URI
+    client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
     run = client.get_run(task.outputs["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["pipeline.step"] == "prepare_data"
     commit = podman("image", "inspect", "--format", '{{index .Config.Labels "org.opencontainers.image.revision"}}',
