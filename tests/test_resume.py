@@ -61,6 +61,48 @@ def test_a_preempted_run_resumes_on_a_new_machine_in_the_same_mlflow_run(tmp_pat
     assert launch.train_on_this_node(cfg, tmp_path / "pod-3", "k1", 1, None)["run_id"] != run_id
 
 
+def test_a_carried_checkpoint_continues_the_run_on_a_machine_whose_store_never_saw_it(tmp_path, tracking,
+                                                                                       monkeypatch):
+    """What a session commits under weights/ before its machine goes away (`mouaadnet pipeline carry`), and the
+    next machine's train step continuing it (`pipeline run --resume-from`): a new run after the same epoch."""
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from mouaadnet.cli.main import app
+
+    cfg = tiny_config(epochs=2, steps=2)
+    original = _killed_in_second_epoch(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "machine-a", progress=False, resume_key="k3")
+    monkeypatch.setattr(Trainer, "validate", original)
+    run_a = durable.find_resumable(cfg.experiment, None)
+    carried = tmp_path / "weights" / "resume" / "tiny.pt"
+    result = CliRunner().invoke(app, ["pipeline", "carry", "--experiment", cfg.experiment, "--out", str(carried)])
+    assert result.exit_code == 0, result.output
+    assert 0 < carried.stat().st_size <= durable.CARRIED_MAX_BYTES
+    assert durable.RESUMED_TAG not in MlflowClient().get_run(run_a).data.tags  # carrying is not resuming
+    state = load_checkpoint(carried)
+    exact = load_checkpoint(tmp_path / "machine-a" / "last.pt")
+    assert all(state["model"][k].equal(v) for k, v in exact["model"].items())  # the weights themselves stay fp32
+    assert {str(v.dtype) for s in state["optimizer"]["state"].values() for n, v in s.items() if n != "step"} == {
+        "torch.bfloat16"}
+
+    with pytest.raises(durable.CarryError, match="another training"):
+        durable.take_carried(carried, "other-key", tmp_path / "refused")
+    assert not (tmp_path / "refused" / "last.pt").exists()
+    with pytest.raises(durable.CarryError, match="not a carried checkpoint"):
+        durable.take_carried(tmp_path / "machine-a" / "last.pt", "k3", tmp_path / "refused")
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'machine-b.db'}")
+    summary = launch.train_on_this_node(cfg, tmp_path / "machine-b", "k3", 1, None, resume_from=str(carried))
+    client_b = MlflowClient()
+    run_b = client_b.get_run(summary["run_id"])
+    assert run_b.info.run_id != run_a and run_b.info.status == "FINISHED"
+    assert run_b.data.tags["resumed_from_run"] == run_a and run_b.data.tags["resumed_at_epoch"] == "1"
+    assert [m.step for m in client_b.get_metric_history(run_b.info.run_id, "loss")] == [1, 2]  # epoch 2 once
+    assert load_checkpoint(tmp_path / "machine-b" / "best.pt")["model"]  # the best weights came along too
+
+
 def test_an_interrupted_upload_never_moves_the_slot_a_resume_reads(tmp_path, tracking, monkeypatch):
     from mlflow import MlflowClient
 

@@ -52,6 +52,9 @@ def run_cmd(
     pretrained: Annotated[str | None, typer.Option(
         help="Checkpoint training starts from: 'auto' (default: the shipped weights), '' (from scratch) or a "
              "path.")] = None,
+    resume_from: Annotated[Path | None, typer.Option(
+        help="A carried checkpoint (`mouaadnet pipeline carry`, e.g. weights/resume/real.pt) the train step "
+             "continues when this machine's MLflow store has no unfinished run of the same inputs.")] = None,
 ) -> None:
     """Run the whole pipeline locally with kfp.local (subprocesses in this venv, or containers with --runner
     docker; no cluster).
@@ -61,7 +64,8 @@ def run_cmd(
     args = pipeline_arguments(config, epochs=epochs, steps_per_epoch=steps_per_epoch, qat_steps=qat_steps,
                               min_ap50=min_ap50, build_tensorrt=build_tensorrt, target_backend=target_backend,
                               serve_precision=serve_precision, triton_repo=str(triton_repo.resolve()),
-                              experiment=experiment, nproc_per_node=nproc_per_node, pretrained=pretrained)
+                              experiment=experiment, nproc_per_node=nproc_per_node, pretrained=pretrained,
+                              resume_from=_existing(resume_from, "--resume-from"))
     if runner not in ("subprocess", "docker"):
         raise typer.BadParameter("subprocess or docker", param_hint="--runner")
     from mouaadnet.containers import ContainerError
@@ -74,6 +78,37 @@ def run_cmd(
     typer.echo(format_result(result))
     if result["state"] != "SUCCEEDED":
         raise typer.Exit(1)
+
+
+def _existing(path: Path | None, option: str) -> str | None:
+    """An absolute path for the tasks (they may run elsewhere than the CLI's folder); a missing file is refused."""
+    if path is None:
+        return None
+    if not path.is_file():
+        raise typer.BadParameter(f"no such file: {path}", param_hint=option)
+    return str(path.resolve())
+
+
+@pipeline_app.command("carry")
+def carry_cmd(
+    out: Annotated[Path, typer.Option(help="File to write (commit it).")] = Path("weights/resume/real.pt"),
+    run_id: Annotated[str | None, typer.Option(
+        "--run-id", help="The train run to carry (default: the newest unfinished train run of --experiment).")] = None,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment of the pipeline.")] = "mouaadnet-pipeline",
+) -> None:
+    """Save an unfinished pipeline training run as one checkpoint (<= 12 MiB) to commit before this machine goes
+    away; on the next machine `pipeline run ... --resume-from FILE` continues it where it stopped."""
+    from mouaadnet.training import durable
+
+    run_id = run_id or durable.find_resumable(experiment, None)
+    if not run_id:
+        typer.echo(f"error: no unfinished train run with a checkpoint in experiment {experiment!r}", err=True)
+        raise typer.Exit(1)
+    try:
+        durable.carry(run_id, out)
+    except durable.CarryError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
 
 
 @pipeline_app.command("compile")

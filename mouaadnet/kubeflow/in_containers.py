@@ -45,7 +45,7 @@ def mount_paths(arguments: dict[str, Any], cwd: Path | None = None) -> list[Path
     """The host folders the tasks read or write, outermost only (a folder inside another is not mounted twice)."""
     cwd = Path(cwd or Path.cwd()).resolve()
     wanted = [cwd]
-    for key in ("repo_dir", "triton_repo", "real_val", "shipped", "pretrained"):
+    for key in ("repo_dir", "triton_repo", "real_val", "shipped", "pretrained", "resume_from"):
         value = arguments.get(key)
         if isinstance(value, str) and value and value != "auto":
             path = (cwd / value).resolve()

@@ -134,6 +134,7 @@ def mouaadnet_pipeline(
     shipped: str = "weights",
     data_pins: str = "",
     nproc_per_node: int = 1,
+    resume_from: str = "",
 ):
     """config: YAML text or a path relative to repo_dir; data_version: the md5 data.dvc pins (refused if it
     differs); epochs / steps_per_epoch: 0 = the config's; min_ap50, max_model_mb, max_latency_ms: gates on top
@@ -147,7 +148,9 @@ def mouaadnet_pipeline(
     the config (DVC md5 of each folder it reads outside data/; the CLI fills it in; a changed folder is
     refused); nproc_per_node: CPU training processes on one node without GPUs (torchrun when > 1, 0 = one per
     core when the node is idle). A train step re-run with the same inputs after a preemption resumes its
-    unfinished MLflow run from the checkpoint it copies to the run's artifact store every epoch."""
+    unfinished MLflow run from the checkpoint it copies to the run's artifact store every epoch; resume_from: a
+    carried checkpoint (`mouaadnet pipeline carry`) the train step continues when its own store has no such run
+    (another machine, another store)."""
     kfp_run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
     exit_task = _with_env(finish_run(experiment=experiment, kfp_run_id=kfp_run_id), cache=False)
     with dsl.ExitHandler(exit_task, name="mlflow-parent-run"):
@@ -167,7 +170,8 @@ def mouaadnet_pipeline(
                       "epochs": epochs, "steps_per_epoch": steps_per_epoch, "experiment": experiment,
                       "num_nodes": num_nodes, "gpus_per_node": gpus_per_node, "image": component_image.IMAGE,
                       "train_volume": train_volume, "trainer_runtime": trainer_runtime, "pretrained": pretrained,
-                      "data_pins": data_pins, "nproc_per_node": nproc_per_node}
+                      "data_pins": data_pins, "nproc_per_node": nproc_per_node,
+                      "resume_from": resume_from}
         release_args = {"dataset": dataset, "config": config, "qat_steps": qat_steps, "export_size": export_size,
                         "build_tensorrt": build_tensorrt, "min_ap50": min_ap50, "max_model_mb": max_model_mb,
                         "max_latency_ms": max_latency_ms, "serve_precision": serve_precision,

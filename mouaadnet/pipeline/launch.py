@@ -59,10 +59,28 @@ def processes(nproc_per_node: int, cfg) -> int:
 
 
 def train_on_this_node(cfg, work: Path, key: str, nproc: int, datasets: list[tuple[str, str, str]] | None,
-                       progress: bool = False, progress_every: float | None = None) -> dict[str, Any]:
+                       progress: bool = False, progress_every: float | None = None,
+                       resume_from: str = "") -> dict[str, Any]:
     """Train on this node, in this process (``nproc`` 1) or with torchrun; resumes the unfinished MLflow run of
-    ``key`` from the checkpoint in its artifact store when there is one, else starts a new run tagged ``key``.
-    Returns the summary values (run id, best score and epoch, last metrics)."""
+    ``key`` from the checkpoint in its artifact store when there is one, else the carried checkpoint
+    ``resume_from`` (another machine's run, committed under weights/: a new MLflow run that records where it
+    picked up), else starts a new run tagged ``key``. Returns the summary values (run id, best score and epoch,
+    last metrics)."""
+    resume = resume_checkpoint(cfg, work, key, resume_from)
+    if nproc > 1:
+        train_with_torchrun(cfg, work, nproc, resume, key, datasets)
+        return summary_from_checkpoint(work)
+    from mouaadnet.training.trainer import train
+
+    result = train(cfg, work, resume=resume, progress=progress, run_name="train", progress_every=progress_every,
+                   datasets=datasets, resume_key=key)
+    return {"run_id": result.run_id, "best_score": result.best_score, "best_epoch": result.best_epoch,
+            "metrics": result.last_metrics}
+
+
+def resume_checkpoint(cfg, work: Path, key: str, resume_from: str = "") -> bool:
+    """Put the checkpoint this step continues into ``work``: its own unfinished MLflow run's newest copy, else the
+    carried file ``resume_from``; False when there is neither (a new run)."""
     from mouaadnet.training import durable
 
     run_id = durable.find_resumable(cfg.experiment, key)
@@ -70,16 +88,14 @@ def train_on_this_node(cfg, work: Path, key: str, nproc: int, datasets: list[tup
         done = durable.download(run_id, work)
         print(f"train: resuming MLflow run {run_id} after epoch {done} (its checkpoint, from its artifact store)",
               flush=True)
-        write_config(cfg, work / "config.yaml")  # a new run writes it at its start; this pod never saw that
-    if nproc > 1:
-        train_with_torchrun(cfg, work, nproc, bool(run_id), key, datasets)
-        return summary_from_checkpoint(work)
-    from mouaadnet.training.trainer import train
-
-    result = train(cfg, work, resume=bool(run_id), progress=progress, run_name="train", progress_every=progress_every,
-                   datasets=datasets, resume_key=key)
-    return {"run_id": result.run_id, "best_score": result.best_score, "best_epoch": result.best_epoch,
-            "metrics": result.last_metrics}
+    elif resume_from:
+        done = durable.take_carried(resume_from, key, work)
+        print(f"train: continuing the carried checkpoint {resume_from} after epoch {done} (a new MLflow run that "
+              f"records the run it came from)", flush=True)
+    else:
+        return False
+    write_config(cfg, work / "config.yaml")  # a new run writes it at its start; this pod never saw that
+    return True
 
 
 def write_config(cfg, path: Path) -> Path:

@@ -124,7 +124,7 @@ def train_step(dataset_dir: str | os.PathLike, config: str, out_dir: str | os.Pa
                progress: bool = False, pretrained: str = "", num_nodes: int = 1, gpus_per_node: int = 0,
                image: str = "", train_volume: str = "", trainer_runtime: str = "", namespace: str = "",
                shared_dir: str | os.PathLike = SHARED_DIR, kube: tuple[Any, Any] | None = None, data_pins: str = "",
-               nproc_per_node: int = 1) -> dict[str, Any]:
+               nproc_per_node: int = 1, resume_from: str = "") -> dict[str, Any]:
     """Train on the dataset artifact; ``out_dir`` gets best.pt and config.yaml. Returns the summary values.
 
     Data: every folder the config reads outside data/ is re-hashed against ``data_pins`` (the text of the pins
@@ -132,7 +132,9 @@ def train_step(dataset_dir: str | os.PathLike, config: str, out_dir: str | os.Pa
     each digest (and data.dvc's md5 when the config reads data/) as an MLflow dataset input.
     Preemption: on one node the run copies its checkpoints to its MLflow artifact store after every epoch, tagged
     with a digest of what it trains (``launch.resume_key``); this step, re-run with the same inputs after a kill,
-    resumes that run where its last copy stopped, in the same MLflow run.
+    resumes that run where its last copy stopped, in the same MLflow run. On another machine (whose store never
+    saw that run) ``resume_from`` names the run's carried checkpoint (``mouaadnet pipeline carry``, committed under
+    weights/): the step continues it when its resume key matches, in a new MLflow run.
 
     ``pretrained``: "auto" = the shipped weights (weights/mouaadnet.pt) when they exist, else from scratch;
     "" = from scratch; a path = that checkpoint. Where it trains:
@@ -164,7 +166,8 @@ def train_step(dataset_dir: str | os.PathLike, config: str, out_dir: str | os.Pa
         cfg.experiment, cfg.pretrained = experiment, pretrained or None
         key = launch.resume_key(config, epochs, steps_per_epoch, experiment, pretrained, datasets or [])
         nproc = gpus_per_node or launch.processes(nproc_per_node, cfg)
-        summary = launch.train_on_this_node(cfg, work, key, nproc, datasets, progress, PROGRESS_EVERY_S)
+        summary = launch.train_on_this_node(cfg, work, key, nproc, datasets, progress, PROGRESS_EVERY_S,
+                                            resume_from=resume_from)
     client = _client()
     client.set_tag(summary["run_id"], STEP_TAG, "train")
     client.set_tag(summary["run_id"], "pipeline.data_version", data_fingerprint)
