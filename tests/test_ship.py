@@ -32,7 +32,7 @@ def shipped(tmp_path_factory):
                  "crop": [{"path": "synthetic-crops:12:1", "val": "synthetic-crops:8:54321"}]}}))
     (tmp / "repo" / "detector" / "1").mkdir(parents=True)
     result = CliRunner().invoke(app, ["ship", str(ckpt), "--config", str(config), "--out", str(tmp / "weights"),
-                                      "--num-calib", "4", "--triton-repo", str(tmp / "repo")])
+                                      "--num-calib", "4", "--qat-steps", "3", "--triton-repo", str(tmp / "repo")])
     assert result.exit_code == 0, result.output
     return tmp, ckpt, config
 
@@ -49,6 +49,10 @@ def test_ship_writes_a_folder_that_verifies_with_the_gates_deciding_the_default(
     assert default_model("scene", directory=weights).name == f"mouaadnet.scene.{expected}.onnx"
     sidecar = json.loads((weights / "mouaadnet.scene.int8.onnx.json").read_text())
     assert sidecar["extra"]["calibration_method"] == "MinMax" and sidecar["metrics"]["calibration_images"] == 4
+    # QAT ranges ship; the PTQ variant was gated beside it for comparison and is not left in the folder
+    assert sidecar["extra"]["variant"] == "int8_qat" and manifest["int8_variant"] == "int8_qat"
+    assert set(manifest["gates"]["metrics"]) >= {"fp32", "int8_ptq", "int8_qat"}
+    assert not (weights / ".compare").exists() and not list(weights.glob("*ptq*"))
     link = tmp / "repo" / "detector" / "1" / "model.onnx"
     assert link.is_symlink() and link.resolve() == default_model("scene", directory=weights).resolve()
 

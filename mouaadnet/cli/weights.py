@@ -26,6 +26,9 @@ def ship(
     num_calib: Annotated[int, typer.Option(help="INT8 calibration images per mode.")] = 64,
     calibration: Annotated[str, typer.Option(help="INT8 activation ranges from ONNX Runtime's calibrator: MinMax, "
                                                   "Percentile (clips outliers) or Entropy.")] = "MinMax",
+    qat_steps: Annotated[int, typer.Option(
+        min=0, help="Quantization-aware fine-tuning steps that learn the INT8 ranges (0: PTQ calibration with "
+                    "--calibration). Both variants are gated; the QAT one ships.")] = 200,
     val_limit: Annotated[int | None, typer.Option(help="At most this many validation samples per set.")] = None,
     val_data: Annotated[list[str] | None, typer.Option(help="Extra validation sources for the gates (repeatable), "
                                                             "e.g. ../shared/data/pennfudan.")] = None,
@@ -33,12 +36,13 @@ def ship(
                                                           "the shipped scene model ('' to skip).")] = Path("triton_repo"),
 ) -> None:
     """Ship a checkpoint: weights/ gets the EMA checkpoint, scene + crop ONNX in FP32 and INT8 with sha256
-    sidecars, the gate report on the real validation sets and a manifest (INT8 is the default only if it passed)."""
+    sidecars, the gate report on the real validation sets and a manifest (INT8 is the default only if it passed).
+    INT8 ranges come from a short quantization-aware fine-tune (--qat-steps; 0 = PTQ calibration)."""
     from mouaadnet.export.ship import link_triton_seed
     from mouaadnet.export.ship import ship as ship_weights
 
     try:
-        report = ship_weights(checkpoint, config, out, num_calib, val_limit, val_data, calibration)
+        report = ship_weights(checkpoint, config, out, num_calib, val_limit, val_data, calibration, qat_steps)
         if triton_repo and str(triton_repo):
             typer.echo(f"Triton seed: {link_triton_seed(out, triton_repo)} -> shipped scene model")
     except (OSError, ValueError) as error:

@@ -42,9 +42,12 @@ def _shipped_checkpoint(checkpoint: Path, out: Path) -> tuple[torch.nn.Module, P
 
 
 def ship(checkpoint: str | Path, config: str | Path, out: str | Path, num_calib: int = 64,
-         val_limit: int | None = None, extra_val: list[str] | None = None, calibration: str = "MinMax") -> ShipReport:
+         val_limit: int | None = None, extra_val: list[str] | None = None, calibration: str = "MinMax",
+         qat_steps: int = 0) -> ShipReport:
     """Build ``out`` (written beside, then swapped in whole, so a failed run leaves the old folder intact);
-    ``calibration``: ONNX Runtime's calibration method for the INT8 activation ranges."""
+    ``calibration``: ONNX Runtime's calibration method for the INT8 activation ranges (PTQ). ``qat_steps`` > 0:
+    a quantization-aware fine-tune of that many steps on the config's training data learns the ranges instead
+    (as the pipeline's qat step); both INT8 variants are gated, the QAT one is shipped and gated."""
     from onnxruntime.quantization import CalibrationMethod
 
     if calibration not in CalibrationMethod.__members__:
@@ -55,20 +58,33 @@ def ship(checkpoint: str | Path, config: str | Path, out: str | Path, num_calib:
     staging.mkdir(parents=True)
     model, pt = _shipped_checkpoint(checkpoint, staging)
     exporter, images = Exporter(model, pt), TrainingImages(config)  # calibrated on the training split
+    qat = _qat_ranges(checkpoint, config, qat_steps, staging) if qat_steps > 0 else None
+    shipped_variant = "int8_qat" if qat else "int8_ptq"
     files = {}
     for mode in MODES:
         fp32 = exporter.export_fp32(staging / f"mouaadnet.{mode}.fp32.onnx", mode, images)
-        int8 = exporter.export_int8(fp32, staging / f"mouaadnet.{mode}.int8.onnx", images, num_calib,
-                                    calibrate_method=calibration)
-        files[mode] = {"fp32": fp32.path, "int8": int8.path}
+        int8 = {"int8_ptq": staging / f"mouaadnet.{mode}.int8.onnx"}
+        if qat:  # the PTQ file is only compared against: it is gated beside the shipped QAT one, then dropped
+            int8 = {"int8_ptq": staging / ".compare" / f"mouaadnet.{mode}.int8-ptq.onnx",
+                    "int8_qat": int8["int8_ptq"]}
+        for variant, path in int8.items():
+            exporter.export_int8(fp32, path, images, num_calib, calibrate_method=calibration,
+                                 qat=qat if variant == "int8_qat" else None)
+        files[mode] = {"fp32": fp32.path, **int8}
     report = exporter.gate(list(extra_val or []), val_limit, config, fp32=[files[m]["fp32"] for m in MODES],
-                           int8={"int8_ptq": [files[m]["int8"] for m in MODES]}, gated="int8_ptq")
+                           int8={v: [files[m][v] for m in MODES] for v in files["scene"] if v != "fp32"},
+                           gated=shipped_variant)
+    shutil.rmtree(staging / ".compare", ignore_errors=True)
+    for mode in MODES:
+        files[mode]["int8"] = files[mode][shipped_variant]
     default = "int8" if report.passed else "fp32"  # INT8 runs by default only when it passed on real data
     manifest = {
         "checkpoint": pt.name,
         "models": {m: {"fp32": files[m]["fp32"].name, "int8": files[m]["int8"].name, "default": default} for m in MODES},
         "gates": report.to_dict(),
         "trained_with": str(config),
+        "int8_variant": shipped_variant,
+        **({"qat_steps": qat_steps} if qat else {}),
         "licence": "research and non-commercial use only (trained on research-only data; see docs/MODEL_CARD.md)",
     }
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float) + "\n")
@@ -82,6 +98,17 @@ def ship(checkpoint: str | Path, config: str | Path, out: str | Path, num_calib:
     staging.rename(out)
     shutil.rmtree(old, ignore_errors=True)
     return ShipReport(out, manifest, report.passed, report.format())
+
+
+def _qat_ranges(checkpoint: Path, config: Path, steps: int, staging: Path) -> dict:
+    """Activation ranges from a QAT fine-tune of ``checkpoint`` on the config's training data (not shipped)."""
+    from mouaadnet.export.exporter import qat_ranges
+    from mouaadnet.training.config import TrainConfig, load_config
+    from mouaadnet.training.qat import run_qat
+
+    out = staging / ".compare" / "qat.pt"
+    run_qat(checkpoint, load_config(TrainConfig, config), out, steps=steps, progress=False)
+    return qat_ranges(out)
 
 
 def link_triton_seed(weights: str | Path, triton_repo: str | Path, model: str = "detector") -> Path:
