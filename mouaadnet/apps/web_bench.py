@@ -11,13 +11,14 @@ after `warmup` calls (V8 compiles WASM in tiers: the first ~20 calls are slower)
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from mouaadnet.runtime.timing import cpu_name
 
 
 @dataclass
@@ -46,15 +47,7 @@ class Row:
 
 def machine_facts() -> dict:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "loadavg": [round(v, 2) for v in load],
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "loadavg": [round(v, 2) for v in load],
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 

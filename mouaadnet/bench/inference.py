@@ -27,7 +27,7 @@ import torch
 
 from model import ModelConfig, build_model, reparameterize_model
 from model.export import export_onnx, quantize_int8
-from mouaadnet.runtime.timing import time_interleaved
+from mouaadnet.runtime.timing import cpu_name, time_interleaved
 
 PEER = "peer-yolov8n"
 ORT_BACKENDS = ("ort-fp32", "ort-int8")
@@ -216,7 +216,7 @@ def run_bench(cfg: ModelConfig | None = None, model: torch.nn.Module | None = No
         if tmp:
             tmp.cleanup()
     return {"rows": [asdict(r) for r in rows], "best": best_rows([asdict(r) for r in rows]), "rss_mb": rss_mb,
-            "files_mb": files_mb, "runs": runs, "warmup": warmup, "cpu": _cpu_name(), "cores": os.cpu_count(),
+            "files_mb": files_mb, "runs": runs, "warmup": warmup, "cpu": cpu_name(), "cores": os.cpu_count(),
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
@@ -236,15 +236,6 @@ def best_rows(rows: list[dict], batch: int = 1, threads: int = 1) -> dict:
         out["ours_over_peer"] = best["ours scene"]["p50_ms"] / best["peer scene"]["p50_ms"]
     return out
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def markdown(result: dict) -> str:

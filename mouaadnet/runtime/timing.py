@@ -1,12 +1,25 @@
 """Latency of calls, the one timer: warm-up, then interleaved rounds so that a change of load on a shared CPU
-hits every timed function alike."""
+hits every timed function alike; and the CPU's name, which every timing is reported beside."""
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
+
+
+def cpu_name() -> str:
+    """The CPU's model name (lscpu's 'Model name'), else what platform says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def call_times_ms(fns: dict[str, Callable[[], object]], runs: int, warmup: int,
