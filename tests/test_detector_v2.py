@@ -173,6 +173,29 @@ def test_v2_onnx_parity_with_nms_in_the_graph(plateau, tmp_path):
     assert np.array_equal(kept, (ref > 0).sum(1)) and np.all(kept < (raw > 0).sum(1))  # NMS ran in the graph
 
 
+@pytest.mark.openvino
+def test_v2_graph_with_nms_runs_in_openvino_as_in_onnxruntime(tmp_path):
+    """The NMS is plain ops (no NonMaxSuppression): OpenVINO runs the same graph and keeps the same boxes."""
+    pytest.importorskip("openvino", reason="openvino is not installed: pip install 'mouaadnet-ultra[openvino]'")
+    from mouaadnet.runtime import open_model
+
+    torch.manual_seed(0)
+    model = randomize_batchnorm(build_model(SMALL_V2).eval())
+    with torch.no_grad():
+        model.detection.ltrb.bias.fill_(math.log(16.0))  # overlapping boxes: NMS has work to do
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+    path = tmp_path / "v2.onnx"
+    export_onnx(model, path, "scene", 64, images=images)
+    x = images.numpy()
+    ort, ov = open_model(path, "onnxruntime", threads=1)(x), open_model(path, "openvino", "f32", threads=1)(x)
+    for i in range(len(x)):
+        keep_ort, keep_ov = ort["scores"][i] > 0, ov["scores"][i] > 0
+        assert SMALL_V2.top_k > keep_ort.sum() == keep_ov.sum() > 0  # NMS dropped some of the top-K
+        np.testing.assert_allclose(np.sort(ov["scores"][i][keep_ov]), np.sort(ort["scores"][i][keep_ort]), atol=1e-4)
+        for box in ov["boxes"][i][keep_ov]:  # every box OpenVINO keeps, ONNX Runtime keeps too (order may differ)
+            assert np.abs(ort["boxes"][i][keep_ort] - box).max(axis=1).min() < 1e-2
+
+
 def test_v1_weights_still_load_and_export_as_shipped(tmp_path):
     from mouaadnet.training.checkpoint import model_from_checkpoint
 
