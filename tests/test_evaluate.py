@@ -104,3 +104,18 @@ def test_evaluate_scene_reads_age_groups_only_where_no_exact_age(monkeypatch):
     metrics, _ = evaluate_scene(oracle, samples, 128, batch_size=6)
     assert metrics["age_group_accuracy"] == 1.0 and metrics["age_group_count"] == int(batch["box_mask"].sum())
     assert metrics["age_count"] == 0 and metrics["attr_matched_fraction"] == 1.0
+
+
+def test_box_fit_scores_the_box_a_user_sees_per_person_and_size():
+    from mouaadnet.evaluation.metrics import box_fit
+
+    people = np.array([[0, 0, 10, 20], [100, 100, 150, 200], [300, 0, 310, 10]], np.float32)  # small, large, small
+    dets = np.array([[0, 0, 10, 20], [100, 100, 150, 150], [100, 100, 150, 200]], np.float32)
+    scores = np.array([0.9, 0.8, 0.3])  # the large person's better box scores lower: the user sees the half box
+    fit = box_fit([{"boxes": dets, "scores": scores}], [{"boxes": people}])
+    assert fit["box_fit_mean_iou"] == pytest.approx((1.0 + 0.5 + 0.0) / 3, abs=1e-6)  # nobody boxes the third
+    assert fit["box_fit_at75"] == pytest.approx(1 / 3)
+    assert fit["box_fit_mean_iou_small"] == pytest.approx(0.5, abs=1e-6) and fit["box_fit_count_small"] == 2
+    assert fit["box_fit_mean_iou_large"] == pytest.approx(0.5, abs=1e-6) and fit["box_fit_count_large"] == 1
+    assert np.isnan(fit["box_fit_mean_iou_medium"]) and fit["box_fit_count_medium"] == 0
+    assert np.isnan(box_fit([{"boxes": dets, "scores": scores}], [{"boxes": np.zeros((0, 4))}])["box_fit_mean_iou"])

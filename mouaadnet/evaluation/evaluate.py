@@ -17,6 +17,8 @@ from mouaadnet.evaluation.metrics import (
     age_bin_metrics,
     age_group_metrics,
     age_metrics,
+    box_fit,
+    box_iou,
     detection_metrics,
     gender_metrics,
 )
@@ -33,18 +35,6 @@ class EvalResult:
     mode: str
     metrics: dict[str, Any]
     details: dict[str, Any] = field(default_factory=dict)
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of x1,y1,x2,y2 boxes: (A,4) x (B,4) -> (A,B)."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)), np.float32)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area_a = (a[:, 2:] - a[:, :2]).clip(0).prod(-1)
-    area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(-1)
-    return inter / (area_a[:, None] + area_b[None, :] - inter + 1e-9)
 
 
 def match_attributes(gt_boxes: np.ndarray, det_boxes: np.ndarray, det_scores: np.ndarray, threshold: float) -> np.ndarray:
@@ -111,6 +101,7 @@ def evaluate_scene(model: torch.nn.Module, samples: list[Sample], size: int, bat
                 group_true.append(groups[row])
     detection = detection_metrics(predictions, ground_truths)
     metrics = {k: v for k, v in detection.items() if k != "pr_curve"}
+    metrics.update(box_fit(predictions, ground_truths))
     metrics.update(_prefixed("gender", gender_metrics(prob_female, gender_true)))
     metrics.update(_prefixed("age", age_metrics(pred_age, age_true)))
     groups = age_group_metrics(pred_age, group_true)

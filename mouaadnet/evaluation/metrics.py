@@ -171,6 +171,46 @@ def detection_metrics(predictions: list[dict], ground_truths: list[dict]) -> dic
     }
 
 
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of x1,y1,x2,y2 boxes: (A,4) x (B,4) -> (A,B)."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)), np.float32)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area_a = (a[:, 2:] - a[:, :2]).clip(0).prod(-1)
+    area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(-1)
+    return inter / (area_a[:, None] + area_b[None, :] - inter + 1e-9)
+
+
+# Person height in the image the boxes are given in (the model input for `evaluate`: 320 px scenes), in pixels.
+SIZE_BANDS: dict[str, tuple[float, float]] = {"small": (0, 32), "medium": (32, 96), "large": (96, math.inf)}
+
+
+def box_fit(predictions: list[dict], ground_truths: list[dict]) -> dict[str, float]:
+    """How well the box a user sees fits each person: for every labelled person, the IoU of the highest-scoring
+    detection that overlaps it (0 when none does). ``box_fit_mean_iou`` overall and per person height band,
+    ``box_fit_at75``: the share of people whose box reaches IoU 0.75 (what AP75 needs)."""
+    best, heights = [], []
+    for pred, truth in zip(predictions, ground_truths, strict=True):
+        gt, det = _as_boxes(truth["boxes"]), _as_boxes(pred["boxes"])
+        scores = _as_array(pred.get("scores", np.ones(len(det))))
+        iou = box_iou(gt, det)
+        for row in range(len(gt)):
+            overlapping = np.flatnonzero(iou[row] > 0) if iou.size else np.empty(0, np.int64)
+            top = overlapping[scores[overlapping].argmax()] if len(overlapping) else -1
+            best.append(float(iou[row, top]) if top >= 0 else 0.0)
+        heights.extend((gt[:, 3] - gt[:, 1]).tolist())
+    best_iou, height = np.asarray(best), np.asarray(heights)
+    out = {"box_fit_mean_iou": float(best_iou.mean()) if len(best_iou) else NAN,
+           "box_fit_at75": float((best_iou >= 0.75).mean()) if len(best_iou) else NAN}
+    for band, (low, high) in SIZE_BANDS.items():
+        inside = (height >= low) & (height < high)
+        out[f"box_fit_mean_iou_{band}"] = float(best_iou[inside].mean()) if inside.any() else NAN
+        out[f"box_fit_count_{band}"] = float(inside.sum())
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- gender
 
 

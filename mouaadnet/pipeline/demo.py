@@ -131,7 +131,8 @@ def real_photos(count: int) -> list[tuple[str, bytes, list[dict] | None]]:
 
 def format_comparison(name: str, found: list[dict], truth: list[dict]) -> list[str]:
     """One image: predicted people beside the labelled ones (matched at IoU >= 0.5)."""
-    from mouaadnet.evaluation.evaluate import MATCH_IOU, box_iou
+    from mouaadnet.evaluation.evaluate import MATCH_IOU
+    from mouaadnet.evaluation.metrics import box_iou
 
     iou = box_iou(np.array([t["box"] for t in truth], np.float32).reshape(-1, 4),
                   np.array([p["box"] for p in found], np.float32).reshape(-1, 4))
