@@ -157,3 +157,12 @@ def test_shipped_weights_are_the_first_champion_and_a_worse_candidate_is_not_pro
     measured = client.get_model_version("mouaadnet-champion-test", better["registry_version"]).tags["real_AP50"]
     assert 0.0 <= float(measured) <= 1.0
     assert sorted(p.name for p in (triton / "detector").iterdir()) == after
+
+    # further real sets are measured in the step from both files; the champion's own file is no better there than
+    # itself (a tie), so a candidate that only claims a better primary metric is not promoted
+    tied = champion.publish_step(tmp_path / "fp32", triton, exported["fp32_model_id"], 3.0,
+                                 registered_model="mouaadnet-champion-test", experiment=exp,
+                                 real_val=f"{real},{real}", shipped=str(weights))
+    assert tied["champion"] is False and tied["triton_version"] == -1, tied["decision"]
+    assert "on each further real set" in tied["decision"] and "NOT promoted" in tied["decision"]
+    assert sorted(p.name for p in (triton / "detector").iterdir()) == after

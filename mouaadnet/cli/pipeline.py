@@ -52,6 +52,10 @@ def run_cmd(
     pretrained: Annotated[str | None, typer.Option(
         help="Checkpoint training starts from: 'auto' (default: the shipped weights), '' (from scratch) or a "
              "path.")] = None,
+    real_val: Annotated[str | None, typer.Option(
+        help="Real scene sets the champion rule judges on, comma-separated (default examples/real): the first "
+             "gives real_AP50; a candidate must also beat the champion on each further one, e.g. "
+             "examples/real,../shared/data/pennfudan.")] = None,
     resume_from: Annotated[Path | None, typer.Option(
         help="A carried checkpoint (`mouaadnet pipeline carry`, e.g. weights/resume/real.pt) the train step "
              "continues when this machine's MLflow store has no unfinished run of the same inputs.")] = None,
@@ -65,7 +69,7 @@ def run_cmd(
                               min_ap50=min_ap50, build_tensorrt=build_tensorrt, target_backend=target_backend,
                               serve_precision=serve_precision, triton_repo=str(triton_repo.resolve()),
                               experiment=experiment, nproc_per_node=nproc_per_node, pretrained=pretrained,
-                              resume_from=_existing(resume_from, "--resume-from"))
+                              resume_from=_existing(resume_from, "--resume-from"), real_val=real_val)
     if runner not in ("subprocess", "docker"):
         raise typer.BadParameter("subprocess or docker", param_hint="--runner")
     from mouaadnet.containers import ContainerError

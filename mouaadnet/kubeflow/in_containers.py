@@ -45,10 +45,11 @@ def mount_paths(arguments: dict[str, Any], cwd: Path | None = None) -> list[Path
     """The host folders the tasks read or write, outermost only (a folder inside another is not mounted twice)."""
     cwd = Path(cwd or Path.cwd()).resolve()
     wanted = [cwd]
-    for key in ("repo_dir", "triton_repo", "real_val", "shipped", "pretrained", "resume_from"):
-        value = arguments.get(key)
-        if isinstance(value, str) and value and value != "auto":
-            path = (cwd / value).resolve()
+    values = [arguments.get(key) for key in ("repo_dir", "triton_repo", "shipped", "pretrained", "resume_from")]
+    values += str(arguments.get("real_val") or "").split(",")  # the champion rule's real sets
+    for value in values:
+        if isinstance(value, str) and value.strip() and value != "auto":
+            path = (cwd / value.strip()).resolve()
             wanted.append(path if path.is_dir() else path.parent)
     store = _store_path(os.environ.get("MLFLOW_TRACKING_URI", ""))
     if store is not None:

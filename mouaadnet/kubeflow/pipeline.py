@@ -142,7 +142,9 @@ def mouaadnet_pipeline(
     serve_precision: fp32 | int8 (which ONNX is published); num_nodes / gpus_per_node: where train runs (1 / 0:
     one process); train_volume: ReadWriteMany PVC for num_nodes > 1; trainer_runtime: its ClusterTrainingRuntime;
     pretrained: the checkpoint training starts from ("auto" = the shipped weights when weights/ has them, else
-    from scratch; "" = from scratch); real_val: the real validation scenes the champion rule judges on; shipped:
+    from scratch; "" = from scratch); real_val: the real validation scenes the champion rule judges on
+    (comma-separated sources: the first gives real_AP50, and a candidate must also beat the champion on each
+    further one, e.g. a held-out photo set); shipped:
     the shipped weights folder, whose default scene ONNX is the registry's first champion (Triton's committed
     version 1; without a manifest there, the first candidate becomes champion); data_pins: the pins file of
     the config (DVC md5 of each folder it reads outside data/; the CLI fills it in; a changed folder is

@@ -3,7 +3,8 @@
 The pipeline's own data may be synthetic (the DVC-pinned default), so a candidate can pass every gate there and
 still be worse on real photos than the shipped weights. The champion rule compares person AP50 on a small real
 set that ships with the repository (`examples/real`, CC BY 4.0): a candidate is promoted, and published to
-Triton, only when it beats the champion there. The registry's first champion is the shipped model
+Triton, only when it beats the champion there, and, when ``real_val`` names further real sets (comma-separated,
+e.g. `examples/real,../shared/data/pennfudan`), on every one of them too, both measured in the same step. The registry's first champion is the shipped model
 (`weights/`), which Triton's committed version 1 serves.
 """
 
@@ -40,17 +41,35 @@ class Decision:
     message: str
 
 
+def real_sets(real_val: str | Path) -> list[str]:
+    """The real validation sources of ``real_val``: comma-separated; the first one gives the primary metric."""
+    return [part.strip() for part in str(real_val).split(",") if part.strip()]
+
+
 def real_ap50(onnx_path: str | Path, real_val: str | Path) -> float:
-    """Person AP50 of a scene ONNX on a real YOLO-format validation folder (letterbox, as served)."""
+    """Person AP50 of a scene ONNX on the first real validation source of ``real_val`` (letterbox, as served)."""
+    return set_ap50(onnx_path, real_sets(real_val)[0])
+
+
+def set_ap50(onnx_path: str | Path, source: str) -> float:
+    """Person AP50 of a scene ONNX on one real validation source (a YOLO or COCO folder)."""
     from mouaadnet.evaluation.evaluate import evaluate_sets
     from mouaadnet.evaluation.gates import load_eval_sets
     from mouaadnet.evaluation.onnx_eval import OnnxModel
 
-    sets = [s for s in load_eval_sets([str(real_val)]) if s.mode == "scene"]
+    sets = [s for s in load_eval_sets([source]) if s.mode == "scene"]
     if not sets:
-        raise ValueError(f"{real_val}: no scene images to judge the champion on")
+        raise ValueError(f"{source}: no scene images to judge the champion on")
     result = evaluate_sets(OnnxModel([onnx_path]), sets, scene_size=onnx_input_size(onnx_path), crop_size=112)[0]
     return float(result.metrics["AP50"])
+
+
+def beats_on_every_set(candidate: dict[str, float], champion: dict[str, float]) -> tuple[bool, str]:
+    """The candidate must be strictly better on every set both were measured on (a tie keeps the champion)."""
+    lines = [f"{name} {candidate[name]:.4f} vs {champion.get(name, math.nan):.4f}" for name in candidate]
+    better = all(math.isfinite(candidate[name]) and (not math.isfinite(champion.get(name, math.nan))
+                                                     or candidate[name] > champion[name]) for name in candidate)
+    return better, "; ".join(lines)
 
 
 def onnx_input_size(path: str | Path) -> int:
@@ -98,6 +117,10 @@ def publish_step(onnx_dir: str | os.PathLike, triton_repo: str | os.PathLike, mo
         if champion is not None and real_val:
             champion = _measure_champion(client, registered_model, champion, real_val, triton_model, triton_repo)
         decision = decide(primary_metric, champion)
+        extra = real_sets(real_val)[1:]
+        if decision.promote and champion is not None and extra:
+            decision = _every_set(decision, artifact, _served_file(client, registered_model, champion[0],
+                                                                    triton_model, triton_repo), extra)
         print(f"publish: {decision.message}", flush=True)
         published = publish(artifact, triton_repo, model=triton_model, backend=backend) if decision.promote else None
         uri = model_id if "/" in model_id or ":" in model_id else f"models:/{model_id}"
@@ -130,6 +153,31 @@ def publish_step(onnx_dir: str | os.PathLike, triton_repo: str | os.PathLike, mo
                 "run_id": run.info.run_id}
 
 
+def _every_set(decision: Decision, candidate: Path, champion: Path | None, sources: list[str]) -> Decision:
+    """Veto a promotion unless the candidate also beats the champion on each further real set (both measured now,
+    in this step, from the files: the candidate's and the one Triton serves for the champion)."""
+    if champion is None:
+        decision.promote = False
+        decision.message = decision.message.removesuffix(": promoted") + f"; the champion's served file is gone, " \
+            f"so {', '.join(sources)} cannot be compared: NOT promoted"
+        return decision
+    ours = {source: set_ap50(candidate, source) for source in sources}
+    theirs = {source: set_ap50(champion, source) for source in sources}
+    better, table = beats_on_every_set(ours, theirs)
+    decision.promote = better
+    decision.message = decision.message.removesuffix(": promoted") + f"; AP50 on each further real set, candidate " \
+        f"vs champion: {table}: " + ("promoted" if better else "NOT promoted, Triton keeps serving the champion")
+    return decision
+
+
+def _served_file(client, registered_model: str, version: str, triton_model: str,
+                 triton_repo: str | os.PathLike) -> Path | None:
+    """The ONNX Triton serves for a registry version (its ``triton_version`` tag), None when it is gone."""
+    served = client.get_model_version(registered_model, version).tags.get("triton_version", "")
+    path = Path(triton_repo) / triton_model / served / "model.onnx"
+    return path if served and path.is_file() else None
+
+
 def _measure_champion(client, registered_model: str, champion: tuple[str, float], real_val: str,
                       triton_model: str, triton_repo: str | os.PathLike) -> tuple[str, float]:
     """A champion registered without the metric (before the rule, or without a real set) is measured now on
@@ -137,15 +185,14 @@ def _measure_champion(client, registered_model: str, champion: tuple[str, float]
     version, metric = champion
     if math.isfinite(metric):
         return champion
-    served = client.get_model_version(registered_model, version).tags.get("triton_version", "")
-    path = Path(triton_repo) / triton_model / served / "model.onnx"
-    if not served or not path.is_file():
-        print(f"publish: champion v{version} has no {PRIMARY_METRIC} and its Triton file ({path}) is gone: "
+    path = _served_file(client, registered_model, version, triton_model, triton_repo)
+    if path is None:
+        print(f"publish: champion v{version} has no {PRIMARY_METRIC} and its Triton file is gone: "
               "it cannot be measured", flush=True)
         return champion
     metric = real_ap50(path, real_val)
     client.set_model_version_tag(registered_model, version, PRIMARY_METRIC, f"{metric}")
-    print(f"publish: champion v{version} had no {PRIMARY_METRIC}; measured its Triton version {served} on "
+    print(f"publish: champion v{version} had no {PRIMARY_METRIC}; measured its Triton file {path} on "
           f"{real_val}: {metric:.4f}", flush=True)
     return version, metric
 
@@ -167,7 +214,7 @@ def _register_shipped(client, registered_model: str, weights: str, real_val: str
     sha256 = read_sidecar(shipped)["sha256"]
     metric = real_ap50(shipped, real_val) if real_val else float("nan")
     size = onnx_input_size(shipped)
-    images = sorted((Path(real_val) / "images").glob("*.jpg"))[:1] if real_val else []
+    images = sorted((Path(real_sets(real_val)[0]) / "images").glob("*.jpg"))[:1] if real_val else []
     example = (load_images(images, size) if images else torch.rand(1, 3, size, size)).numpy()
     model_id = log_onnx_model(shipped, "shipped_detector", example)
     uri = model_id if "/" in model_id or ":" in model_id else f"models:/{model_id}"
