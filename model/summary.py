@@ -27,6 +27,19 @@ def output_shapes(model: nn.Module, images: torch.Tensor, mode: str) -> dict[str
         return {name: list(t.shape) for name, t in model(images, mode=mode).items()}
 
 
+def receptive_field(model: nn.Module, size: int, samples: int = 4) -> int:
+    """Side (px) of the input region the centre cell of the scene heatmap sees: where the gradient of that one
+    logit w.r.t. the input is non-zero, over a few random inputs (the theoretical field, every path included)."""
+    model = model.eval()
+    images = torch.rand(samples, 3, size, size, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    heatmap = model(images, mode="scene")["heatmap"]
+    h, w = heatmap.shape[-2:]
+    heatmap[:, 0, h // 2, w // 2].sum().backward()
+    seen = images.grad.abs().sum((0, 1)) > 0
+    rows, cols = torch.nonzero(seen.any(1)).flatten(), torch.nonzero(seen.any(0)).flatten()
+    return int(max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)) if len(rows) else 0
+
+
 def model_summary(cfg: ModelConfig, scene_size: int | None = None, crop_size: int | None = None) -> dict:
     """Everything ``mouaadnet info`` prints, as a JSON-ready dict (batch 1)."""
     scene_size = scene_size or cfg.scene_size
@@ -44,4 +57,5 @@ def model_summary(cfg: ModelConfig, scene_size: int | None = None, crop_size: in
         "flops_deploy_crop": count_flops(deploy_form, crop, "crop"),
         "outputs_scene": output_shapes(deploy_form, scene, "scene"),
         "outputs_crop": output_shapes(deploy_form, crop, "crop"),
+        "receptive_field_scene": receptive_field(deploy_form, scene_size),
     }

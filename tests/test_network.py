@@ -127,3 +127,19 @@ def test_default_model_meets_size_targets():
     summary = model_summary(ModelConfig())
     assert summary["params_deploy"] <= 1_000_000
     assert summary["flops_deploy_scene"] <= 0.8e9
+
+
+def test_receptive_field_is_where_the_centre_cell_looks():
+    from model.summary import model_summary, receptive_field
+
+    class TwoConvs(nn.Module):  # two 3x3 convs, stride 1 then 2: a 5 px field (3 + 2 x 1)
+        def __init__(self):
+            super().__init__()
+            self.convs = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 1, 3, stride=2, padding=1))
+
+        def forward(self, images, mode="scene"):
+            return {"heatmap": self.convs(images)}
+
+    assert receptive_field(TwoConvs(), 32) == 5
+    field = model_summary(ModelConfig(scene_size=64, crop_size=32), 64, 32)["receptive_field_scene"]
+    assert 5 < field <= 64

@@ -73,6 +73,8 @@ def info(
     for mode in ("scene", "crop"):
         shapes = ", ".join(f"{name} {shape}" for name, shape in summary[f"outputs_{mode}"].items())
         typer.echo(f"outputs {mode:<5}  {shapes}")
+    typer.echo(f"receptive field of a scene heatmap cell: {summary['receptive_field_scene']} px "
+               f"(input {summary['scene_size']} px; clipped at the image border)")
 
 
 def _register_commands() -> None:
