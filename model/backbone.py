@@ -5,7 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import ConvBN, GhostBottleneck, InvertedResidual, PConvBlock, RepVGGBlock, SPPLite
+from .blocks import (
+    ConvBN,
+    GhostBottleneck,
+    InvertedResidual,
+    PConvBlock,
+    RepVGGBlock,
+    SpaceToDepthStem,
+    SPPLite,
+)
 from .config import ModelConfig
 
 
@@ -26,8 +34,12 @@ class Backbone(nn.Module):
         super().__init__()
         w1, w2, w3, w4, w5 = cfg.widths
         d1, d2, d3, d4, d5 = cfg.depths
-        self.stage1 = _stage(ConvBN(3, w1, 3, 2), d1 - 1, lambda: PConvBlock(w1))
-        self.stage2 = _stage(InvertedResidual(w1, w2, 2, expansion=3), d2 - 1, lambda: InvertedResidual(w2, w2, 1, 3))
+        fast = cfg.backbone == "fast"
+        stem = SpaceToDepthStem(w1) if fast else ConvBN(3, w1, 3, 2)
+        self.stage1 = _stage(stem, d1 - 1, lambda: PConvBlock(w1))
+        # fast: a dense 3x3 stride-2 opens stage 2 (no x3 expansion at 160x160, no stride-2 depthwise)
+        opening = RepVGGBlock(w1, w2, 2) if fast else InvertedResidual(w1, w2, 2, expansion=3)
+        self.stage2 = _stage(opening, d2 - 1, lambda: InvertedResidual(w2, w2, 1, 3))
         self.stage3 = _stage(RepVGGBlock(w2, w3, 2), d3 - 1, lambda: PConvBlock(w3))
         self.stage4 = _stage(RepVGGBlock(w3, w4, 2), d4 - 1, lambda: InvertedResidual(w4, w4, 1, 3))
         # Stride-1 RepVGG first: its identity branch gives the deepest stage a cheap residual path.

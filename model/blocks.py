@@ -124,6 +124,20 @@ class GhostBottleneck(nn.Module):
         return x + self.project(self.expand(x))
 
 
+class SpaceToDepthStem(nn.Module):
+    """Each 2x2 pixel block as 12 channels (no arithmetic), then a Conv-BN-ReLU6 3x3 (stride 1): the same stride 2
+    as a 3x3 stride-2 stem, but the first conv reduces over K = 108 inputs instead of 27, which matrix units (AMX,
+    VNNI) fill far better (docs/PERFORMANCE.md, B4)."""
+
+    def __init__(self, c_out: int):
+        super().__init__()
+        self.unshuffle = nn.PixelUnshuffle(2)
+        self.conv = ConvBN(12, c_out, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.unshuffle(x))
+
+
 class InvertedResidual(nn.Module):
     """MobileNetV2 block: 1x1 expand, 3x3 depthwise, 1x1 linear project; residual when shapes match."""
 

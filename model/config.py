@@ -43,6 +43,10 @@ class ModelConfig(StrictConfig):
     # v2: centre heatmap + distances to the four box sides at every cell, trained over each person's Gaussian
     # core (TTFNet); the box is read at the peak cell itself (issue 21). v1 checkpoints keep loading as v1.
     arch: Literal["v1", "v2"] = "v1"
+    # Backbone layout. v1: a 3x3 stride-2 stem, stage 2 opens with an inverted residual expanded x3 at 160x160.
+    # fast (docs/PERFORMANCE.md B4 + B1): a space-to-depth stem, stage 2 opens with a dense 3x3 stride-2 conv and
+    # its expansion runs at 80x80: fewer, denser layers where the map is largest.
+    backbone: Literal["v1", "fast"] = "v1"
     widths: list[int] = [16, 24, 48, 96, 128]  # output channels of backbone stages 1..5 (strides 2..32)
     depths: list[int] = [1, 2, 2, 2, 3]  # blocks per stage (the first block of stages 2..5 downsamples)
     neck_width: int = 64

@@ -143,3 +143,20 @@ def test_receptive_field_is_where_the_centre_cell_looks():
     assert receptive_field(TwoConvs(), 32) == 5
     field = model_summary(ModelConfig(scene_size=64, crop_size=32), 64, 32)["receptive_field_scene"]
     assert 5 < field <= 64
+
+
+def test_fast_backbone_reparameterizes_and_exports_with_parity(tmp_path):
+    """Backbone "fast" (space-to-depth stem, dense stage-2 entry): same outputs after fusion and in ONNX."""
+    from model.export import export_onnx
+
+    cfg = ModelConfig(arch="v2", backbone="fast", widths=[8, 16, 24, 32, 48], neck_width=16, head_width=16,
+                      scene_size=64, crop_size=32)
+    model = randomize_batchnorm(build_model(cfg).eval())
+    assert type(model.backbone.stage1[0]).__name__ == "SpaceToDepthStem"
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        before, after = model(images, mode="scene"), reparameterize_model(model)(images, mode="scene")
+    for name in before:
+        torch.testing.assert_close(after[name], before[name], atol=1e-4, rtol=1e-4)
+    report = export_onnx(model, tmp_path / "fast.onnx", "scene", 64, images=images)
+    assert report["unmatched"] == 0
