@@ -19,9 +19,15 @@ from mouaadnet.serving import prepost  # noqa: E402
 from mouaadnet.serving.guard import control_refusal, restricted_args  # noqa: E402
 from mouaadnet.serving.guard_rules import (  # noqa: E402
     check_inputs,
+    ensemble_steps,
+    gate_settings,
+    grpc_bytes_elements,
     grpc_infer_inputs,
+    http_bytes_elements,
     http_infer_inputs,
     input_rules,
+    needed_models,
+    stub_died,
 )
 
 REPO = Path(__file__).resolve().parents[1] / "triton_repo"
@@ -148,3 +154,86 @@ def test_decode_budget_is_shared_and_forgets_dead_instances(tmp_path):
     path.write_text('{"999999999": 60000000}')  # an instance that died mid-decode: no such pid
     first.admit(60_000_000)
     first.release()
+
+
+def test_cost_classes_small_never_wait_big_wait_then_busy():
+    """The guard's gate: a small request passes while a big one is in flight; a second big one waits and gets
+    the slot when the first leaves; one that cannot get it within ``wait`` is refused as busy (after the wait,
+    not at once); with ``max_waiting`` already waiting the next is refused at once."""
+    import threading
+    import time
+
+    from mouaadnet.serving.admission import BusyError, CostGate
+
+    gate = CostGate(limit=64_000_000, always_admit=4_000_000, wait=0.3, max_waiting=1)
+    assert gate.enter(50_000_000) is True
+    assert gate.enter(3_000_000) is False  # small: nothing to wait for, nothing to leave
+    started = time.monotonic()
+    with pytest.raises(BusyError, match="server busy: this request decodes 50.0 MP while 50.0 MP .* after waiting"):
+        gate.enter(50_000_000)
+    assert 0.25 <= time.monotonic() - started < 2.0
+    threading.Timer(0.1, gate.leave, args=(50_000_000,)).start()
+    assert gate.enter(50_000_000) is True  # waited ~0.1 s for the slot the first one left
+    admitted = []
+    waiter = threading.Thread(target=lambda: admitted.append(gate.enter(20_000_000)))
+    waiter.start()
+    time.sleep(0.05)
+    started = time.monotonic()
+    with pytest.raises(BusyError, match="queue for big requests is full"):
+        gate.enter(20_000_000)
+    assert time.monotonic() - started < 0.05
+    gate.leave(50_000_000)
+    waiter.join(2)
+    assert admitted == [True] and gate.in_flight == 20_000_000
+
+
+def test_the_guard_reads_image_costs_from_headers_without_copying_the_request():
+    from tritonclient.grpc import service_pb2
+
+    bomb, jpeg = img.decode_bomb_png(), img.good_jpeg()
+    request = service_pb2.ModelInferRequest(model_name="mouaadnet")
+    for name, datatype, raw in (("image", "BYTES", b"".join(len(b).to_bytes(4, "little") + b for b in (bomb, jpeg))),
+                                ("score_threshold", "FP32", struct.pack("<f", 0.3))):
+        request.inputs.add(name=name, datatype=datatype).shape.extend([2, 1] if datatype == "BYTES" else [1, 1])
+        request.raw_input_contents.append(raw)
+    elements = grpc_bytes_elements(request.SerializeToString())
+    assert [bytes(e) for e in elements] == [bomb, jpeg]
+    assert prepost.header_cost(elements[0]) == 8192 * 6103
+    assert prepost.header_cost(elements[1]) == 512 * 512  # a 512 px JPEG: no DCT reduction to reach 320
+    assert prepost.header_cost(b"not an image") == 0  # preprocess names the problem later
+    header = {"inputs": [{"name": "score_threshold", "datatype": "FP32", "shape": [1, 1],
+                          "parameters": {"binary_data_size": 4}},
+                         {"name": "image", "datatype": "BYTES", "shape": [1, 1],
+                          "parameters": {"binary_data_size": len(bomb) + 4}}]}
+    body = b"{}" + struct.pack("<f", 0.3) + len(bomb).to_bytes(4, "little") + bomb
+    assert [bytes(e) for e in http_bytes_elements(header, body, 2)] == [bomb]
+    assert gate_settings(REPO) == {"limit": 64_000_000, "always_admit": 4_000_000, "size": 320}
+
+
+def test_stub_death_errors_and_what_each_model_needs():
+    assert stub_died("in ensemble 'mouaadnet', Stub process 'detector_0_0' is not healthy.")
+    assert stub_died("Failed to process the request(s) for model instance 'postprocess_0_0', message: The stub "
+                     "process has exited unexpectedly.")
+    assert not stub_died("preprocess: image 0: not an image (10 bytes starting b'junk'): no known image format")
+    steps = ensemble_steps(REPO)
+    assert steps == {"mouaadnet": ["preprocess", "detector", "postprocess"]}
+    assert needed_models("mouaadnet", steps) == {"mouaadnet", "preprocess", "detector", "postprocess"}
+    assert needed_models("detector", steps) == {"detector"}
+
+
+def test_serve_mode_none_runs_triton_in_explicit_mode_behind_the_guard(tmp_path):
+    """So that `serve` can reload the one model whose stub died; clients still cannot load (the guard says
+    'none'), and every model is loaded at start as in mode none."""
+    from mouaadnet.serving.triton_install import (
+        ServerConfig,
+        build_command,
+        internal_config,
+        triton_control_mode,
+    )
+
+    assert [triton_control_mode(m) for m in ("none", "explicit", "poll")] == ["explicit", "explicit", "poll"]
+    cfg = internal_config(ServerConfig(repo=tmp_path), guard_key="g", admin_key="a")
+    cmd = build_command(type("Install", (), {"binary": Path("/x/tritonserver")})(), tmp_path, cfg)
+    assert "--model-control-mode=explicit" in cmd and "--load-model=*" in cmd
+    assert "--disable-auto-complete-config" in cmd
+    assert "'none'" in control_refusal("none")  # what a client asking to load is told

@@ -27,14 +27,15 @@ def register(app: typer.Typer) -> None:
         log_file: Annotated[Path | None, typer.Option(help="Write Triton's log here instead of the terminal.")] = None,
         timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 180.0,
         recover: Annotated[bool, typer.Option(
-            help="When a Python-backend stub dies: reload its model (explicit) or restart the server (none/poll), "
-                 "at most 3 times in 10 minutes. --no-recover exits 1 instead (for a supervisor).")] = True,
+            help="When a Python-backend stub dies: reload its model, the server keeps running (none/explicit), "
+                 "or restart the server (poll), at most 3 times in 10 minutes. --no-recover exits 1 instead "
+                 "(for a supervisor).")] = True,
     ) -> None:
         """Run the real tritonserver (from the serving venv) on 127.0.0.1 until Ctrl-C / SIGTERM.
 
         Exits 1 with Triton's own reason when a model fails to load. Watches the Python-backend stubs: Triton
         does not notice one that died (it stays READY and fails the requests routed to it), so serve reloads
-        the model or restarts the server and says so.
+        that model (the request guard sends the failed requests again meanwhile) and says so.
         """
         from mouaadnet.serving.supervise import serve as run
         from mouaadnet.serving.triton_install import ServerConfig, ServerError

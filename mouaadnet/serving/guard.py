@@ -14,13 +14,23 @@ guard on the public ones:
   read), compressed bodies (415: their decoded size is unknown until Triton inflates them) and malformed JSON
   (400: Triton 2.51 answers 500), and turns Triton's 500 for an unparsable request into 400;
 - model load/unload when model control is not explicit: a clear refusal (Triton's own message for modes none
-  and poll is "explicit model load / unload is not allowed if polling is enabled").
+  and poll is "explicit model load / unload is not allowed if polling is enabled");
+- a Python-backend stub that died (Triton 2.51 keeps the model READY and fails each request routed to the dead
+  instance after ~1 s; `serve` reloads the model in ~2 s): an inference request that failed with the dead stub's
+  error is sent again (up to ``STUB_RETRIES`` times: Triton hands it to a free instance, the live one), and
+  readiness calls answer "not ready" for a model with no live stub left and for the ensembles that need it
+  (``stubs.StubWatch``), so health says what the server can actually answer;
+- admission by cost class (``admission.CostGate``, the budget read from preprocess's config): a request whose
+  images decode to more than an ordinary photo (read from the image headers) waits for one of few big-request
+  slots and is refused as busy after a short wait; small requests never wait for big ones, in the guard or in
+  Triton's queue (where the refused ones used to sit before preprocess refused them).
 
 Triton itself restricts every API (``--grpc-restricted-protocol`` / ``--http-restricted-api``): the inference,
 health, metadata, ... APIs to requests carrying the guard's key (so its internal ports are useless without the
 guard), and the admin APIs (model repository: index/load/unload, logging, trace) to the admin key, which the
 guard passes through from the client and `serve` / `publish --load` send. Keys come from the environment, never
-the guard's command line. stdlib + grpcio only: it runs in the serving venv (`python -m mouaadnet.serving.guard`).
+the guard's command line. It runs in the serving venv (`python -m mouaadnet.serving.guard`): stdlib + grpcio, and
+Pillow to read image headers for the cost classes.
 """
 
 from __future__ import annotations
@@ -35,7 +45,21 @@ import sys
 import threading
 from concurrent import futures
 
-from .guard_rules import check_inputs, grpc_infer_inputs, http_infer_inputs, input_rules
+from .admission import BusyError, CostGate
+from .guard_rules import (
+    check_inputs,
+    ensemble_steps,
+    gate_settings,
+    grpc_bytes_elements,
+    grpc_infer_inputs,
+    grpc_model_name,
+    http_bytes_elements,
+    http_infer_inputs,
+    input_rules,
+    needed_models,
+    stub_died,
+)
+from .stubs import StubWatch
 
 GUARD_HEADER = "mouaadnet-guard-key"
 ADMIN_HEADER = "mouaadnet-admin-key"
@@ -48,6 +72,8 @@ ENV_GUARD_KEY = "MOUAADNET_GUARD_KEY"
 ENV_ADMIN_KEY = "MOUAADNET_ADMIN_KEY"
 _HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
                   "host", "content-length", GUARD_HEADER})
+STUB_RETRIES = 3  # each failed try costs ~1 s (Triton waits that long on a dead stub); serve reloads in ~2 s
+_READY_METHODS = ("/inference.GRPCInferenceService/ServerReady", "/inference.GRPCInferenceService/ModelReady")
 _LOAD_METHODS = ("/inference.GRPCInferenceService/RepositoryModelLoad",
                  "/inference.GRPCInferenceService/RepositoryModelUnload")
 
@@ -85,16 +111,45 @@ class Guard:
 
     def __init__(self, *, grpc_port: int, http_port: int, grpc_upstream: str, http_upstream: str,
                  guard_key: str, max_bytes: int = DEFAULT_MAX_BYTES, control_mode: str = "none",
-                 rules: dict[str, dict[str, str]] | None = None, workers: int = 64, host: str = "127.0.0.1"):
+                 rules: dict[str, dict[str, str]] | None = None, steps: dict[str, list[str]] | None = None,
+                 watch_stubs: bool = True, gate: CostGate | None = None, input_size: int = 320,
+                 workers: int = 128, host: str = "127.0.0.1"):
         self.host, self.grpc_port, self.http_port = host, grpc_port, http_port
         self.grpc_upstream, self.http_upstream = grpc_upstream, http_upstream
         self.guard_key, self.max_bytes, self.control_mode, self.workers = guard_key, max_bytes, control_mode, workers
         self.rules = rules or {}  # guard_rules.input_rules: the inputs each model needs
+        self.steps = steps or {}  # guard_rules.ensemble_steps: the models each ensemble calls
+        self.watch = StubWatch(int(grpc_upstream.rsplit(":", 1)[1])) if watch_stubs else None
+        self.gate, self.input_size = gate, input_size  # cost classes (None: every request passes)
         self._grpc = None
         self._http = None
 
     def infer_problem(self, model: str, inputs: list[tuple[str, list[int]]]) -> str | None:
         return check_inputs(model, inputs, self.rules)
+
+    def admit(self, elements: list[memoryview]) -> int:
+        """Pixels the request's images decode to, admitted by the cost gate (0: a small request, nothing to
+        release); raises BusyError."""
+        if self.gate is None or not elements:
+            return 0
+        from .prepost import header_cost  # numpy + Pillow: only once an image request comes
+
+        pixels = sum(header_cost(element, self.input_size) for element in elements)
+        return pixels if self.gate.enter(pixels) else 0
+
+    def release(self, pixels: int) -> None:
+        if pixels and self.gate is not None:
+            self.gate.leave(pixels)
+
+    def unready(self, model: str | None) -> str | None:
+        """Why the server (``model`` None) or ``model`` cannot answer although Triton says READY, else None."""
+        down = self.watch.down_models() if self.watch else set()
+        if model is not None:
+            down &= needed_models(model, self.steps)
+        if not down:
+            return None
+        return (f"not ready: every Python-backend stub of model(s) {', '.join(sorted(down))} died (Triton still "
+                "reports READY); `mouaadnet serve` reloads the model: retry in a few seconds")
 
     # ------------------------------------------------------------------ gRPC
     def _metadata(self, context) -> list[tuple[str, str]]:
@@ -130,13 +185,31 @@ class Guard:
                         problem = None
                     if problem:
                         context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+                if method in _READY_METHODS and guard.unready(
+                        grpc_model_name(request) if method.endswith("/ModelReady") else None):
+                    return b""  # ServerReadyResponse / ModelReadyResponse with ready = false
+                admitted = 0
+                if method.endswith("/ModelInfer"):
+                    try:
+                        admitted = guard.admit(grpc_bytes_elements(request))
+                    except BusyError as error:
+                        context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
                 try:
-                    return call(request, metadata=guard._metadata(context), timeout=_deadline(context))
-                except grpc.RpcError as error:
-                    details = error.details() or ""
-                    if error.code() == grpc.StatusCode.UNAVAILABLE and "failed to connect" in details:
-                        details = "tritonserver is not answering behind the request guard (restarting?): retry"
-                    context.abort(error.code(), details)
+                    return forward(request, context, STUB_RETRIES if method.endswith("/ModelInfer") else 0)
+                finally:
+                    guard.release(admitted)
+
+            def forward(request, context, retries: int):
+                for attempt in range(retries + 1):
+                    try:
+                        return call(request, metadata=guard._metadata(context), timeout=_deadline(context))
+                    except grpc.RpcError as error:
+                        details = error.details() or ""
+                        if attempt < retries and stub_died(details) and (_deadline(context) or 2.0) > 1.5:
+                            continue  # the request never ran: Triton gives it to a live instance this time
+                        if error.code() == grpc.StatusCode.UNAVAILABLE and "failed to connect" in details:
+                            details = "tritonserver is not answering behind the request guard (restarting?): retry"
+                        context.abort(error.code(), details)
             return grpc.unary_unary_rpc_method_handler(handle)
 
         def stream(method):
@@ -269,6 +342,57 @@ class Guard:
                 if problem:
                     self._reply(400, problem)
                     return
+                unready = self._unready(path) if self.command in ("GET", "HEAD") else None
+                if unready:
+                    self._reply(503, unready)
+                    return
+                infer = self.command == "POST" and path.endswith("/infer")
+                try:
+                    admitted = guard.admit(self._images(body)) if infer else 0
+                except BusyError as error:
+                    self._reply(503, str(error))
+                    return
+                try:
+                    for _ in range(STUB_RETRIES + 1 if infer else 1):
+                        status, headers, data = self._upstream(body)
+                        if status is None or not (status >= 400 and stub_died(data[:2000].decode(errors="replace"))):
+                            break  # else the request never ran (dead stub): Triton gives it to a live instance now
+                finally:
+                    guard.release(admitted)
+                if status is None:
+                    self._reply(503, data.decode())
+                    return
+                if status == 500 and (b"parse" in data[:300]):  # Triton 2.51: 500 for requests it cannot parse
+                    status = 400
+                self.send_response(status)
+                for key, value in headers:
+                    if key.lower() not in _HOP:
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            def _images(self, body: bytes) -> list[memoryview]:
+                """The BYTES elements of an inference request in the binary-data format (JSON data: none)."""
+                header = self.headers.get("Inference-Header-Content-Length")
+                try:
+                    length = int(header) if header else len(body)
+                    return http_bytes_elements(json.loads(body[:length]), body, length) if header else []
+                except ValueError:
+                    return []
+
+            def _unready(self, path: str) -> str | None:
+                """Readiness the stubs contradict: /v2/health/ready, /v2/models/<m>[/versions/<v>]/ready."""
+                parts = path.strip("/").split("/")
+                if parts == ["v2", "health", "ready"]:
+                    return guard.unready(None)
+                if len(parts) >= 4 and parts[:2] == ["v2", "models"] and parts[-1] == "ready":
+                    return guard.unready(parts[2])
+                return None
+
+            def _upstream(self, body: bytes) -> tuple[int | None, list[tuple[str, str]], bytes]:
+                """(status, headers, body) of the request sent to Triton; status None: Triton is not answering."""
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
                 headers[GUARD_HEADER] = guard.guard_key
                 headers["Content-Length"] = str(len(body))
@@ -280,26 +404,14 @@ class Guard:
                         conn.request(self.command, self.path, body if body or self.command == "POST" else None,
                                      headers)
                         response = conn.getresponse()
-                        data = response.read()
-                        break
+                        return response.status, response.getheaders(), response.read()
                     except (OSError, http.client.HTTPException) as error:
                         conn.close()
                         local.conn = None
                         if attempt:
-                            self._reply(503, f"tritonserver is not answering behind the request guard "
-                                        f"(restarting?): retry ({error})")
-                            return
-                status = response.status
-                if status == 500 and (b"parse" in data[:300]):  # Triton 2.51: 500 for requests it cannot parse
-                    status = 400
-                self.send_response(status)
-                for key, value in response.getheaders():
-                    if key.lower() not in _HOP:
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
+                            return None, [], (f"tritonserver is not answering behind the request guard "
+                                              f"(restarting?): retry ({error})").encode()
+                return None, [], b"unreachable"
 
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = _forward
 
@@ -312,6 +424,8 @@ class Guard:
         threading.Thread(target=self._http.serve_forever, name="guard-http", daemon=True).start()
 
     def start(self) -> Guard:
+        if self.watch is not None:
+            self.watch.watch()
         self._start_grpc()
         try:
             self._start_http()
@@ -321,6 +435,8 @@ class Guard:
         return self
 
     def stop(self) -> None:
+        if self.watch is not None:
+            self.watch.stop()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
@@ -346,9 +462,13 @@ def main(argv: list[str] | None = None) -> int:
     if not key:
         print(f"guard: {ENV_GUARD_KEY} is not set", file=sys.stderr)
         return 2
+    budget = gate_settings(args.repo) if args.repo else {}
+    gate = CostGate(budget["limit"], budget["always_admit"]) if budget else None
     guard = Guard(grpc_port=args.grpc_port, http_port=args.http_port, grpc_upstream=args.grpc_upstream,
                   http_upstream=args.http_upstream, guard_key=key, max_bytes=args.max_bytes,
-                  control_mode=args.control_mode, rules=input_rules(args.repo) if args.repo else None).start()
+                  control_mode=args.control_mode, rules=input_rules(args.repo) if args.repo else None,
+                  steps=ensemble_steps(args.repo) if args.repo else None, gate=gate,
+                  input_size=budget.get("size", 320)).start()
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())

@@ -236,6 +236,17 @@ def preprocess_one(
     return normalize(boxed, out), box.as_row()
 
 
+def header_cost(blob: bytes | memoryview, size: int = DEFAULT_SIZE) -> int:
+    """Pixels decoding ``blob`` would materialise (``decode_cost``), from its header only; 0 when the header
+    cannot be read (preprocess then refuses the image with the reason). The request guard's cost classes."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return decode_cost(Image.open(io.BytesIO(blob)), size)
+    except Exception:  # noqa: BLE001 - any unreadable header: preprocess names the problem
+        return 0
+
+
 def preprocess_batch(
     blobs: list[bytes], size: int = DEFAULT_SIZE, *, max_pixels: int = MAX_PIXELS, max_side: int = MAX_SIDE,
     max_request_pixels: int = MAX_REQUEST_PIXELS, max_request_bytes: int = MAX_REQUEST_BYTES, admit=None,

@@ -14,7 +14,8 @@ Stub deaths: Triton 2.51 neither restarts a Python-backend stub that died (OOM k
 reports it: health, readiness and the repository index stay READY while every request routed to that instance
 fails with "Stub process '<model>_0_0' is not healthy", and stopping the server then runs into its exit timeout.
 So the stubs are watched here (from /proc: a stub that exited is left as a zombie child of tritonserver):
-``dead_stubs()`` names them, ``serve`` reloads the model (explicit model control) or restarts the server, and
+``dead_stubs()`` names them, ``serve`` reloads the model (explicit model control, which Triton runs with behind
+the guard for `serve`'s modes none and explicit) or restarts the server (poll), and
 ``stop()`` removes the shared-memory regions (/dev/shm) the stubs of this server left behind.
 
 The request guard (``guard``; ``cfg.guard``, on by default): Triton listens on free internal loopback ports with
@@ -38,7 +39,7 @@ from pathlib import Path
 
 from .admission import budget_path
 from .guard import ADMIN_HEADER, ENV_GUARD_KEY, GUARD_HEADER
-from .stubs import SHM_DIR, Stub, children, proc_state, stub_of
+from .stubs import SHM_DIR, Stub, children, proc_state, reload_marker, stub_of
 from .triton_install import (
     ServerConfig,
     ServerError,
@@ -191,9 +192,13 @@ class TritonServer:
         self._stubs.update({stub.pid: stub for stub in found})
         return found
 
-    def dead_stubs(self, include_handled: bool = False) -> list[Stub]:
-        """Stubs that exited while their server runs (zombies Triton never reaped: it did not notice)."""
-        self.stubs()
+    def dead_stubs(self, include_handled: bool = False, rescan: bool = True) -> list[Stub]:
+        """Stubs that exited while their server runs (zombies Triton never reaped: it did not notice).
+
+        ``rescan=False`` looks only at the stubs already seen (one /proc/<pid>/stat read each: cheap enough to
+        ask every 0.1 s); a rescan of /proc also finds the stubs started since (after a reload)."""
+        if rescan:
+            self.stubs()
         dead = [stub for pid, stub in self._stubs.items() if proc_state(pid) in ("Z", "X")]
         return dead if include_handled else [stub for stub in dead if stub.pid not in self._handled_dead]
 
@@ -201,13 +206,28 @@ class TritonServer:
         self._handled_dead.update(stub.pid for stub in stubs)
 
     def healthy(self) -> bool:
-        """Ready *and* no stub dead: what Triton's own readiness endpoint does not tell."""
-        return self.ready() and not self.dead_stubs(include_handled=True)
+        """Ready *and* no stub death left unhandled: what Triton's own readiness endpoint does not tell."""
+        return self.ready() and not self.dead_stubs()
+
+    @property
+    def can_reload(self) -> bool:
+        """Whether Triton itself runs in explicit model control (`serve`'s modes none and explicit, behind the
+        guard): one model can be loaded again; else (poll, or none without the guard) only a restart helps."""
+        return self.internal.control_mode == "explicit"
 
     def reload_model(self, name: str, timeout: float = 120.0) -> None:
-        """Explicit model control: load ``name`` again (new instances and stubs; traffic moves when ready)."""
-        status, body = _http(f"{self.internal_http_url}/v2/repository/models/{name}/load", "POST", b"{}",
-                             timeout=timeout, headers=self._keys)
+        """Explicit model control: load ``name`` again (new instances and stubs; traffic moves when ready).
+
+        Triton 2.51 loads a fresh copy beside the old one and moves traffic to it; the old copy (its dead stub
+        and its live ones) is never unloaded: its live stubs stay, idle, until the server stops, and the stop
+        then waits the exit timeout for it (measured; docs/RELIABILITY.md, known limits)."""
+        marker = reload_marker(self.process.pid)  # the guard's readiness answers: the new copy serves only now
+        marker.write_text(f"{name}\n")
+        try:
+            status, body = _http(f"{self.internal_http_url}/v2/repository/models/{name}/load", "POST", b"{}",
+                                 timeout=timeout, headers=self._keys)
+        finally:
+            marker.unlink(missing_ok=True)
         if status != 200:
             raise ServerError(f"reloading {name} failed: HTTP {status} {body[:300]!r}")
 
@@ -215,6 +235,7 @@ class TritonServer:
         """Remove the /dev/shm regions of this server's stubs that are still there (call once it has exited)."""
         if self.process is not None:
             budget_path(self.process.pid).unlink(missing_ok=True)  # preprocess's decode budget (admission)
+            reload_marker(self.process.pid).unlink(missing_ok=True)
         removed = []
         for stub in self._stubs.values():
             path = SHM_DIR / stub.shm_region

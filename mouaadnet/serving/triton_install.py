@@ -23,8 +23,6 @@ DEFAULT_VENV = PROJECT_ROOT / ".venv-serve"
 BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
 
 
-STUB_BINARY = "triton_python_backend_stub"
-
 
 class ServerError(RuntimeError):
     """The server could not be started, or a model failed to load (the message carries Triton's reason)."""
@@ -129,6 +127,10 @@ def build_command(install: TritonInstall, backend_dir: Path, cfg: ServerConfig) 
         "--exit-on-error=false",  # stay up so the repository index can say which model failed and why
         "--strict-readiness=true",
         "--exit-timeout-secs=15",
+        # Every config here is complete (`mouaadnet repo check`). With auto-complete on, the Python backend starts
+        # a throw-away stub per model load just to ask model.py for config additions: ~1.3 s of every (re)load on
+        # 2 loaded cores, which is most of serve's recovery time after a stub dies.
+        "--disable-auto-complete-config",
         f"--backend-config=python,shm-default-byte-size={cfg.shm_bytes}",
         f"--log-verbose={cfg.log_verbose}",
         f"--model-control-mode={cfg.control_mode}",
@@ -176,10 +178,21 @@ def resolve_admin_key(cfg: ServerConfig) -> str:
     return key
 
 
+def triton_control_mode(mode: str) -> str:
+    """The model-control mode tritonserver itself runs with behind the guard for the mode `serve` offers.
+
+    `none` runs Triton in explicit mode with every model loaded at start: clients still cannot load or unload
+    (the guard refuses it, naming `none`), but `serve` can reload the one model whose stub died instead of
+    restarting the whole server (Triton refuses any load in mode none). Poll stays poll (Triton loads on its own
+    there and refuses explicit loads)."""
+    return "explicit" if mode == "none" else mode
+
+
 def internal_config(cfg: ServerConfig, guard_key: str, admin_key: str) -> ServerConfig:
-    """What tritonserver itself runs with behind the guard: free internal loopback ports, every API restricted."""
+    """What tritonserver itself runs with behind the guard: free internal loopback ports, every API restricted,
+    model control explicit where the guard offers none (``triton_control_mode``)."""
     return replace(cfg, http_port=free_port(), grpc_port=free_port(),
-                   extra_args=[*restricted_args(guard_key, admin_key), *cfg.extra_args])
+                   control_mode=triton_control_mode(cfg.control_mode), extra_args=[*restricted_args(guard_key, admin_key), *cfg.extra_args])
 
 
 def guard_command(install: TritonInstall, cfg: ServerConfig, internal: ServerConfig) -> list[str]:

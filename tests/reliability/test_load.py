@@ -107,9 +107,11 @@ BOMB_SECONDS = 30.0 if FULL else 8.0
 
 def test_decode_bombs_are_refused_as_busy_and_good_clients_keep_their_latency(triton, scoreboard):
     """Senders of in-budget decode bombs (48.6 KB PNGs that decode to 50 MP) in a loop beside 2 good clients: the
-    server-wide decode budget (admission) admits one bomb at a time and refuses the rest at once as busy, so
-    a preprocess instance is always free for the good requests. Issue 24, before: good p50 13.9 ms alone ->
-    0.83 s / 5.6 s / 11.2 s beside 4 / 16 / 32 senders, 0 bombs refused."""
+    request guard's cost classes (admission.CostGate: the image headers say what a request will decode) let one
+    bomb at a time into Triton, make the others wait up to 0.5 s for that slot and then refuse them as busy, so
+    a preprocess instance is always free for the good requests, which never wait for a bomb. Issue 24, before:
+    good p50 13.9 ms alone -> 0.83 s / 5.6 s / 11.2 s beside 4 / 16 / 32 senders, 0 bombs refused; with the
+    budget inside preprocess only: 111 ms at 32 senders (every refusal crossed Triton first)."""
     bomb, good = img.decode_bomb_png(), [img.good_jpeg()]
     lock = threading.Lock()
 
