@@ -129,3 +129,21 @@ def test_reframe_zooms_shifts_and_stretches_the_crop() -> None:
     assert np.ptp(cols[:, 1]) + 1 == 112 and np.ptp(cols[:, 0]) + 1 == 28  # 2x wider, 2x shorter
     shifted = reframe(face, 112, np.random.default_rng(1), zoom=(0.5, 0.5), aspect=(1.0, 1.0), shift=0.2)
     assert np.argwhere(shifted[..., 0] == 250).min(0).tolist() != [28, 28]
+
+
+def test_mosaic_places_each_image_in_its_quadrant_with_its_people():
+    from mouaadnet.data.augment import mosaic
+
+    rng = np.random.default_rng(0)
+    tiles = []
+    for value in (40, 90, 140, 190):  # four flat images, one person each, told apart by their grey level
+        image = np.full((200, 100, 3), value, np.uint8)
+        tiles.append((image, np.array([[20, 40, 80, 180]], np.float32)))
+    out, boxes, keeps = mosaic(tiles, 128, rng, scale_range=(1.0, 1.0))
+    assert out.shape == (128, 128, 3) and [len(k) for k in keeps] == [1, 1, 1, 1]
+    assert len(boxes) == 4
+    for (x1, y1, x2, y2), value in zip(boxes, (40, 90, 140, 190), strict=True):
+        inside = out[int(y1) + 1:int(y2) - 1, int(x1) + 1:int(x2) - 1]
+        assert inside.size and np.all(inside == value)  # each box covers pixels of its own tile only
+    with pytest.raises(ValueError, match="4 images"):
+        mosaic(tiles[:3], 128, rng)

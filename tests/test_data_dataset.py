@@ -112,3 +112,36 @@ def test_crop_dataset_and_collate(tmp_path: Path) -> None:
     assert batch["age_group"].dtype == torch.int64
     # The missing file (index 3) was replaced by index 0 and recorded.
     assert batch["gender"][3] == crops[0].gender[0] and str(tmp_path / "gone.jpg") in ds.bad_samples
+
+
+def test_mosaic_scenes_carry_the_people_and_attributes_of_their_four_tiles():
+    samples = synthetic_scenes(8, seed=3, size=96)
+    plain = SceneDataset(samples, 64, augment=True, seed=0)
+    tiled = SceneDataset(samples, 64, augment=True, seed=0, mosaic=1.0, zoom=(0.8, 1.2))
+    people = [len(s.boxes) for s in samples]
+    for index in range(len(samples)):
+        image, target = tiled[index]
+        assert image.shape == (3, 64, 64)
+        rows = len(target["boxes"])
+        assert rows == len(target["gender"]) == len(target["age"]) == len(target["age_group"])
+        assert (target["boxes"][:, 2:] > target["boxes"][:, :2]).all() and (target["boxes"] >= 0).all()
+        assert (target["boxes"] <= 64).all()
+    # four scenes' people in one image: more people per image than the plain stream on average
+    assert np.mean([len(tiled[i][1]["boxes"]) for i in range(8)]) > np.mean([len(plain[i][1]["boxes"]) for i in range(8)])
+    assert max(people) > 0
+    # mosaic 0 is the shipped recipe, draw for draw
+    again = SceneDataset(samples, 64, augment=True, seed=0, mosaic=0.0)
+    for index in range(3):
+        assert torch.equal(plain[index][0], again[index][0])
+
+
+def test_scene_zoom_and_mosaic_settings_are_checked():
+    from pydantic import ValidationError
+
+    from mouaadnet.data.config import DataConfig
+
+    assert DataConfig(scene_zoom=(0.3, 2.0), mosaic=0.5).scene_zoom == (0.3, 2.0)
+    with pytest.raises(ValidationError, match="scene_zoom"):
+        DataConfig(scene_zoom=(1.5, 1.0))
+    with pytest.raises(ValidationError, match="mosaic"):
+        DataConfig(mosaic=1.5)

@@ -103,32 +103,57 @@ def small_rotation(
 def random_scale_crop(
     image: np.ndarray,
     boxes: np.ndarray | None,
-    size: int,
+    size: int | tuple[int, int],
     rng: np.random.Generator,
     scale_range: tuple[float, float] = (0.6, 1.4),
     pad_value: int = PAD_VALUE,
     min_visible: float = 0.4,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Letterbox scale times a random factor, then a random crop/pad to size x size.
+    """Fit the image into ``size`` (square, or (width, height)) times a random factor, then a random crop/pad to it.
 
     Boxes are clipped; those keeping less than min_visible of their area are dropped. Returns (image, boxes, keep).
     """
+    width, height = (size, size) if isinstance(size, int) else size
     h, w = image.shape[:2]
-    scale = size / max(h, w) * rng.uniform(*scale_range)
+    scale = min(width / w, height / h) * rng.uniform(*scale_range)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
     resized = _resize(image, nw, nh)
     # Offset of the resized image in the output: negative = cropped, positive = padded.
-    ox = int(rng.integers(min(0, size - nw), max(0, size - nw) + 1))
-    oy = int(rng.integers(min(0, size - nh), max(0, size - nh) + 1))
-    out = np.full((size, size, 3), pad_value, np.uint8)
+    ox = int(rng.integers(min(0, width - nw), max(0, width - nw) + 1))
+    oy = int(rng.integers(min(0, height - nh), max(0, height - nh) + 1))
+    out = np.full((height, width, 3), pad_value, np.uint8)
     x0, y0 = max(ox, 0), max(oy, 0)
-    x1, y1 = min(ox + nw, size), min(oy + nh, size)
+    x1, y1 = min(ox + nw, width), min(oy + nh, height)
     out[y0:y1, x0:x1] = resized[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
     sx, sy = nw / w, nh / h
     full = _as_boxes(boxes) * np.array([sx, sy, sx, sy], np.float32) + np.array([ox, oy, ox, oy], np.float32)
-    clipped = np.clip(full, 0, size).astype(np.float32)
+    clipped = np.clip(full, 0, [width, height, width, height]).astype(np.float32)
     keep = _keep_visible(full, clipped, min_visible)
     return out, clipped[keep], keep
+
+
+def mosaic(
+    tiles: list[tuple[np.ndarray, np.ndarray]],
+    size: int,
+    rng: np.random.Generator,
+    scale_range: tuple[float, float] = (0.6, 1.4),
+    pad_value: int = PAD_VALUE,
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Four (image, boxes) in a 2x2 grid split at a random centre (YOLOv4's mosaic): each is scale-cropped into its
+    quadrant, so people come out at about half their usual size and in four contexts per training image.
+    Returns (image, boxes of all four, per-tile keep indices: the attributes of tile i follow keeps[i])."""
+    if len(tiles) != 4:
+        raise ValueError(f"mosaic needs 4 images, got {len(tiles)}")
+    cx, cy = (int(rng.uniform(0.3, 0.7) * size) for _ in range(2))
+    out = np.full((size, size, 3), pad_value, np.uint8)
+    boxes, keeps = [], []
+    for (image, tile_boxes), (x0, y0, x1, y1) in zip(tiles, ((0, 0, cx, cy), (cx, 0, size, cy),
+                                                             (0, cy, cx, size), (cx, cy, size, size)), strict=True):
+        part, placed, keep = random_scale_crop(image, tile_boxes, (x1 - x0, y1 - y0), rng, scale_range, pad_value)
+        out[y0:y1, x0:x1] = part
+        boxes.append(placed + np.array([x0, y0, x0, y0], np.float32))
+        keeps.append(keep)
+    return out, np.concatenate(boxes).astype(np.float32), keeps
 
 
 class SceneAugment:
@@ -164,6 +189,14 @@ class SceneAugment:
             out, boxes, kept = small_rotation(out, boxes, rng, self.rotation_deg)
             keep = keep[kept]
         return color_jitter(out, rng), boxes, keep
+
+    def mosaic(self, tiles: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator
+               ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """Four (image, boxes) as one 2x2 mosaic at this size and zoom, then flip and colour as for one scene."""
+        out, boxes, keeps = mosaic(tiles, self.size, rng, self.scale_range)
+        if rng.random() < 0.5:
+            out, boxes = hflip(out, boxes)
+        return color_jitter(out, rng), boxes, keeps
 
 
 def reframe(

@@ -107,20 +107,28 @@ class SceneDataset(_SampleDataset):
         cache: ImageCache | None = None,
         paste: PasteConfig | None = None,
         bodies: Sequence[Sample] = (),
+        zoom: tuple[float, float] = (0.6, 1.4),
+        mosaic: float = 0.0,
     ) -> None:
-        """``bodies``: labelled crops (the training split only) pasted into augmented scenes as ``paste`` says."""
+        """``bodies``: labelled crops (the training split only) pasted into augmented scenes as ``paste`` says;
+        ``zoom``: the scale range of the random crop; ``mosaic``: share of labelled scenes served as a mosaic."""
         super().__init__(samples, seed, cache)
         self.size = size
-        self.transform = SceneAugment(size, seed=seed, enabled=augment)
+        self.transform = SceneAugment(size, seed=seed, enabled=augment, scale_range=tuple(zoom))
         self.paste = paste if augment and paste is not None and bodies else None
         self.paste_pool = CropPool(list(bodies), cache) if self.paste else None
+        self.mosaic = mosaic if augment else 0.0
+        self.labelled = np.flatnonzero([s.has_boxes for s in samples]) if self.mosaic else np.empty(0, np.int64)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         i, image, scale = self._load(index)
         sample = self.samples[i]
         rng = self._rng(i)
-        out, boxes, keep = self.transform(image, sample.boxes * np.float32(scale), rng=rng)
-        gender, age, group = sample.gender[keep], sample.age[keep], sample.age_group[keep]
+        if self.mosaic and sample.has_boxes and rng.random() < self.mosaic:
+            out, boxes, gender, age, group = self._mosaic(i, image, scale, rng)
+        else:
+            out, boxes, keep = self.transform(image, sample.boxes * np.float32(scale), rng=rng)
+            gender, age, group = sample.gender[keep], sample.age[keep], sample.age_group[keep]
         if self.paste is not None and sample.has_boxes and rng.random() < self.paste.probability:
             bodies = self.paste_pool.draw(int(rng.integers(1, self.paste.max_per_image + 1)), rng)
             people = paste_bodies(out, boxes, bodies, rng, tuple(self.paste.height))
@@ -138,6 +146,17 @@ class SceneDataset(_SampleDataset):
             "path": sample.image_path,
         }
         return _to_tensor(out), target
+
+
+    def _mosaic(self, i: int, image: np.ndarray, scale: float, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+        """Scene ``i`` and three other labelled scenes as one mosaic: (image, boxes, gender, age, age group)."""
+        picks = [(i, image, scale)] + [self._load(int(j)) for j in rng.choice(self.labelled, 3)]
+        tiles = [(img, self.samples[k].boxes * np.float32(sc)) for k, img, sc in picks]
+        out, boxes, keeps = self.transform.mosaic(tiles, rng)
+        rows = [(self.samples[k], keep) for (k, _, _), keep in zip(picks, keeps, strict=True)]
+        gender, age, group = (np.concatenate([getattr(s, name)[keep] for s, keep in rows])
+                              for name in ("gender", "age", "age_group"))
+        return out, boxes, gender, age, group
 
 
 class CropDataset(_SampleDataset):

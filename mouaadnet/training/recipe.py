@@ -107,9 +107,10 @@ def build_streams(cfg: TrainConfig, data: TrainingData, dist: DistContext = SING
     settings, size, streams = cfg.data, cfg.model, {}
     if data.scene.samples:
         # Cached images keep enough pixels for the largest zoom the augmentation asks for.
-        cache = ImageCache(round(size.scene_size * 1.4)) if settings.cache else None
+        cache = ImageCache(round(size.scene_size * max(1.4, settings.scene_zoom[1]))) if settings.cache else None
         dataset = SceneDataset(data.scene.samples, size.scene_size, settings.augment, cfg.seed, cache=cache,
-                               paste=settings.paste, bodies=data.paste_bodies)
+                               paste=settings.paste, bodies=data.paste_bodies, zoom=settings.scene_zoom,
+                               mosaic=settings.mosaic)
         streams["scene"] = BatchStream(dataset, data.scene, settings.scene_batch_size, collate_scene,
                                        settings.num_workers, cfg.seed, 0, dist)
     if data.crop.samples:
