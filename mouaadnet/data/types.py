@@ -40,6 +40,10 @@ class Sample:
     has_boxes: bool = False  # the image's person boxes are labelled (an empty list then means "no person")
     identity: str | None = None  # person / camera id used for leak-free splits
     image: np.ndarray | None = None  # decoded HxWx3 uint8 RGB, only for in-memory (synthetic) samples
+    # crops of a source with `distill: true`: the teacher's P(female) and age in years (mouaadnet.data.teacher);
+    # UNKNOWN where there is none (no distillation, or the teacher failed on this face)
+    teacher_p_female: float = float(UNKNOWN)
+    teacher_age: float = float(UNKNOWN)
 
     @property
     def num_rows(self) -> int:

@@ -255,19 +255,34 @@ def _onnx_modes(paths: Sequence[str | Path]) -> set[str]:
 
 
 def load_eval_sets(specs: Sequence[str], limit: int | None = None, config: str | Path | None = None,
-                   pasted: int | None = None) -> list[EvalSet]:
+                   pasted: int | None = None, split: str = "val") -> list[EvalSet]:
     """Validation sets from source specs (as for `evaluate --data`; scene or crop mode detected per spec) and/or
     the validation splits of a training config (`--config`), each cut to ``limit`` samples; with ``pasted``, also
-    that many of the config's scenes with its validation bodies pasted in (mouaadnet.evaluation.pasted)."""
-    from mouaadnet.data.assembly import source_name, sources_by_mode, validation_splits
+    that many of the config's scenes with its validation bodies pasted in (mouaadnet.evaluation.pasted).
+    ``split="train"``: the config's training splits instead (``train-<source>``; ``limit`` of them drawn evenly at
+    random, since a head of a sorted folder is one age), to show underfitting beside validation."""
+    import numpy as np
+
+    from mouaadnet.data.assembly import source_name, sources_by_mode, training_split, validation_splits
     from mouaadnet.data.config import DataSection
     from mouaadnet.data.sources import load_source
     from mouaadnet.evaluation.pasted import pasted_eval_set
 
     if pasted is not None and config is None:
         raise ValueError("a pasted validation set needs a training config")
+    if split not in ("val", "train") or (split == "train" and pasted is not None):
+        raise ValueError(f"split must be 'val' or 'train' (train: no pasted set), got {split!r}")
     sets: list[EvalSet] = []
-    if config is not None:
+    if config is not None and split == "train":
+        cfg = DataSection.from_yaml(config)
+        for mode, sources in (("scene", cfg.data.scene), ("crop", cfg.data.crop)):
+            for source in sources:
+                samples = training_split(source, cfg.seed)
+                if limit is not None and len(samples) > limit:
+                    keep = np.random.default_rng(cfg.seed).choice(len(samples), size=limit, replace=False)
+                    samples = [samples[i] for i in sorted(keep)]
+                sets.append(EvalSet(f"train-{source_name(source.path)}", mode, samples))
+    elif config is not None:
         cfg = DataSection.from_yaml(config)
         splits = validation_splits(cfg.data, cfg.seed)
         sets = [EvalSet(s.name, s.mode, s.samples[:limit]) for _, s in splits]

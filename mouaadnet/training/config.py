@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from model.config import ConfigError, ModelConfig, StrictConfig, load_config, parse_config
 from model.losses import LossConfig
@@ -60,6 +60,19 @@ class TrainConfig(StrictConfig):
     best_metric: str = "val/score"  # the checkpoint-selection metric (higher is better)
     pretrained: str | None = None  # checkpoint to start from (weights only)
     score_threshold: float = 0.3  # detection threshold for attribute metrics on scenes
+
+    @model_validator(mode="after")
+    def _distill_both_sides(self) -> TrainConfig:
+        """Distillation needs a teacher (a crop source with distill: true) and a weight (loss.*_distill > 0)."""
+        distils = [s.path for s in self.data.crop + self.data.scene if s.distill]
+        weighted = self.loss.gender_distill > 0 or self.loss.age_distill > 0
+        if distils and not weighted:
+            raise ValueError(f"data: {distils[0]} has distill: true but loss.gender_distill and loss.age_distill "
+                             "are 0: set one > 0, or drop distill")
+        if weighted and not distils:
+            raise ValueError("loss.gender_distill / loss.age_distill > 0 but no crop source has distill: true "
+                             "(the teacher's labels come from those sources)")
+        return self
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
