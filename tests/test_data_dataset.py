@@ -140,8 +140,9 @@ def test_scene_zoom_and_mosaic_settings_are_checked():
 
     from mouaadnet.data.config import DataConfig
 
-    assert DataConfig(scene_zoom=(0.3, 2.0), mosaic=0.5).scene_zoom == (0.3, 2.0)
-    with pytest.raises(ValidationError, match="scene_zoom"):
-        DataConfig(scene_zoom=(1.5, 1.0))
+    assert DataConfig(scene_zoom=[0.3, 2.0], mosaic=0.5).scene_zoom == [0.3, 2.0]
+    for wrong in ([1.5, 1.0], [0.5], [0.0, 1.0]):
+        with pytest.raises(ValidationError, match="scene_zoom"):
+            DataConfig(scene_zoom=wrong)
     with pytest.raises(ValidationError, match="mosaic"):
         DataConfig(mosaic=1.5)

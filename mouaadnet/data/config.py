@@ -68,15 +68,15 @@ class DataConfig(StrictConfig):
     crop_framing: CropFramingConfig = Field(default_factory=CropFramingConfig)
     # Scene zoom: the letterboxed scene times a factor from this range, then cropped or padded back to the input
     # (> 1 makes people larger and cuts some off, < 1 makes them smaller, with grey around).
-    scene_zoom: tuple[float, float] = (0.6, 1.4)
+    scene_zoom: list[float] = [0.6, 1.4]
     # Share of training scenes built as a 2x2 mosaic of four labelled scenes (YOLOv4): people at about half size,
     # four contexts per image. 0 = off (the shipped recipe).
     mosaic: float = Field(0.0, ge=0, le=1)
 
     @field_validator("scene_zoom")
     @classmethod
-    def _zoom_range(cls, zoom: tuple[float, float]) -> tuple[float, float]:
-        if not 0 < zoom[0] <= zoom[1]:
+    def _zoom_range(cls, zoom: list[float]) -> list[float]:
+        if len(zoom) != 2 or not 0 < zoom[0] <= zoom[1]:
             raise ValueError(f"scene_zoom must be [low, high] with 0 < low <= high, got {list(zoom)}")
         return zoom
 
