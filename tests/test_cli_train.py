@@ -72,6 +72,11 @@ def test_train_then_evaluate_cli(tmp_path, monkeypatch):
     metrics = json.loads(result.stdout)
     assert {"synthetic", "synthetic-crops"} <= set(metrics)
     assert "AP50" in metrics["synthetic"] and "age_mae" in metrics["synthetic-crops"]
+    result = runner.invoke(app, ["evaluate", str(out / "best.pt"), "--data", "synthetic:2:5", "--data",
+                                 "synthetic-crops:4:6", "--json", "--flip", "--second-pass", "--threshold", "0"])
+    assert result.exit_code == 0, result.output
+    levers = json.loads(result.stdout)
+    assert levers["synthetic"]["second_pass_ms_per_person"] > 0 and "age_mae" in levers["synthetic-crops"]
     # --resume of a finished run does nothing more and still succeeds
     result = runner.invoke(app, ["train", "--config", str(_tiny_config(tmp_path)), "--out", str(out), "--resume", "--quiet"])
     assert result.exit_code == 0, result.output

@@ -234,6 +234,11 @@ def evaluate(
     split: Annotated[str, typer.Option(help="With --config: 'val' (its validation splits) or 'train' (its "
                                             "training splits, --limit of each drawn evenly at random), to put "
                                             "train-split metrics beside validation.")] = "val",
+    flip: Annotated[bool, typer.Option("--flip", help="Test-time flip: gender and age averaged over each crop "
+                                                      "(or --second-pass person crop) and its mirror image.")] = False,
+    second_pass: Annotated[bool, typer.Option("--second-pass", help="Scene sets: classify every found person's "
+                                                                    "crop again in crop mode (the same weights) and "
+                                                                    "report those attributes and the ms per person.")] = False,
 ) -> None:
     """COCO AP50 / AP50:95 / AR100 for persons; gender accuracy and confusion; age MAE and ±k accuracy."""
     from mouaadnet.evaluation.evaluate import evaluate_sets
@@ -265,7 +270,8 @@ def evaluate(
         if not eval_set.samples:
             typer.echo(f"error: {eval_set.name}: no usable samples (see `mouaadnet data check`)", err=True)
             raise typer.Exit(2)
-    results = evaluate_sets(model, sets, model.cfg.scene_size, model.cfg.crop_size, threshold=threshold)
+    results = evaluate_sets(model, sets, model.cfg.scene_size, model.cfg.crop_size, threshold=threshold,
+                            flip=flip, second_pass=second_pass)
     if as_json:
         typer.echo(json.dumps({r.name: r.metrics for r in results}, indent=2, default=float))
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,9 +11,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from model import decode_crop, decode_scene
 from mouaadnet.data.dataset import CropDataset, SceneDataset, collate_crop, collate_scene
 from mouaadnet.data.types import UNKNOWN, EvalSet, Sample
+from mouaadnet.evaluation import attributes
 from mouaadnet.evaluation.metrics import (
     age_bin_metrics,
     age_group_metrics,
@@ -22,6 +23,7 @@ from mouaadnet.evaluation.metrics import (
     detection_metrics,
     gender_metrics,
 )
+from mouaadnet.evaluation.predict import predict
 
 MIN_DETECTION_SCORE = 0.01  # detections kept for AP (COCO evaluates the whole ranked list)
 MATCH_IOU = 0.5  # a labelled person's attributes are read from the detection matching it at this IoU
@@ -49,35 +51,29 @@ def match_attributes(gt_boxes: np.ndarray, det_boxes: np.ndarray, det_scores: np
     return matches
 
 
-def predict(model: Any, images: torch.Tensor, mode: str, device: str = "cpu") -> dict[str, torch.Tensor]:
-    """Decoded outputs of a batch: scene boxes/scores/gender/age [N,K(,4)] or crop gender/age [N].
-
-    ``model`` is a PyTorch model (raw head outputs, decoded here by ``model.decode_scene`` / ``decode_crop``), or
-    any object with ``predict_decoded(images, mode)`` returning the same dict, e.g. ``mouaadnet.evaluation.onnx_eval.OnnxModel``
-    (an ONNX Runtime session whose graph already decodes). Every metric below is computed from this dict, so
-    PyTorch and ONNX (FP32 or INT8) models are measured by the same code.
-    """
-    if hasattr(model, "predict_decoded"):
-        return model.predict_decoded(images, mode)
-    outputs = model(images.to(device), mode=mode)
-    if mode == "crop":
-        return decode_crop(outputs)
-    return decode_scene(outputs, k=getattr(getattr(model, "cfg", None), "top_k", 100))  # K of the exported graph
-
-
 def _loader(dataset, batch_size: int, collate) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=0)
 
 
 @torch.no_grad()
 def evaluate_scene(model: torch.nn.Module, samples: list[Sample], size: int, batch_size: int = 16,
-                   device: str = "cpu", threshold: float = 0.3) -> tuple[dict[str, Any], dict[str, Any]]:
+                   device: str = "cpu", threshold: float = 0.3, crop_size: int | None = None,
+                   flip: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """COCO AP of persons plus gender/age of the labelled people matched by a detection (age groups where a person
-    has one but no exact age, e.g. PETA bodies pasted into scenes)."""
+    has one but no exact age, e.g. PETA bodies pasted into scenes).
+
+    ``crop_size`` set: a second pass classifies each found person's crop in crop mode (``flip``: with its mirror
+    image too) and its gender/age replace the scene head's (``mouaadnet.evaluation.attributes``)."""
     predictions, ground_truths = [], []
     prob_female, gender_true, pred_age, age_true, group_true, matched, labelled = [], [], [], [], [], 0, 0
+    second_pass_seconds, second_pass_people = 0.0, 0
     for batch in _loader(SceneDataset(samples, size, augment=False), batch_size, collate_scene):
         decoded = predict(model, batch["images"], "scene", device)
+        if crop_size:
+            start = time.perf_counter()
+            decoded, people = attributes.second_pass(model, batch["images"], decoded, crop_size, threshold, flip)
+            second_pass_seconds += time.perf_counter() - start
+            second_pass_people += people
         decoded = {k: v.float().cpu().numpy() for k, v in decoded.items()}
         for i in range(len(batch["images"])):
             rows = batch["box_mask"][i].numpy()
@@ -108,17 +104,19 @@ def evaluate_scene(model: torch.nn.Module, samples: list[Sample], size: int, bat
     if groups["count"]:  # only sets with age groups but no exact ages report them (exact ages say more)
         metrics.update(_prefixed("age_group", groups))
     metrics["attr_matched_fraction"] = matched / labelled if labelled else float("nan")
+    if second_pass_people:
+        metrics["second_pass_ms_per_person"] = 1000 * second_pass_seconds / second_pass_people
     details = {"pr_curve": detection.get("pr_curve"), "pred_age": pred_age, "true_age": age_true}
     return metrics, details
 
 
 @torch.no_grad()
 def evaluate_crop(model: torch.nn.Module, samples: list[Sample], size: int, batch_size: int = 64,
-                  device: str = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
-    """Gender, exact-age and age-group metrics on crops."""
+                  device: str = "cpu", flip: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Gender, exact-age and age-group metrics on crops (``flip``: averaged with each crop's mirror image)."""
     prob_female, gender_true, pred_age, age_true, group_true = [], [], [], [], []
     for batch in _loader(CropDataset(samples, size, augment=False), batch_size, collate_crop):
-        decoded = predict(model, batch["images"], "crop", device)
+        decoded = attributes.classify_crops(model, batch["images"].to(device), flip)
         prob_female += decoded["gender"].float().cpu().tolist()
         pred_age += decoded["age"].float().cpu().tolist()
         gender_true += batch["gender"].tolist()
@@ -139,14 +137,17 @@ def _prefixed(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def evaluate_sets(model: torch.nn.Module, sets: list[EvalSet], scene_size: int, crop_size: int,
-                  device: str = "cpu", threshold: float = 0.3) -> list[EvalResult]:
-    """Evaluate an eval-mode model on every validation set."""
+                  device: str = "cpu", threshold: float = 0.3, flip: bool = False,
+                  second_pass: bool = False) -> list[EvalResult]:
+    """Evaluate an eval-mode model on every validation set (``flip`` / ``second_pass``: the attribute levers of
+    ``mouaadnet.evaluation.attributes``)."""
     results = []
     for eval_set in sets:
         if eval_set.mode == "scene":
-            metrics, details = evaluate_scene(model, eval_set.samples, scene_size, device=device, threshold=threshold)
+            metrics, details = evaluate_scene(model, eval_set.samples, scene_size, device=device, threshold=threshold,
+                                              crop_size=crop_size if second_pass else None, flip=flip)
         else:
-            metrics, details = evaluate_crop(model, eval_set.samples, crop_size, device=device)
+            metrics, details = evaluate_crop(model, eval_set.samples, crop_size, device=device, flip=flip)
         metrics["count_images"] = len(eval_set.samples)
         results.append(EvalResult(eval_set.name, eval_set.mode, metrics, details))
     return results

@@ -3,7 +3,7 @@
 
 An exported graph already decodes (``model.export``): scene graphs return the final ``boxes``/``scores``/
 ``gender``/``age`` [N,K(,4)], crop graphs ``gender``/``age`` [N]. ``OnnxModel.predict_decoded`` returns exactly the
-dict ``mouaadnet.evaluation.evaluate.predict`` builds from a PyTorch model, so every metric has one implementation,
+dict ``mouaadnet.evaluation.predict.predict`` builds from a PyTorch model, so every metric has one implementation,
 whichever runtime (``mouaadnet.runtime``) runs the file.
 """
 
