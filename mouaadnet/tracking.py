@@ -80,6 +80,32 @@ def log_dataset(name: str, digest: str, source: str, context: str = "training", 
     mlflow.MlflowClient().log_inputs(run_id, datasets=[entity])
 
 
+LINEAGE_TAGS = ("git_commit", "data_fingerprint", "resumed_from_run", "resumed_at_epoch", "resume.resumed_after")
+
+
+def training_lineage(train_run_id: str) -> dict[str, Any]:
+    """Where a checkpoint came from, as the tracking store knows it: its train run, the pipeline run that owns it
+    (with the KFP run id), the run it was carried from, the git commit and every dataset digest it trained on.
+    The manifest of `ship` keeps this, so the lineage outlives the store. Raises when the store has no such run."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri())
+    run = client.get_run(train_run_id)
+    tags = run.data.tags
+    lineage: dict[str, Any] = {
+        "tracking_uri": tracking_uri(),
+        "experiment": client.get_experiment(run.info.experiment_id).name,
+        "train_run": train_run_id,
+        **{name: tags[name] for name in LINEAGE_TAGS if tags.get(name)},
+        "data": [{"name": d.dataset.name, "digest": d.dataset.digest} for d in run.inputs.dataset_inputs],
+    }
+    parent = tags.get("mlflow.parentRunId")
+    if parent:
+        lineage["pipeline_run"] = parent
+        lineage["kfp_run_id"] = client.get_run(parent).data.tags.get("pipeline.kfp_run_id", "")
+    return lineage
+
+
 # How long the end of a run waits for an unreachable tracking server (final metrics, status) before giving up.
 FINAL_WAIT_ENV = "MOUAADNET_MLFLOW_WAIT"
 DEFAULT_FINAL_WAIT = 120.0

@@ -52,6 +52,7 @@ def test_ship_writes_a_folder_that_verifies_with_the_gates_deciding_the_default(
     # QAT ranges ship; the PTQ variant was gated beside it for comparison and is not left in the folder
     assert sidecar["extra"]["variant"] == "int8_qat" and manifest["int8_variant"] == "int8_qat"
     assert set(manifest["gates"]["metrics"]) >= {"fp32", "int8_ptq", "int8_qat"}
+    assert manifest["lineage"] == {}  # a checkpoint no tracked run wrote (tests/test_tracking.py: one that was)
     assert not (weights / ".compare").exists() and not list(weights.glob("*ptq*"))
     link = tmp / "repo" / "detector" / "1" / "model.onnx"
     assert link.is_symlink() and link.resolve() == default_model("scene", directory=weights).resolve()

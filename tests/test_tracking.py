@@ -79,3 +79,29 @@ def test_a_dvc_tracked_source_is_named_by_its_md5(tmp_path):
     (tmp_path / "street.dvc").write_text("outs:\n- md5: 9f86d081884c7d659a2feaa0c55ad015.dir\n  path: street\n")
     cfg = DataConfig(scene=[SourceConfig(path=str(folder))])
     assert dataset_inputs(cfg) == [("street", "9f86d081884c7d659a2feaa0c55ad015.dir", str(folder.resolve()))]
+
+
+def test_training_lineage_reads_the_train_run_its_pipeline_run_and_data_digests(tracking, tmp_path):
+    import torch
+
+    from mouaadnet.export.ship import lineage
+    from mouaadnet.tracking import log_dataset, training_lineage, use_experiment
+
+    exp = use_experiment("lineage-test")
+    pipeline = tracking.create_run(exp.experiment_id, tags={"pipeline.kfp_run_id": "kfp-123"}).info.run_id
+    train = tracking.create_run(exp.experiment_id, tags={"mlflow.parentRunId": pipeline, "git_commit": "abc123",
+                                                         "resumed_from_run": "old-run"}).info.run_id
+    log_dataset("street_person", "d41d8cd98f00b204e9800998ecf8427e.dir", str(tmp_path), run_id=train)
+    found = training_lineage(train)
+    assert found["train_run"] == train and found["pipeline_run"] == pipeline and found["kfp_run_id"] == "kfp-123"
+    assert found["experiment"] == "lineage-test" and found["git_commit"] == "abc123"
+    assert found["resumed_from_run"] == "old-run"
+    assert found["data"] == [{"name": "street_person", "digest": "d41d8cd98f00b204e9800998ecf8427e.dir"}]
+    # what ship writes into the manifest: the checkpoint's run, looked up; a run the store lacks keeps its id
+    torch.save({"model": {}, "mlflow_run_id": train}, tmp_path / "here.pt")
+    assert lineage(tmp_path / "here.pt") == found
+    torch.save({"model": {}, "mlflow_run_id": "0" * 32}, tmp_path / "elsewhere.pt")
+    gone = lineage(tmp_path / "elsewhere.pt")
+    assert gone["train_run"] == "0" * 32 and "not_in_store" in gone and "pipeline_run" not in gone
+    torch.save({"model": {}}, tmp_path / "bare.pt")
+    assert lineage(tmp_path / "bare.pt") == {}

@@ -15,6 +15,7 @@ import torch
 from model.artifacts import write_sidecar
 from mouaadnet.export.exporter import MODES, Exporter
 from mouaadnet.export.images import TrainingImages
+from mouaadnet.tracking import quick_http, training_lineage
 from mouaadnet.weights.shipped import MANIFEST
 
 
@@ -34,11 +35,26 @@ def _shipped_checkpoint(checkpoint: Path, out: Path) -> tuple[torch.nn.Module, P
     data = load_checkpoint(checkpoint)
     state = {"model": model.state_dict(), "model_config": data.get("model_config") or model.cfg.model_dump(),
              "config": data.get("config"), "metrics": data.get("metrics") or {}, "epoch": data.get("epoch"),
-             "data_fingerprint": data.get("data_fingerprint")}
+             "data_fingerprint": data.get("data_fingerprint"), "mlflow_run_id": data.get("mlflow_run_id")}
     path = out / "mouaadnet.pt"
     torch.save(state, path)
     write_sidecar(path, "fp32", source=checkpoint, extra={"epoch": data.get("epoch")})
     return model.eval(), path
+
+
+def lineage(checkpoint: str | Path) -> dict[str, Any]:
+    """The lineage of the checkpoint's MLflow train run (``tracking.training_lineage``); only the run id when the
+    tracking store does not have that run (trained on another machine, a store since wiped)."""
+    from mouaadnet.training.checkpoint import load_checkpoint
+
+    run_id = load_checkpoint(checkpoint).get("mlflow_run_id")
+    if not run_id:
+        return {}
+    try:
+        with quick_http():  # an unreachable tracking server: a few seconds, not MLflow's minutes of retries
+            return training_lineage(run_id)
+    except Exception as error:  # any store error (no such run, server down): keep the id, say why
+        return {"train_run": run_id, "not_in_store": f"{type(error).__name__}: {str(error)[:200]}"}
 
 
 def ship(checkpoint: str | Path, config: str | Path, out: str | Path, num_calib: int = 64,
@@ -83,6 +99,7 @@ def ship(checkpoint: str | Path, config: str | Path, out: str | Path, num_calib:
         "models": {m: {"fp32": files[m]["fp32"].name, "int8": files[m]["int8"].name, "default": default} for m in MODES},
         "gates": report.to_dict(),
         "trained_with": str(config),
+        "lineage": lineage(checkpoint),
         "int8_variant": shipped_variant,
         **({"qat_steps": qat_steps} if qat else {}),
         "licence": "research and non-commercial use only (trained on research-only data; see docs/MODEL_CARD.md)",
