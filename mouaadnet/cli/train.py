@@ -11,6 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from mouaadnet.cli._common import fail
+
 data_app = typer.Typer(help="Validate, pin and teach datasets.", no_args_is_help=True)
 
 
@@ -45,8 +47,7 @@ def data_pin(
     try:
         typer.echo(f"wrote {write_pins(config, echo=typer.echo)}")
     except DataPinError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from None
+        fail(f"error: {error}")
 
 
 @data_app.command("verify")
@@ -63,8 +64,7 @@ def data_verify(
         for name, md5, folder in verify_sources(TrainConfig.from_yaml(config), text):
             typer.echo(f"ok  {name:<18} {md5}  {folder}")
     except DataPinError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from None
+        fail(f"error: {error}")
 
 
 @data_app.command("teach")
