@@ -354,20 +354,24 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: torc
             extra_options=extra)
     finally:
         pre.unlink(missing_ok=True)
-    _copy_io_shapes(proto, out_path)
+    _finish_int8(proto, out_path)
     validate_onnx(out_path, contract=contract)
     return out_path
 
 
-def _copy_io_shapes(source, path: Path) -> None:
-    """Keep the symbolic batch name / output shapes of the FP32 graph on the quantized graph's I/O."""
+def _finish_int8(source, path: Path) -> None:
+    """Keep the symbolic batch name / output shapes of the FP32 graph on the quantized graph's I/O, and shorten
+    its internal tensor names (``onnx_passes.shorten_tensor_names``: ~13 % of the file, same outputs)."""
     import onnx
+
+    from .onnx_passes import shorten_tensor_names
 
     proto = onnx.load(str(path))
     for dst, src in zip(list(proto.graph.input) + list(proto.graph.output),
                         list(source.graph.input) + list(source.graph.output)):
         if dst.name == src.name:
             dst.type.CopyFrom(src.type)
+    shorten_tensor_names(proto)
     onnx.save(proto, str(path))
 
 

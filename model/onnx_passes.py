@@ -60,6 +60,36 @@ def _rewire(proto, rename: dict[str, str]) -> None:
             node.input[i] = name
 
 
+def shorten_tensor_names(proto) -> int:
+    """Rename every tensor inside the graph (initializers, node inputs/outputs, value_info; not the graph's inputs
+    and outputs) to a short id in order of first use; node names stay (profiles group time by them). Returns
+    the bytes saved. Why: ONNX Runtime's quantizer names each Q/DQ tensor after its module path and role
+    (``/model/backbone/stage2/.../Clip_output_0_QuantizeLinear_Output``): ~140 KB of a 1 MB INT8 file. A graph
+    with subgraphs (If/Loop bodies read outer names) is left as it is."""
+    import onnx
+
+    graph = proto.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return 0
+    before = proto.ByteSize()
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output} | {""}  # "": an omitted optional input
+    short: dict[str, str] = {}
+
+    def rename(name: str) -> str:
+        if name in keep:
+            return name
+        return short.setdefault(name, f"t{len(short)}")
+
+    for init in graph.initializer:
+        init.name = rename(init.name)
+    for node in graph.node:
+        node.input[:] = [rename(name) for name in node.input]
+        node.output[:] = [rename(name) for name in node.output]
+    for info in graph.value_info:
+        info.name = rename(info.name)
+    return before - proto.ByteSize()
+
+
 def prune(proto) -> None:
     """Remove nodes none of whose outputs is used, then initializers no node reads (repeats until stable)."""
     while True:
