@@ -66,3 +66,13 @@ def test_ship_refuses_an_unknown_calibration_and_keeps_the_old_folder(shipped) -
     assert result.exit_code != 0 and "calibration must be one of" in result.output
     assert sorted(p.name for p in (tmp / "weights").iterdir()) == before
     verify_weights(tmp / "weights")
+
+
+def test_ship_with_an_empty_triton_repo_links_nothing(shipped, tmp_path, monkeypatch) -> None:
+    _, ckpt, config = shipped
+    monkeypatch.chdir(tmp_path)  # '' once became '.', and ship tried to link ./detector/1/model.onnx
+    result = CliRunner().invoke(app, ["ship", str(ckpt), "--config", str(config), "--out", str(tmp_path / "w"),
+                                      "--num-calib", "2", "--qat-steps", "0", "--triton-repo", ""])
+    assert result.exit_code == 0, result.output
+    assert "Triton seed" not in result.output and not (tmp_path / "detector").exists()
+    verify_weights(tmp_path / "w")

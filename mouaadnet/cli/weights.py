@@ -32,8 +32,8 @@ def ship(
     val_limit: Annotated[int | None, typer.Option(help="At most this many validation samples per set.")] = None,
     val_data: Annotated[list[str] | None, typer.Option(help="Extra validation sources for the gates (repeatable), "
                                                             "e.g. ../shared/data/pennfudan.")] = None,
-    triton_repo: Annotated[Path | None, typer.Option(help="Point this Triton repository's detector version 1 at "
-                                                          "the shipped scene model ('' to skip).")] = Path("triton_repo"),
+    triton_repo: Annotated[str, typer.Option(help="Point this Triton repository's detector version 1 at "
+                                                  "the shipped scene model ('' to skip).")] = "triton_repo",
 ) -> None:
     """Ship a checkpoint: weights/ gets the EMA checkpoint, scene + crop ONNX in FP32 and INT8 with sha256
     sidecars, the gate report on the real validation sets and a manifest (INT8 is the default only if it passed).
@@ -43,8 +43,8 @@ def ship(
 
     try:
         report = ship_weights(checkpoint, config, out, num_calib, val_limit, val_data, calibration, qat_steps)
-        if triton_repo and str(triton_repo):
-            typer.echo(f"Triton seed: {link_triton_seed(out, triton_repo)} -> shipped scene model")
+        if triton_repo:  # a str option: typer turns a Path option's '' into '.', the current folder
+            typer.echo(f"Triton seed: {link_triton_seed(out, Path(triton_repo))} -> shipped scene model")
     except (OSError, ValueError) as error:
         fail(f"error: {error}")
     typer.echo(report.gates_text)
