@@ -78,7 +78,7 @@ def export_wrapper(model: nn.Module, mode: Mode, k: int | None = None, reparamet
     """The module that is exported: the re-parameterized model (BatchNorm folded) with decoding appended."""
     if mode not in ("scene", "crop"):
         raise ValueError(f"mode must be 'scene' or 'crop', got {mode!r}")
-    deploy = reparameterize_model(model) if reparameterize else model.eval()
+    deploy = reparameterize_model(model, mode) if reparameterize else model.eval()
     if mode == "scene":
         cfg = getattr(model, "cfg", None)
         k = k or getattr(cfg, "top_k", 100)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .backbone import Backbone
+from .blocks import set_statistics_mode
 from .config import NETWORK_STRIDE, ModelConfig
 from .decode import decode_crop, decode_scene
 from .heads import AttributeHead, DenseBoxHead, DetectionHead
@@ -43,6 +44,7 @@ class MouaadNet(nn.Module):
 
     def forward(self, images: torch.Tensor, mode: Mode = "scene") -> dict[str, torch.Tensor]:
         check_input(images, mode)
+        set_statistics_mode(self, mode)  # each mode normalises by its own running statistics (ModeBatchNorm2d)
         fused = self.neck(self.backbone(images))
         if mode == "crop":
             return self.attributes(fused, crop=True)

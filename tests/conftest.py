@@ -18,7 +18,25 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.2)
                 m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
                 m.bias.copy_(torch.randn(n, generator=gen) * 0.3)
+        for m in model.modules():  # after the shared ones, so those stay what every fixture had before
+            if hasattr(m, "crop_running_mean"):  # ModeBatchNorm2d: crop statistics of their own
+                m.crop_running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.5)
+                m.crop_running_var.copy_(torch.rand(m.num_features, generator=gen) * 1.5 + 0.2)
     return model
+
+
+def checkpoint_and_config(folder, model: nn.Module, scenes: int = 12, crops: int = 12):
+    """A checkpoint of ``model`` (epoch 3) and a training config over synthetic scenes and crops, in ``folder``."""
+    import yaml
+
+    ckpt = folder / "best.pt"
+    torch.save({"model": model.state_dict(), "model_config": model.cfg.model_dump(), "epoch": 3}, ckpt)
+    config = folder / "train.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": model.cfg.model_dump(),
+        "data": {"scene": [{"path": f"synthetic:{scenes}:0", "val": "synthetic:6:12345"}],
+                 "crop": [{"path": f"synthetic-crops:{crops}:1", "val": "synthetic-crops:8:54321"}]}}))
+    return ckpt, config
 
 
 @pytest.fixture

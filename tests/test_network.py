@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -47,7 +49,7 @@ def test_architecture_uses_every_required_block():
 
 @pytest.mark.parametrize("mode,size", [("scene", 320), ("scene", 224), ("crop", 112)])
 def test_reparameterized_model_matches_training_form(trained_like_model, mode, size):
-    fused = reparameterize_model(trained_like_model)
+    fused = reparameterize_model(trained_like_model, mode)
     x = torch.rand(2, 3, size, size)
     with torch.no_grad():
         ref = trained_like_model(x, mode=mode)
@@ -160,3 +162,38 @@ def test_fast_backbone_reparameterizes_and_exports_with_parity(tmp_path):
         torch.testing.assert_close(after[name], before[name], atol=1e-4, rtol=1e-4)
     report = export_onnx(model, tmp_path / "fast.onnx", "scene", 64, images=images)
     assert report["unmatched"] == 0
+
+
+def test_each_mode_keeps_its_own_batchnorm_statistics(trained_like_model):
+    from model.blocks import ModeBatchNorm2d, set_statistics_mode
+
+    model = copy.deepcopy(trained_like_model).train()
+    norms = [m for m in model.modules() if isinstance(m, ModeBatchNorm2d)]
+    assert norms and not any(type(m) is nn.BatchNorm2d for m in model.modules())
+    scene_before = [m.running_mean.clone() for m in norms]
+    crop_before = [m.crop_running_mean.clone() for m in norms]
+    model(torch.rand(4, 3, 64, 64) * 0.2, mode="crop")  # dim crops: only the crop statistics move
+    assert all(torch.equal(m.running_mean, b) for m, b in zip(norms, scene_before))
+    assert any(not torch.equal(m.crop_running_mean, b) for m, b in zip(norms, crop_before))
+    crop_after = [m.crop_running_mean.clone() for m in norms]
+    model(torch.rand(2, 3, 96, 96), mode="scene")  # and a scene batch moves only the scene ones
+    assert all(torch.equal(m.crop_running_mean, b) for m, b in zip(norms, crop_after))
+    assert any(not torch.equal(m.running_mean, b) for m, b in zip(norms, scene_before))
+    # in eval mode each mode reads its own: the crop head's output differs with the statistics it reads
+    model.eval()
+    x = torch.rand(2, 3, 112, 112)
+    with torch.no_grad():
+        crop = model(x, mode="crop")["gender"]
+        set_statistics_mode(model, "scene")  # the crop pass by hand, reading the scene statistics
+        with_scene_statistics = model.attributes(model.neck(model.backbone(x)), crop=True)["gender"]
+    assert not torch.allclose(crop, with_scene_statistics)
+
+
+def test_a_checkpoint_with_one_set_of_statistics_loads_into_both_modes(trained_like_model):
+    state = {k: v for k, v in trained_like_model.state_dict().items() if ".crop_" not in k}  # as saved before
+    model = build_model(trained_like_model.cfg)
+    model.load_state_dict(state)  # strict: the crop statistics are filled from the shared ones
+    from model.blocks import ModeBatchNorm2d
+
+    for m in (m for m in model.modules() if isinstance(m, ModeBatchNorm2d)):
+        assert torch.equal(m.crop_running_mean, m.running_mean) and torch.equal(m.crop_running_var, m.running_var)

@@ -8,8 +8,7 @@ import json
 
 import pytest
 import torch
-import yaml
-from conftest import randomize_batchnorm
+from conftest import checkpoint_and_config, randomize_batchnorm
 from test_export import SMALL
 from typer.testing import CliRunner
 
@@ -23,13 +22,7 @@ def shipped(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ship")
     torch.manual_seed(0)
     model = randomize_batchnorm(build_model(SMALL).eval())
-    ckpt = tmp / "best.pt"
-    torch.save({"model": model.state_dict(), "model_config": SMALL.model_dump(), "epoch": 3}, ckpt)
-    config = tmp / "train.yaml"
-    config.write_text(yaml.safe_dump({
-        "model": SMALL.model_dump(),
-        "data": {"scene": [{"path": "synthetic:12:0", "val": "synthetic:6:12345"}],
-                 "crop": [{"path": "synthetic-crops:12:1", "val": "synthetic-crops:8:54321"}]}}))
+    ckpt, config = checkpoint_and_config(tmp, model)
     (tmp / "repo" / "detector" / "1").mkdir(parents=True)
     result = CliRunner().invoke(app, ["ship", str(ckpt), "--config", str(config), "--out", str(tmp / "weights"),
                                       "--num-calib", "4", "--qat-steps", "3", "--triton-repo", str(tmp / "repo")])

@@ -288,8 +288,26 @@ def evaluate(
             typer.echo("\n" + format_breakdown(result.name, split(result.details)))
 
 
+def recalibrate(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (best.pt, or the shipped weights/mouaadnet.pt).")],
+    config: Annotated[Path, typer.Option(help="The training config whose training splits to measure on.")],
+    out: Annotated[Path, typer.Option(help="Where to write the recalibrated checkpoint.")],
+    per_source: Annotated[int, typer.Option(min=1, help="Training images per source (drawn evenly).")] = 200,
+) -> None:
+    """Re-measure each mode's BatchNorm statistics (scene, crop) on un-augmented training images: for checkpoints
+    trained before the model kept them apart, whose one shared average fits neither mode. Weights unchanged."""
+    from mouaadnet.training.bn_statistics import recalibrate_checkpoint
+    from mouaadnet.training.checkpoint import CheckpointError
+
+    try:
+        typer.echo(f"wrote {recalibrate_checkpoint(checkpoint, config, out, per_source)}")
+    except (CheckpointError, ValueError, OSError) as error:
+        fail(f"error: {error}", 2)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(data_app, name="data")
     app.command()(train)
     app.command()(evaluate)
+    app.command()(recalibrate)
 

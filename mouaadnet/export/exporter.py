@@ -97,16 +97,19 @@ class Exporter:
         return size or (self.model.cfg.scene_size if mode == "scene" else self.model.cfg.crop_size)
 
     def reparameterize(self, out: str | Path, images: ImageSource, count: int = 16) -> Reparameterized:
-        """Fuse RepVGG branches and Conv+BN, check the fused form against the training form on ``count`` images
-        per mode (``ReparamError`` above ``REPARAM_TOLERANCE``), then write the deploy checkpoint and its sidecar."""
+        """Fuse RepVGG branches and Conv+BN, check the fused form of each mode against the training form on
+        ``count`` images per mode (``ReparamError`` above ``REPARAM_TOLERANCE``), then write the deploy checkpoint
+        (scene BatchNorm statistics folded: the pipeline serves the scene graph; `ship` and `export` fold each
+        mode's own from the training form) and its sidecar."""
         from model import reparameterize_model
 
-        deploy = reparameterize_model(self.model)
+        deploy = reparameterize_model(self.model, "scene")
         diffs = {}
         for mode in MODES:
             x, _ = images.take(mode, self.input_size(mode), count)
+            fused = deploy if mode == "scene" else reparameterize_model(self.model, mode)
             with torch.no_grad():
-                a, b = self.model(x, mode=mode), deploy(x, mode=mode)
+                a, b = self.model(x, mode=mode), fused(x, mode=mode)
             diffs[mode] = max(float((a[k] - b[k]).abs().max()) for k in a)
         if not max(diffs.values()) <= REPARAM_TOLERANCE:
             raise ReparamError(diffs)
