@@ -15,6 +15,7 @@ one-process loss of the whole batch, and so do their gradients.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,10 @@ class LossConfig(StrictConfig):
     gender_distill: float = 0.0  # BCE against the teacher's P(female)
     age_distill: float = 0.0  # cross-entropy against a Gaussian of std distill_age_sigma around the teacher's age
     distill_age_sigma: float = 5.0  # years: wider than age_sigma, the teacher's own error is ~10 y MAE
+    # Arch v2's score target: "gaussian" (CenterNet/TTFNet: a Gaussian peak at each centre cell, penalty-reduced focal
+    # loss) or "quality" (GFL: at every cell that regresses a person, the IoU of that cell's own box with the person,
+    # Quality Focal Loss), so the peak is where the box is good (docs/BENCHMARKS.md, "Where the box is lost").
+    heatmap_target: Literal["gaussian", "quality"] = "gaussian"
 
     @field_validator("heatmap", "box", "offset", "gender", "age", "age_l1", "age_sigma", "gender_distill",
                      "age_distill", "distill_age_sigma")
@@ -64,6 +69,18 @@ def focal_heatmap_parts(logits: torch.Tensor, target: torch.Tensor, image_mask: 
     pos_loss = -torch.log(pred) * (1 - pred) ** 2 * pos
     neg_loss = -torch.log(1 - pred) * pred**2 * (1 - target) ** 4 * neg
     return pos_loss.sum() + neg_loss.sum(), pos.sum()
+
+
+def quality_focal_parts(logits: torch.Tensor, quality: torch.Tensor, positive: torch.Tensor, image_mask: torch.Tensor,
+                        beta: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """GFL's Quality Focal Loss (Li et al. 2020): BCE against a soft target (``quality`` in 0..1 at ``positive``
+    cells, 0 elsewhere), scaled by |sigmoid - target|^beta; (sum over labelled images, #positive cells)."""
+    logits = logits.float()
+    weight = image_mask.float().view(-1, 1, 1, 1)
+    target = torch.where(positive, quality, torch.zeros_like(quality))
+    scale = (torch.sigmoid(logits) - target).abs().pow(beta)
+    loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * scale * weight
+    return loss.sum(), (positive.float() * weight).sum()
 
 
 def focal_heatmap_loss(logits: torch.Tensor, target: torch.Tensor, image_mask: torch.Tensor) -> torch.Tensor:
@@ -89,6 +106,15 @@ def ciou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> to
     with torch.no_grad():
         alpha = v / (1 - iou + v + eps)
     return 1 - (iou - center_dist / diag - alpha * v)
+
+
+def box_iou_pairs(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """IoU of each x1,y1,x2,y2 box with the one at the same index (..., 4) -> (...)."""
+    px1, py1, px2, py2 = pred.unbind(-1)
+    tx1, ty1, tx2, ty2 = target.unbind(-1)
+    inter = (torch.min(px2, tx2) - torch.max(px1, tx1)).clamp(min=0) * (torch.min(py2, ty2) - torch.max(py1, ty1)).clamp(min=0)
+    union = (px2 - px1).clamp(min=0) * (py2 - py1).clamp(min=0) + (tx2 - tx1).clamp(min=0) * (ty2 - ty1).clamp(min=0) - inter
+    return inter / (union + eps)
 
 
 def giou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -286,9 +312,14 @@ class MultiTaskLoss:
         target = scene_targets(batch, h, w, self.stride)
         valid = target["valid"]
         index = target["index"]
-        boxes = self.dense_box_parts(outputs, batch, valid) if "ltrb" in outputs else self.centre_box_parts(
-            outputs, batch, target)
-        parts = {"heatmap": focal_heatmap_parts(outputs["heatmap"], target["heatmap"], batch["has_boxes"]), **boxes}
+        if self.cfg.heatmap_target == "quality":
+            if "ltrb" not in outputs:
+                raise ValueError("loss.heatmap_target 'quality' needs arch v2 (a box at every cell to score)")
+            parts = self.quality_parts(outputs, batch, valid)
+        else:
+            boxes = self.dense_box_parts(outputs, batch, valid) if "ltrb" in outputs else self.centre_box_parts(
+                outputs, batch, target)
+            parts = {"heatmap": focal_heatmap_parts(outputs["heatmap"], target["heatmap"], batch["has_boxes"]), **boxes}
         gender = _gather_rows(outputs["gender"].float(), index)[..., 0]
         age = _gather_rows(outputs["age"].float(), index)
         attr = self.attribute_parts(gender, age, batch["gender"], batch["age"], batch["age_group"], valid)
@@ -319,6 +350,25 @@ class MultiTaskLoss:
         pred = box_from_ltrb(ax, ay, ltrb.reshape(n, 4, -1).transpose(1, 2), self.stride)
         weight = target["weight"]
         return {"box": ((giou_loss(pred, target["boxes"]) * weight).sum(), weight.sum())}
+
+    def quality_parts(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], valid: torch.Tensor
+                      ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Arch v2 with ``heatmap_target: quality``: the dense box loss as in ``dense_box_parts``, and the heatmap
+        trained by Quality Focal Loss towards the IoU of each positive cell's own (detached) box with its person."""
+        ltrb, heatmap = outputs["ltrb"].float(), outputs["heatmap"]
+        n, _, h, w = ltrb.shape
+        target = dense_box_targets(batch["boxes"].float(), valid, h, w, self.stride)
+        ax, ay = _cell_anchors(h, w, self.stride, ltrb.device)
+        pred = box_from_ltrb(ax, ay, ltrb.reshape(n, 4, -1).transpose(1, 2), self.stride)
+        weight = target["weight"]
+        positive = weight > 0
+        with torch.no_grad():  # the score learns how good the box is; the box is not pushed by the score's loss
+            quality = box_iou_pairs(pred, target["boxes"]) * positive
+        return {
+            "heatmap": quality_focal_parts(heatmap, quality.reshape(n, 1, h, w), positive.reshape(n, 1, h, w),
+                                           batch["has_boxes"]),
+            "box": ((giou_loss(pred, target["boxes"]) * weight).sum(), weight.sum()),
+        }
 
     def attribute_parts(self, gender_logit: torch.Tensor, age_logits: torch.Tensor, gender: torch.Tensor,
                         age: torch.Tensor, age_group: torch.Tensor, valid: torch.Tensor | None = None

@@ -224,3 +224,37 @@ def test_evaluation_decodes_like_the_exported_graph():
         assert all(torch.equal(got[name], expected[name]) for name in expected)
         if cfg.arch == "v1":
             assert torch.equal(got["scores"], decode_scene(raw, cfg.top_k)["scores"])
+
+
+def test_quality_target_scores_each_cell_by_its_own_box():
+    from model.losses import LossConfig, quality_focal_parts
+
+    boxes = torch.tensor([[BIG, SMALL_PERSON]])
+    batch = {"boxes": boxes, "box_mask": torch.ones(1, 2, dtype=torch.bool), "has_boxes": torch.tensor([True]),
+             "gender": torch.full((1, 2), -1.0), "age": torch.full((1, 2), -1.0),
+             "age_group": torch.full((1, 2), -1, dtype=torch.long)}
+    outputs = _v2_outputs(boxes)  # every core cell regresses its person exactly: quality 1 there
+    positive = dense_box_targets(boxes, torch.ones(1, 2, dtype=torch.bool), H, W, STRIDE)["weight"].reshape(1, 1, H, W) > 0
+    loss = MultiTaskLoss(LossConfig(heatmap_target="quality"))
+    heat = torch.zeros(1, 1, H, W, requires_grad=True)  # P = 0.5 everywhere
+    _, terms = loss({**outputs, "heatmap": heat}, batch)
+    terms["heatmap"].backward()
+    assert (heat.grad[positive] < 0).all() and (heat.grad[~positive] > 0).all()  # up at the cores, down elsewhere
+    # a cell whose box is off scores lower: shift one core cell's box by half its width
+    ltrb = outputs["ltrb"].clone()
+    y, x = divmod(int(torch.nonzero(positive.flatten())[0]), W)
+    ltrb[0, 0, y, x] += math.log(1.5)
+    heat = torch.zeros(1, 1, H, W, requires_grad=True)
+    _, terms = loss({**outputs, "ltrb": ltrb, "heatmap": heat}, batch)
+    terms["heatmap"].backward()
+    others = positive.clone()
+    others[0, 0, y, x] = False
+    assert heat.grad[0, 0, y, x] > heat.grad[others].max()  # pushed up less than the cells with exact boxes
+    # the loss is ~0 where the score already equals each cell's quality, and it needs arch v2
+    exact = torch.logit(positive.float().clamp(1e-6, 1 - 1e-6))
+    total, count = quality_focal_parts(exact, positive.float(), positive, torch.tensor([True]))
+    assert float(total / count) < 1e-6 and int(count) == int(positive.sum())
+    v1_outputs = {"heatmap": heat.detach(), "size": torch.zeros(1, 2, H, W), "offset": torch.zeros(1, 2, H, W),
+                  "gender": outputs["gender"], "age": outputs["age"]}
+    with pytest.raises(ValueError, match="needs arch v2"):
+        loss(v1_outputs, batch)

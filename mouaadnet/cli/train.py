@@ -239,6 +239,9 @@ def evaluate(
     second_pass: Annotated[bool, typer.Option("--second-pass", help="Scene sets: classify every found person's "
                                                                     "crop again in crop mode (the same weights) and "
                                                                     "report those attributes and the ms per person.")] = False,
+    box_cells: Annotated[bool, typer.Option("--box-cells", help="Scene sets, arch v2: per labelled person, the IoU of "
+                                                                "the reported box beside the box at its centre cell "
+                                                                "and the best cell of its core (cells_* metrics).")] = False,
 ) -> None:
     """COCO AP50 / AP50:95 / AR100 for persons; gender accuracy and confusion; age MAE and ±k accuracy."""
     from mouaadnet.evaluation.evaluate import evaluate_sets
@@ -272,6 +275,16 @@ def evaluate(
             raise typer.Exit(2)
     results = evaluate_sets(model, sets, model.cfg.scene_size, model.cfg.crop_size, threshold=threshold,
                             flip=flip, second_pass=second_pass)
+    if box_cells:
+        from mouaadnet.evaluation.box_cells import box_cell_report
+
+        for result, eval_set in zip(results, sets):
+            if result.mode == "scene":
+                try:
+                    report = box_cell_report(model, eval_set.samples, model.cfg.scene_size)
+                except ValueError as error:
+                    fail(f"error: --box-cells: {error}", 2)
+                result.metrics.update({f"cells_{k}": v for k, v in report.items()})
     if as_json:
         typer.echo(json.dumps({r.name: r.metrics for r in results}, indent=2, default=float))
         return

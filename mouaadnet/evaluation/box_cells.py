@@ -1,0 +1,88 @@
+"""Where box precision is lost (arch v2): in the regression, or in which cell's box the score picks.
+
+For every labelled person: the IoU of the box the product reports (the highest-scoring peak among the detections
+nearest that person), of the box decoded at the person's own centre cell, and of the best box any cell of its
+TTFNet core decodes (an oracle for "which cell to read"); and where that top peak lies relative to the centre
+cell. `mouaadnet evaluate --box-cells` prints it per scene set (docs/BENCHMARKS.md, "Where the box is lost").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from model.config import HEAD_STRIDE
+from model.decode import box_from_ltrb, cell_anchor
+from model.losses import dense_box_targets
+from mouaadnet.data.dataset import SceneDataset, collate_scene
+from mouaadnet.data.types import Sample
+from mouaadnet.evaluation.metrics import box_iou
+
+MIN_SCORE = 0.05  # peaks below this are not reported detections
+GOOD_IOU = 0.75
+
+
+def _cell_boxes(ltrb: torch.Tensor) -> torch.Tensor:
+    """[N,4,h,w] log-distances -> the box every cell decodes [N,h*w,4]."""
+    n, _, h, w = ltrb.shape
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    ax, ay = cell_anchor(xs.flatten(), HEAD_STRIDE), cell_anchor(ys.flatten(), HEAD_STRIDE)
+    return box_from_ltrb(ax, ay, ltrb.float().reshape(n, 4, -1).transpose(1, 2), HEAD_STRIDE)
+
+
+def _people(gt: torch.Tensor, heat: torch.Tensor, cells: torch.Tensor, k: int) -> list[tuple[float, ...]]:
+    """(reported IoU, centre-cell IoU, best-core-cell IoU, peak at centre 0/1, |dx|/w, |dy|/h) per person of one
+    image; a person no peak is nearest to reports IoU 0 and NaN for the rest."""
+    h, w = heat.shape[-2:]
+    peaks = heat * (F.max_pool2d(heat[None], 3, 1, 1)[0] == heat)
+    scores, index = peaks.flatten().topk(min(k, h * w))
+    index = index[scores >= MIN_SCORE]
+    iou = box_iou(gt.numpy(), cells[index].numpy())
+    nearest = iou.argmax(0) if iou.size else np.zeros(0, np.int64)
+    core = dense_box_targets(gt[None], torch.ones(1, len(gt), dtype=torch.bool), h, w)
+    rows = []
+    for j, box in enumerate(gt):
+        cx = int(((box[0] + box[2]) / 2 / HEAD_STRIDE).clamp(0, w - 1))
+        cy = int(((box[1] + box[3]) / 2 / HEAD_STRIDE).clamp(0, h - 1))
+        centre = float(box_iou(box[None].numpy(), cells[cy * w + cx][None].numpy())[0, 0])
+        own = [(float(iou[j, i]), int(index[i])) for i in range(len(index)) if nearest[i] == j and iou[j, i] > 0]
+        mine = torch.nonzero((core["weight"][0] > 0) & (core["boxes"][0] == box).all(-1)).flatten()
+        best = float(box_iou(box[None].numpy(), cells[mine].numpy()).max()) if len(mine) else centre
+        if not own:
+            rows.append((0.0, centre, best, np.nan, np.nan, np.nan))
+            continue
+        reported, cell = own[0]  # index is sorted by score: the first is the top peak
+        py, px = divmod(cell, w)
+        size_w, size_h = max(float(box[2] - box[0]) / HEAD_STRIDE, 1.0), max(float(box[3] - box[1]) / HEAD_STRIDE, 1.0)
+        rows.append((reported, centre, best, float(px == cx and py == cy), abs(px - cx) / size_w, abs(py - cy) / size_h))
+    return rows
+
+
+@torch.no_grad()
+def box_cell_report(model: torch.nn.Module, samples: list[Sample], size: int, batch_size: int = 16) -> dict[str, Any]:
+    """Mean IoU and share >= 0.75 of the reported, centre-cell and best-core-cell boxes, how often the top peak is
+    the centre cell and how far off it lies, over every labelled person of ``samples`` (an arch-v2 model)."""
+    rows: list[tuple[float, ...]] = []
+    for batch in DataLoader(SceneDataset(samples, size, augment=False), batch_size=batch_size, shuffle=False,
+                            collate_fn=collate_scene):
+        outputs = model(batch["images"], mode="scene")
+        if "ltrb" not in outputs:
+            raise ValueError("box cells need an arch-v2 model (a box at every cell)")
+        heat, cells = torch.sigmoid(outputs["heatmap"].float()), _cell_boxes(outputs["ltrb"])
+        for i in range(len(batch["images"])):
+            gt = batch["boxes"][i][batch["box_mask"][i]]
+            if len(gt):
+                rows += _people(gt, heat[i, 0], cells[i], getattr(model.cfg, "top_k", 100))
+    table = np.array(rows, dtype=np.float64).reshape(-1, 6)
+    report: dict[str, Any] = {"people": len(table)}
+    for col, name in enumerate(("reported", "centre_cell", "best_core_cell")):
+        report[f"{name}_mean_iou"] = float(table[:, col].mean()) if len(table) else float("nan")
+        report[f"{name}_at75"] = float((table[:, col] >= GOOD_IOU).mean()) if len(table) else float("nan")
+    report["peak_at_centre"] = float(np.nanmean(table[:, 3])) if len(table) else float("nan")
+    report["peak_offset_w"] = float(np.nanmean(table[:, 4])) if len(table) else float("nan")
+    report["peak_offset_h"] = float(np.nanmean(table[:, 5])) if len(table) else float("nan")
+    return report
