@@ -49,6 +49,9 @@ class LossConfig(StrictConfig):
     # loss) or "quality" (GFL: at every cell that regresses a person, the IoU of that cell's own box with the person,
     # Quality Focal Loss), so the peak is where the box is good (docs/BENCHMARKS.md, "Where the box is lost").
     heatmap_target: Literal["gaussian", "quality"] = "gaussian"
+    # Arch v2's box-loss weight of the cells of a person's core: TTFNet's Gaussian (the centre cells most) or uniform
+    # (FCOS: the off-centre cells, where the peak often lands, regress as carefully as the centre).
+    box_cell_weight: Literal["gaussian", "uniform"] = "gaussian"
 
     @field_validator("heatmap", "box", "offset", "gender", "age", "age_l1", "age_sigma", "gender_distill",
                      "age_distill", "distill_age_sigma")
@@ -180,7 +183,8 @@ def scene_targets(batch: dict[str, torch.Tensor], height: int, width: int, strid
 
 
 def dense_box_targets(boxes: torch.Tensor, valid: torch.Tensor, height: int, width: int,
-                      stride: int = HEAD_STRIDE, beta: float = GAUSSIAN_BETA) -> dict[str, torch.Tensor]:
+                      stride: int = HEAD_STRIDE, beta: float = GAUSSIAN_BETA,
+                      cell_weight: str = "gaussian") -> dict[str, torch.Tensor]:
     """Arch v2 box targets at every cell: ``boxes`` [N,h*w,4] (the box each cell regresses, input px) and
     ``weight`` [N,h*w] (0 = no box loss there).
 
@@ -190,6 +194,7 @@ def dense_box_targets(boxes: torch.Tensor, valid: torch.Tensor, height: int, wid
     larger ones somewhat more, and the centre cells most. FCOS: a cell is positive only when its centre lies inside
     the box (the distances must be positive), and a cell in two cores regresses the smaller box (ambiguity rule).
     The centre cell is always positive, even for boxes thinner than a cell (its distances are clamped).
+    ``cell_weight="uniform"``: every positive cell of a person weighs the same (FCOS), still summing to log(area).
     """
     n, m = boxes.shape[:2]
     if m == 0:  # a batch of empty scenes: no cell regresses a box
@@ -212,7 +217,7 @@ def dense_box_targets(boxes: torch.Tensor, valid: torch.Tensor, height: int, wid
     area = ((x2 - x1) * (y2 - y1)).clamp(min=MIN_LOG_AREA_PX)
     owner = torch.where(positive, area[..., None, None], torch.full_like(gauss, math.inf)).argmin(dim=1)  # [N,h,w]
     owned = positive & (torch.arange(m, device=boxes.device).view(1, m, 1, 1) == owner.unsqueeze(1))
-    g = gauss * owned.float()
+    g = (gauss if cell_weight == "gaussian" else torch.ones_like(gauss)) * owned.float()
     per_person = torch.log(area) / g.sum(dim=(2, 3)).clamp(min=1e-6)  # [N,M]
     weight = (g * per_person[..., None, None]).sum(dim=1).reshape(n, -1)
     target = boxes.gather(1, owner.reshape(n, -1, 1).expand(-1, -1, 4))
@@ -345,7 +350,8 @@ class MultiTaskLoss:
         normaliser is the total weight (so a batch of many small people and one of a few large ones weigh alike)."""
         ltrb = outputs["ltrb"].float()
         n, _, h, w = ltrb.shape
-        target = dense_box_targets(batch["boxes"].float(), valid, h, w, self.stride)
+        target = dense_box_targets(batch["boxes"].float(), valid, h, w, self.stride,
+                                   cell_weight=self.cfg.box_cell_weight)
         ax, ay = _cell_anchors(h, w, self.stride, ltrb.device)
         pred = box_from_ltrb(ax, ay, ltrb.reshape(n, 4, -1).transpose(1, 2), self.stride)
         weight = target["weight"]
@@ -357,7 +363,8 @@ class MultiTaskLoss:
         trained by Quality Focal Loss towards the IoU of each positive cell's own (detached) box with its person."""
         ltrb, heatmap = outputs["ltrb"].float(), outputs["heatmap"]
         n, _, h, w = ltrb.shape
-        target = dense_box_targets(batch["boxes"].float(), valid, h, w, self.stride)
+        target = dense_box_targets(batch["boxes"].float(), valid, h, w, self.stride,
+                                   cell_weight=self.cfg.box_cell_weight)
         ax, ay = _cell_anchors(h, w, self.stride, ltrb.device)
         pred = box_from_ltrb(ax, ay, ltrb.reshape(n, 4, -1).transpose(1, 2), self.stride)
         weight = target["weight"]

@@ -258,3 +258,17 @@ def test_quality_target_scores_each_cell_by_its_own_box():
                   "gender": outputs["gender"], "age": outputs["age"]}
     with pytest.raises(ValueError, match="needs arch v2"):
         loss(v1_outputs, batch)
+
+
+def test_uniform_cell_weights_spread_each_persons_log_area_evenly():
+    boxes = torch.tensor([[BIG]])
+    valid = torch.tensor([[True]])
+    gauss = dense_box_targets(boxes, valid, H, W, STRIDE)["weight"][0]
+    even = dense_box_targets(boxes, valid, H, W, STRIDE, cell_weight="uniform")["weight"][0]
+    cells = sorted(_core_cells(BIG))
+    assert torch.equal(torch.nonzero(even).flatten(), torch.tensor(cells))  # the same positive cells
+    log_area = math.log((BIG[2] - BIG[0]) * (BIG[3] - BIG[1]))
+    assert float(even.sum()) == pytest.approx(log_area, rel=1e-5) and float(gauss.sum()) == pytest.approx(log_area, rel=1e-5)
+    assert torch.allclose(even[cells], torch.full((len(cells),), log_area / len(cells)))
+    centre = math.floor((BIG[1] + BIG[3]) / 2 / STRIDE) * W + math.floor((BIG[0] + BIG[2]) / 2 / STRIDE)
+    assert gauss[centre] == gauss.max() and gauss[centre] > even[centre]  # TTFNet: the centre weighs most
