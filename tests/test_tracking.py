@@ -83,15 +83,18 @@ def test_a_dvc_tracked_source_is_named_by_its_md5(tmp_path):
 
 def test_training_lineage_reads_the_train_run_its_pipeline_run_and_data_digests(tracking, tmp_path):
     import torch
+    from mlflow.entities import DatasetInput
 
     from mouaadnet.export.ship import lineage
-    from mouaadnet.tracking import log_dataset, training_lineage, use_experiment
+    from mouaadnet.tracking import dataset, training_lineage
 
-    exp = use_experiment("lineage-test")
-    pipeline = tracking.create_run(exp.experiment_id, tags={"pipeline.kfp_run_id": "kfp-123"}).info.run_id
-    train = tracking.create_run(exp.experiment_id, tags={"mlflow.parentRunId": pipeline, "git_commit": "abc123",
-                                                         "resumed_from_run": "old-run"}).info.run_id
-    log_dataset("street_person", "d41d8cd98f00b204e9800998ecf8427e.dir", str(tmp_path), run_id=train)
+    # the fixture's client only: mlflow's process-wide URI may point at another test's store
+    experiment_id = tracking.create_experiment("lineage-test")
+    pipeline = tracking.create_run(experiment_id, tags={"pipeline.kfp_run_id": "kfp-123"}).info.run_id
+    train = tracking.create_run(experiment_id, tags={"mlflow.parentRunId": pipeline, "git_commit": "abc123",
+                                                     "resumed_from_run": "old-run"}).info.run_id
+    data = dataset("street_person", "d41d8cd98f00b204e9800998ecf8427e.dir", str(tmp_path))
+    tracking.log_inputs(train, datasets=[DatasetInput(data._to_mlflow_entity(), [])])
     found = training_lineage(train)
     assert found["train_run"] == train and found["pipeline_run"] == pipeline and found["kfp_run_id"] == "kfp-123"
     assert found["experiment"] == "lineage-test" and found["git_commit"] == "abc123"

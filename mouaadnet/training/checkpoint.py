@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,9 @@ from model.network import MouaadNet
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be used; the message names the file."""
+
+
+FULL_DISK_BYTES = 1 << 20  # less free space than this after a failed write: the disk was full
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
@@ -33,6 +38,11 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     except OSError as error:  # e.g. ENOSPC: say which file; the previous one at ``path`` is untouched
         raise OSError(error.errno, f"cannot write checkpoint {path} ({error.strerror or error}); "
                                    f"the previous {path.name} is unchanged") from None
+    except RuntimeError:  # torch's zip writer reports a short write at the end of the file this way
+        if shutil.disk_usage(path.parent).free >= FULL_DISK_BYTES:
+            raise
+        raise OSError(errno.ENOSPC, f"cannot write checkpoint {path} (No space left on device); "
+                                    f"the previous {path.name} is unchanged") from None
     finally:
         if tmp.exists():
             tmp.unlink()
