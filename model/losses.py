@@ -344,16 +344,21 @@ class MultiTaskLoss:
             "offset": _masked_sum((offset - target["offset"]).abs().sum(-1), valid),
         }
 
-    def dense_box_parts(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], valid: torch.Tensor
-                        ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Arch v2: (weighted sum of 1 - GIoU over every core cell, sum of the weights) as in TTFNet, whose
-        normaliser is the total weight (so a batch of many small people and one of a few large ones weigh alike)."""
+    def _dense_boxes(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], valid: torch.Tensor
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Arch v2: every cell's decoded box [N, h*w, 4] and its dense targets (boxes, weights)."""
         ltrb = outputs["ltrb"].float()
         n, _, h, w = ltrb.shape
         target = dense_box_targets(batch["boxes"].float(), valid, h, w, self.stride,
                                    cell_weight=self.cfg.box_cell_weight)
         ax, ay = _cell_anchors(h, w, self.stride, ltrb.device)
-        pred = box_from_ltrb(ax, ay, ltrb.reshape(n, 4, -1).transpose(1, 2), self.stride)
+        return box_from_ltrb(ax, ay, ltrb.reshape(n, 4, -1).transpose(1, 2), self.stride), target
+
+    def dense_box_parts(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], valid: torch.Tensor
+                        ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Arch v2: (weighted sum of 1 - GIoU over every core cell, sum of the weights) as in TTFNet, whose
+        normaliser is the total weight (so a batch of many small people and one of a few large ones weigh alike)."""
+        pred, target = self._dense_boxes(outputs, batch, valid)
         weight = target["weight"]
         return {"box": ((giou_loss(pred, target["boxes"]) * weight).sum(), weight.sum())}
 
@@ -361,19 +366,15 @@ class MultiTaskLoss:
                       ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Arch v2 with ``heatmap_target: quality``: the dense box loss as in ``dense_box_parts``, and the heatmap
         trained by Quality Focal Loss towards the IoU of each positive cell's own (detached) box with its person."""
-        ltrb, heatmap = outputs["ltrb"].float(), outputs["heatmap"]
-        n, _, h, w = ltrb.shape
-        target = dense_box_targets(batch["boxes"].float(), valid, h, w, self.stride,
-                                   cell_weight=self.cfg.box_cell_weight)
-        ax, ay = _cell_anchors(h, w, self.stride, ltrb.device)
-        pred = box_from_ltrb(ax, ay, ltrb.reshape(n, 4, -1).transpose(1, 2), self.stride)
+        pred, target = self._dense_boxes(outputs, batch, valid)
+        n, _, h, w = outputs["ltrb"].shape
         weight = target["weight"]
         positive = weight > 0
         with torch.no_grad():  # the score learns how good the box is; the box is not pushed by the score's loss
             quality = box_iou_pairs(pred, target["boxes"]) * positive
         return {
-            "heatmap": quality_focal_parts(heatmap, quality.reshape(n, 1, h, w), positive.reshape(n, 1, h, w),
-                                           batch["has_boxes"]),
+            "heatmap": quality_focal_parts(outputs["heatmap"], quality.reshape(n, 1, h, w),
+                                           positive.reshape(n, 1, h, w), batch["has_boxes"]),
             "box": ((giou_loss(pred, target["boxes"]) * weight).sum(), weight.sum()),
         }
 
