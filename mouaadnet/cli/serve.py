@@ -69,6 +69,11 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
         draw: Annotated[Path | None, typer.Option(
             help="Write the image with boxes and labels here (with several images: OUT_<i>.ext).")] = None,
+        sheet: Annotated[Path | None, typer.Option(
+            help="Write one contact sheet of every image (3 per row, a caption under each) here.")] = None,
+        labels: Annotated[Path | None, typer.Option(
+            help="With --sheet: YOLO label folder (<stem>.txt per image); labelled people are drawn in yellow "
+                 "and each caption counts those found at IoU 0.5.")] = None,
     ) -> None:
         """Find people (box, score, gender, age) in images: in-process with the shipped weights by default, or
         through a Triton server (--url)."""
@@ -82,8 +87,12 @@ def register(app: typer.Typer) -> None:
         )
         from mouaadnet.serving.client import as_json as to_json
         from mouaadnet.serving.client import draw as draw_image
+        from mouaadnet.serving.gallery import contact_sheet
         from mouaadnet.weights import WeightsError, default_model
 
+        if labels is not None and (sheet is None or not labels.is_dir()):
+            typer.echo(f"error: --labels {labels}: needs --sheet and an existing folder of YOLO label files", err=True)
+            raise typer.Exit(2)
         if url is not None and (model is not None or runtime != "auto" or precision is not None):
             typer.echo("error: --model/--runtime/--precision choose what runs in-process; with --url the server "
                        "runs its own model (the detector's `runtime` parameter)", err=True)
@@ -112,6 +121,12 @@ def register(app: typer.Typer) -> None:
             for i, (blob, found) in enumerate(zip(blobs, people)):
                 out = draw if len(blobs) == 1 else draw.with_name(f"{draw.stem}_{i}{draw.suffix}")
                 typer.echo(f"wrote {draw_image(blob, found, out)}", err=as_json)
+        if sheet is not None:
+            try:
+                typer.echo(f"wrote {contact_sheet(images, blobs, people, sheet, labels)}", err=as_json)
+            except ValueError as error:  # a malformed label file: say which line
+                typer.echo(f"error: {error}", err=True)
+                raise typer.Exit(1) from None
 
     @app.command()
     def publish(

@@ -68,6 +68,16 @@ def _read_yolo_labels(label_path: Path, width: int, height: int, result: ReadRes
     return boxes
 
 
+def yolo_person_boxes(label_path: str | os.PathLike, width: int, height: int) -> np.ndarray:
+    """Person boxes [K, 4] (pixels, clipped) of one YOLO label file; ValueError naming the file and line of the
+    first problem (a malformed line, a box outside the image)."""
+    result = ReadResult()
+    boxes = _read_yolo_labels(Path(label_path), width, height, result)
+    if result.problems:
+        raise ValueError(str(result.problems[0]))
+    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+
+
 def read_yolo(root: str | os.PathLike, source: str | None = None) -> ReadResult:
     """Read root/images/* with root/labels/<stem>.txt (YOLO 'cls cx cy w h', normalised); keeps class 0 (person)."""
     root = require_dir(root, "YOLO source")
