@@ -99,6 +99,19 @@ def test_corrupt_checkpoint_is_rejected_with_its_path(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
+def test_a_pretrained_checkpoint_of_another_architecture_is_named(tmp_path):
+    """Fine-tuning the shipped v2 weights from a config that still says v1 fails naming the keys to set."""
+    from model import ModelConfig, build_model
+
+    v2 = ModelConfig(arch="v2", widths=[8, 16, 24, 32, 48], neck_width=16, head_width=16, scene_size=64, crop_size=32)
+    start = tmp_path / "v2.pt"
+    torch.save({"model": build_model(v2).state_dict(), "model_config": v2.model_dump()}, start)
+    cfg = tiny_config()
+    cfg.pretrained = str(start)
+    with pytest.raises(ValueError, match=r"v2.pt does not fit.*model.arch: checkpoint v2, config v1.*model.widths"):
+        Trainer(cfg, tmp_path / "run")
+
+
 def test_mlflow_run_has_params_metrics_artifacts(tmp_path, tracking):
     cfg = tiny_config(epochs=2, steps=2)
     summary = train(cfg, tmp_path / "run", progress=False)

@@ -79,6 +79,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def architecture_difference(saved: dict[str, Any], cfg: ModelConfig) -> str:
+    """'model.widths: checkpoint [24, ...], config [16, ...]; ...' for every model key whose values differ between
+    a checkpoint's ``model_config`` and ``cfg`` (sizes and decode options too: they name what to set)."""
+    try:
+        theirs = ModelConfig.model_validate(saved).model_dump()
+    except ValueError as error:
+        return f"the checkpoint's model_config is invalid ({error})"
+    ours = cfg.model_dump()
+    differ = [f"model.{key}: checkpoint {theirs[key]}, config {ours[key]}" for key in ours if theirs[key] != ours[key]]
+    return "; ".join(differ) or "the same model config, yet different tensors"
+
+
 def model_from_checkpoint(path: str | Path, use_ema: bool = True) -> tuple[MouaadNet, dict[str, Any]]:
     """Rebuild the training-form model of a checkpoint (EMA weights when present)."""
     data = load_checkpoint(path)

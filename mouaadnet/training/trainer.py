@@ -27,7 +27,13 @@ from mouaadnet.data.assembly import TrainingData, load_training_data
 from mouaadnet.evaluation.evaluate import EvalResult, evaluate_sets, flat_metrics
 from mouaadnet.tracking import MetricSpool, final_wait, git_commit, mlflow_run
 from mouaadnet.training import distributed, durable, run_logging
-from mouaadnet.training.checkpoint import atomic_save, load_checkpoint, restore_rng_state, rng_state
+from mouaadnet.training.checkpoint import (
+    architecture_difference,
+    atomic_save,
+    load_checkpoint,
+    restore_rng_state,
+    rng_state,
+)
 from mouaadnet.training.config import TrainConfig
 from mouaadnet.training.distributed import DistContext
 from mouaadnet.training.progress import ProgressLog
@@ -108,7 +114,12 @@ class Trainer:
     def _load_pretrained(self, path: str) -> None:
         state = load_checkpoint(path)
         weights = state.get("ema") or state["model"]
-        self.model.load_state_dict(weights)
+        try:
+            self.model.load_state_dict(weights)
+        except RuntimeError:
+            raise ValueError(f"pretrained {path} does not fit the config's model: "
+                             f"{architecture_difference(state.get('model_config') or {}, self.cfg.model)} "
+                             "(set those model keys as the checkpoint has them, or pretrained: '')") from None
 
     @property
     def eval_model(self) -> nn.Module:
