@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 MAX_AGE = 100  # age logits cover 0..MAX_AGE years inclusive
 NUM_AGE_BINS = MAX_AGE + 1
@@ -62,6 +62,11 @@ class ModelConfig(StrictConfig):
     # Class-agnostic IoU threshold of the Fast NMS after top-K (in the exported graph); 0 = off. None = the arch's
     # default: off for v1 (its shipped outputs stay as they are), V2_NMS_IOU for v2.
     nms_iou: float | None = None
+    # Arch v2, IoU-aware score (PP-YOLO's IoU branch, VarifocalNet's IoU-aware score): a 1-channel branch learns
+    # the IoU of each core cell's own box with its person, and decode ranks cells by heatmap^(1-a) * IoU^a, so
+    # the peak read is the cell whose box is good, not the Gaussian's (docs/BENCHMARKS.md, "Where the box is
+    # lost"). a = this value; 0 = no branch (the graph and outputs of every earlier v2 model).
+    iou_score: float = 0.0
 
     def nms_threshold(self) -> float:
         """The NMS IoU threshold decode uses (0 = no NMS)."""
@@ -120,12 +125,26 @@ class ModelConfig(StrictConfig):
             raise ValueError(f"must be in (0, 1), got {p}")
         return p
 
+    @field_validator("iou_score")
+    @classmethod
+    def _iou_power(cls, power: float) -> float:
+        if not 0.0 <= power <= 1.0:
+            raise ValueError(f"must be in [0, 1] (0 = no IoU branch), got {power}")
+        return power
+
     @field_validator("nms_iou")
     @classmethod
     def _iou(cls, iou: float | None) -> float | None:
         if iou is not None and not 0.0 <= iou <= 1.0:
             raise ValueError(f"must be in [0, 1] (0 = no NMS), got {iou}")
         return iou
+
+    @model_validator(mode="after")
+    def _iou_score_needs_v2(self) -> ModelConfig:
+        if self.iou_score > 0 and self.arch != "v2":
+            raise ValueError(f"iou_score {self.iou_score} needs arch v2 (a box at every cell to score), got "
+                             f"arch {self.arch}")
+        return self
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ModelConfig:

@@ -76,13 +76,22 @@ def _gather(maps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return flat.gather(2, index.unsqueeze(1).expand(n, c, index.shape[1])).transpose(1, 2)
 
 
+def score_map(outputs: dict[str, torch.Tensor], iou_power: float = 0.0) -> torch.Tensor:
+    """Each cell's person score [N,1,h,w]: the heatmap, or with the IoU branch heatmap^(1-a) * IoU^a."""
+    heat = torch.sigmoid(outputs["heatmap"])
+    if iou_power > 0 and "iou" in outputs:
+        heat = heat.pow(1.0 - iou_power) * torch.sigmoid(outputs["iou"]).pow(iou_power)
+    return heat
+
+
 def decode_scene(outputs: dict[str, torch.Tensor], k: int = 100, stride: int = HEAD_STRIDE,
-                 nms_iou: float = 0.0) -> dict[str, torch.Tensor]:
+                 nms_iou: float = 0.0, iou_power: float = 0.0) -> dict[str, torch.Tensor]:
     """Scene-mode head tensors -> boxes [N,K,4] (input px), scores [N,K], gender P(female) [N,K], age [N,K].
 
     Arch v1 (``size`` + ``offset``) or v2 (``ltrb``: the box is read at the peak cell). ``nms_iou`` > 0 runs
-    class-agnostic Fast NMS after top-K (suppressed rows: score 0, sorted last)."""
-    heat = torch.sigmoid(outputs["heatmap"])
+    class-agnostic Fast NMS after top-K (suppressed rows: score 0, sorted last). ``iou_power`` a > 0 with an
+    ``iou`` output: peaks and scores are found on heatmap^(1-a) * predicted IoU^a (``ModelConfig.iou_score``)."""
+    heat = score_map(outputs, iou_power)
     n, _, h, w = heat.shape
     # A cell is a peak when it equals the max of its 3x3 neighbourhood (CenterNet's NMS replacement).
     peaks = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat).to(heat.dtype)

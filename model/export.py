@@ -53,12 +53,13 @@ QUANT_OP_TYPES = ("Conv", "Add", "Concat", "MaxPool", "Resize", "Mul", "Sigmoid"
 class SceneExport(nn.Module):
     """Deploy model + in-graph decoding: images -> (boxes, scores, gender, age), the final detections."""
 
-    def __init__(self, model: nn.Module, k: int, nms_iou: float = 0.0):
+    def __init__(self, model: nn.Module, k: int, nms_iou: float = 0.0, iou_power: float = 0.0):
         super().__init__()
         self.model, self.k, self.nms_iou = model, k, nms_iou  # nms_iou 0: no NMS (arch v1's graph as shipped)
+        self.iou_power = iou_power  # 0: the score is the heatmap (no IoU branch)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = decode_scene(self.model(images, mode="scene"), self.k, nms_iou=self.nms_iou)
+        out = decode_scene(self.model(images, mode="scene"), self.k, nms_iou=self.nms_iou, iou_power=self.iou_power)
         return tuple(out[name] for name in SCENE_OUTPUT_NAMES)
 
 
@@ -82,7 +83,8 @@ def export_wrapper(model: nn.Module, mode: Mode, k: int | None = None, reparamet
     if mode == "scene":
         cfg = getattr(model, "cfg", None)
         k = k or getattr(cfg, "top_k", 100)
-        return SceneExport(deploy, k, cfg.nms_threshold() if cfg is not None else 0.0).eval()
+        return SceneExport(deploy, k, cfg.nms_threshold() if cfg is not None else 0.0,
+                           getattr(cfg, "iou_score", 0.0)).eval()
     return CropExport(deploy).eval()
 
 

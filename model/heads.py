@@ -61,11 +61,13 @@ class DenseBoxHead(nn.Module):
       is not taken (4x17 bins cost more head FLOPs than this budget gives, and it mainly sharpens ambiguous edges).
     """
 
-    def __init__(self, width: int, head_width: int, convs: int, prior: float):
+    def __init__(self, width: int, head_width: int, convs: int, prior: float, iou_branch: bool = False):
         super().__init__()
         self.tower = _tower(width, head_width, convs)
         self.heatmap = nn.Conv2d(head_width, 1, 1)
         self.ltrb = nn.Conv2d(head_width, 4, 1)
+        # PP-YOLO's IoU branch (``ModelConfig.iou_score``): logit of the IoU of each cell's own box with its person.
+        self.iou = nn.Conv2d(head_width, 1, 1) if iou_branch else None
         nn.init.constant_(self.heatmap.bias, -math.log((1.0 - prior) / prior))
         # Start every cell at a 2x2-cell box (16x16 px at stride 8) so the first GIoU gradients are well defined.
         nn.init.normal_(self.ltrb.weight, std=0.01)
@@ -73,7 +75,10 @@ class DenseBoxHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         t = self.tower(x)
-        return {"heatmap": self.heatmap(t), "ltrb": self.ltrb(t)}
+        out = {"heatmap": self.heatmap(t), "ltrb": self.ltrb(t)}
+        if self.iou is not None:
+            out["iou"] = self.iou(t)
+        return out
 
 
 class AttributeHead(nn.Module):

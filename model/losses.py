@@ -52,9 +52,11 @@ class LossConfig(StrictConfig):
     # Arch v2's box-loss weight of the cells of a person's core: TTFNet's Gaussian (the centre cells most) or uniform
     # (FCOS: the off-centre cells, where the peak often lands, regress as carefully as the centre).
     box_cell_weight: Literal["gaussian", "uniform"] = "gaussian"
+    # Arch v2 with ``model.iou_score`` > 0: BCE of the IoU branch against each core cell's (detached) box IoU.
+    iou: float = 1.0
 
     @field_validator("heatmap", "box", "offset", "gender", "age", "age_l1", "age_sigma", "gender_distill",
-                     "age_distill", "distill_age_sigma")
+                     "age_distill", "distill_age_sigma", "iou")
     @classmethod
     def _non_negative(cls, value: float) -> float:
         if value < 0:
@@ -360,7 +362,21 @@ class MultiTaskLoss:
         normaliser is the total weight (so a batch of many small people and one of a few large ones weigh alike)."""
         pred, target = self._dense_boxes(outputs, batch, valid)
         weight = target["weight"]
-        return {"box": ((giou_loss(pred, target["boxes"]) * weight).sum(), weight.sum())}
+        parts = {"box": ((giou_loss(pred, target["boxes"]) * weight).sum(), weight.sum())}
+        if "iou" in outputs:
+            parts["iou"] = self.iou_branch_part(outputs["iou"], pred, target)
+        return parts
+
+    @staticmethod
+    def iou_branch_part(iou_logit: torch.Tensor, pred: torch.Tensor, target: dict[str, torch.Tensor]
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """PP-YOLO's IoU loss: (sum, count) of BCE between the IoU branch and the IoU of each core cell's own box
+        with its person, over every core cell alike (the peak may land on any of them); the box is not pushed."""
+        positive = target["weight"] > 0
+        with torch.no_grad():
+            quality = box_iou_pairs(pred, target["boxes"]).clamp(0, 1)
+        logits = iou_logit.float().reshape(quality.shape)
+        return _masked_sum(F.binary_cross_entropy_with_logits(logits, quality, reduction="none"), positive)
 
     def quality_parts(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], valid: torch.Tensor
                       ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -37,8 +37,11 @@ class MouaadNet(nn.Module):
         self.cfg = cfg
         self.backbone = Backbone(cfg)
         self.neck = SlimPAN(self.backbone.out_channels, cfg.neck_width, cfg.neck_depth)
-        head = DenseBoxHead if cfg.arch == "v2" else DetectionHead
-        self.detection = head(cfg.neck_width, cfg.head_width, cfg.head_convs, cfg.heatmap_prior)
+        if cfg.arch == "v2":
+            self.detection = DenseBoxHead(cfg.neck_width, cfg.head_width, cfg.head_convs, cfg.heatmap_prior,
+                                          iou_branch=cfg.iou_score > 0)
+        else:
+            self.detection = DetectionHead(cfg.neck_width, cfg.head_width, cfg.head_convs, cfg.heatmap_prior)
         self.attributes = AttributeHead(cfg.neck_width, cfg.head_width, cfg.head_convs, cfg.attr_dropout,
                                         cfg.attr_window)
 
@@ -53,7 +56,8 @@ class MouaadNet(nn.Module):
     def decode(self, outputs: dict[str, torch.Tensor], k: int | None = None) -> dict[str, torch.Tensor]:
         """Scene outputs -> top-K people (boxes, scores, gender, age); crop outputs -> gender, age per image."""
         if "heatmap" in outputs:
-            return decode_scene(outputs, k or self.cfg.top_k, nms_iou=self.cfg.nms_threshold())
+            return decode_scene(outputs, k or self.cfg.top_k, nms_iou=self.cfg.nms_threshold(),
+                                iou_power=self.cfg.iou_score)
         return decode_crop(outputs)
 
     @torch.no_grad()

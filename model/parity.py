@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import HEAD_STRIDE
-from .decode import box_from_ltrb, box_from_regression, cell_anchor, expected_age
+from .decode import box_from_ltrb, box_from_regression, cell_anchor, expected_age, score_map
 from .onnx_run import Mode, OnnxValidationError, ort_session, output_names, run_onnx
 
 # FP32 ONNX Runtime vs PyTorch. Raw head logits are compared relative to each tensor's largest magnitude (at
@@ -40,7 +40,7 @@ from .onnx_run import Mode, OnnxValidationError, ort_session, output_names, run_
 PARITY_TOLERANCE = {"heads_detection": 1e-4, "heads_attributes": 1e-2, "scores": 1e-4, "boxes_px": 0.5,
                     "gender": 1e-3, "age_years": 1e-2, "unmatched": 0}
 KEEP_SCORE = 0.05  # from this score on a detection's gender and age are compared too
-HEAD_CONVS = ("heatmap", "size", "offset", "ltrb", "decision")  # module names of the heads' last convs
+HEAD_CONVS = ("heatmap", "size", "offset", "ltrb", "iou", "decision")  # module names of the heads' last convs
 SCENE_HEADS = {"v1": ("heatmap", "size", "offset", "decision"), "v2": ("heatmap", "ltrb", "decision")}
 NMS_IOU_TIE = 1e-3  # box IoU this close to the NMS threshold may go either way on another CPU
 
@@ -60,7 +60,8 @@ def parity(onnx_path: str | Path, reference: nn.Module, images: torch.Tensor, mo
         report["gender"] = float(np.abs(ref["gender"] - got["gender"]).max())
         report["age_years"] = float(np.abs(ref["age"] - got["age"]).max())
         return report
-    report.update(match_detections(dense_decode(ref_heads), got, nms_iou=getattr(reference, "nms_iou", 0.0)))
+    decoded = dense_decode(ref_heads, iou_power=getattr(reference, "iou_power", 0.0))
+    report.update(match_detections(decoded, got, nms_iou=getattr(reference, "nms_iou", 0.0)))
     return report
 
 
@@ -93,6 +94,8 @@ def _run_with_heads(proto, images: torch.Tensor, mode: Mode) -> tuple[dict, dict
 
     heads = head_tensor_names(proto)
     wanted = SCENE_HEADS["v2" if "ltrb" in heads else "v1"] if mode == "scene" else ("decision",)
+    if mode == "scene" and "iou" in heads:  # arch v2 with the IoU branch (ModelConfig.iou_score)
+        wanted = (*wanted, "iou")
     missing = [name for name in wanted if name not in heads]
     if missing:
         raise OnnxValidationError(f"scene graph without the head conv(s) {missing}")
@@ -111,7 +114,7 @@ def _heads_difference(ref_heads: dict[str, torch.Tensor], got_heads: dict[str, n
     ref = {"decision": torch.cat([ref_heads["gender"][:, None], ref_heads["age"]], 1) if mode == "crop"
            else torch.cat([ref_heads["gender"], ref_heads["age"]], 1)}
     if mode == "scene":
-        ref.update({name: ref_heads[name] for name in ("heatmap", "size", "offset", "ltrb") if name in ref_heads})
+        ref.update({name: ref_heads[name] for name in ("heatmap", "size", "offset", "ltrb", "iou") if name in ref_heads})
     report = {"heads_attributes": 0.0} if mode == "crop" else {"heads_detection": 0.0, "heads_attributes": 0.0}
     for name, tensor in ref.items():
         expected = tensor.numpy().reshape(got_heads[name].shape)
@@ -121,11 +124,13 @@ def _heads_difference(ref_heads: dict[str, torch.Tensor], got_heads: dict[str, n
     return report
 
 
-def dense_decode(heads: dict[str, torch.Tensor], stride: int = HEAD_STRIDE) -> dict[str, np.ndarray]:
+def dense_decode(heads: dict[str, torch.Tensor], stride: int = HEAD_STRIDE, iou_power: float = 0.0
+                 ) -> dict[str, np.ndarray]:
     """Every cell decoded as if it were a peak: score, box, gender, age [N, H*W(,4)], plus the 3x3
-    neighbourhood max of the score (with and without the cell itself) to tell peaks and ties."""
+    neighbourhood max of the score (with and without the cell itself) to tell peaks and ties. The score is
+    ``decode_scene``'s (with the IoU branch: heatmap^(1-a) * IoU^a)."""
     with torch.no_grad():
-        heat = torch.sigmoid(heads["heatmap"])
+        heat = score_map(heads, iou_power)
         n, _, h, w = heat.shape
         ys, xs = torch.meshgrid(torch.arange(h, dtype=heat.dtype), torch.arange(w, dtype=heat.dtype), indexing="ij")
         if "ltrb" in heads:

@@ -272,3 +272,66 @@ def test_uniform_cell_weights_spread_each_persons_log_area_evenly():
     assert torch.allclose(even[cells], torch.full((len(cells),), log_area / len(cells)))
     centre = math.floor((BIG[1] + BIG[3]) / 2 / STRIDE) * W + math.floor((BIG[0] + BIG[2]) / 2 / STRIDE)
     assert gauss[centre] == gauss.max() and gauss[centre] > even[centre]  # TTFNet: the centre weighs most
+
+
+def test_iou_branch_needs_v2_and_adds_one_output():
+    with pytest.raises(ConfigError, match="iou_score"):
+        parse_config(ModelConfig, {"iou_score": 0.5}, "test")  # v1 has no box at every cell
+    with pytest.raises(ConfigError, match="iou_score"):
+        parse_config(ModelConfig, {"arch": "v2", "iou_score": 1.5}, "test")
+    plain = build_model(SMALL_V2).eval()
+    model = build_model(SMALL_V2.model_copy(update={"iou_score": 0.5})).eval()
+    images = torch.rand(1, 3, 64, 64)
+    assert "iou" not in plain(images) and model(images)["iou"].shape == model(images)["heatmap"].shape
+    assert sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in plain.parameters()) == 16 + 1
+
+
+def test_iou_branch_moves_the_peak_to_the_cell_with_the_better_box():
+    outputs = _v2_outputs(torch.tensor([[BIG]]))
+    heat = torch.sigmoid(outputs["heatmap"])
+    y, x = divmod(int(heat.flatten().argmax()), W)
+    iou = torch.full_like(heat, -4.0)
+    iou[0, 0, y, x + 1] = 4.0  # the branch says only the right-hand neighbour's box is good
+    ltrb = outputs["ltrb"].clone()
+    ltrb[0, :, y, x + 1] += math.log(1.2)  # ... and that box differs from the centre's, so the read is visible
+    outputs = {**outputs, "ltrb": ltrb, "iou": iou}
+    plain, aware = decode_scene(outputs, 5), decode_scene(outputs, 5, iou_power=0.5)
+    centre = box_from_ltrb(cell_anchor(torch.tensor(float(x)), STRIDE), cell_anchor(torch.tensor(float(y)), STRIDE),
+                           outputs["ltrb"][0, :, y, x], STRIDE)
+    neighbour = box_from_ltrb(cell_anchor(torch.tensor(float(x + 1)), STRIDE),
+                              cell_anchor(torch.tensor(float(y)), STRIDE), ltrb[0, :, y, x + 1], STRIDE)
+    torch.testing.assert_close(plain["boxes"][0, 0], centre)
+    torch.testing.assert_close(aware["boxes"][0, 0], neighbour)
+    expected = heat[0, 0, y, x + 1].sqrt() * torch.sigmoid(torch.tensor(4.0)).sqrt()
+    torch.testing.assert_close(aware["scores"][0, 0], expected)
+
+
+def test_iou_branch_learns_each_core_cells_own_iou_without_pushing_the_box():
+    from model.losses import LossConfig
+
+    boxes = torch.tensor([[BIG, SMALL_PERSON]])
+    batch = {"boxes": boxes, "box_mask": torch.ones(1, 2, dtype=torch.bool), "has_boxes": torch.tensor([True]),
+             "gender": torch.full((1, 2), -1.0), "age": torch.full((1, 2), -1.0),
+             "age_group": torch.full((1, 2), -1, dtype=torch.long)}
+    outputs = _v2_outputs(boxes)  # exact boxes at every core cell: IoU target 1 there
+    positive = dense_box_targets(boxes, torch.ones(1, 2, dtype=torch.bool), H, W, STRIDE)["weight"].reshape(1, 1, H, W) > 0
+    ltrb = outputs["ltrb"].clone().requires_grad_(True)
+    iou = torch.zeros(1, 1, H, W, requires_grad=True)
+    total, terms = MultiTaskLoss(LossConfig(box=0.0))({**outputs, "ltrb": ltrb, "iou": iou}, batch)
+    torch.testing.assert_close(terms["iou"], torch.tensor(math.log(2.0)))  # BCE(0.5 -> 1) at every core cell
+    total.backward()
+    assert (iou.grad[positive] < 0).all() and (iou.grad[~positive] == 0).all()
+    assert ltrb.grad is None or not ltrb.grad.any()  # the IoU target is detached: only the box loss moves boxes
+    assert "iou" not in MultiTaskLoss()(outputs, batch)[1]  # no branch, no term
+
+
+def test_iou_branch_exports_with_its_score(tmp_path):
+    torch.manual_seed(0)
+    model = randomize_batchnorm(build_model(SMALL_V2.model_copy(update={"iou_score": 0.5})).eval())
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    report = export_onnx(model, tmp_path / "iou.onnx", "scene", 64, images=images)
+    assert report["unmatched"] == 0 and report["matched"] > 0
+    got = run_onnx(ort_session(str(tmp_path / "iou.onnx")), images)
+    with torch.no_grad():
+        ref = model.predict_decoded(images)
+    np.testing.assert_allclose(np.sort(got["scores"], 1), np.sort(ref["scores"].numpy(), 1), atol=1e-4)
