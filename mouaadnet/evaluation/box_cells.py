@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from model.config import HEAD_STRIDE
-from model.decode import box_from_ltrb, cell_anchor
+from model.decode import box_from_ltrb, cell_anchor, score_map
 from model.losses import dense_box_targets
 from mouaadnet.data.dataset import SceneDataset, collate_scene
 from mouaadnet.data.types import Sample
@@ -72,7 +72,9 @@ def box_cell_report(model: torch.nn.Module, samples: list[Sample], size: int, ba
         outputs = model(batch["images"], mode="scene")
         if "ltrb" not in outputs:
             raise ValueError("box cells need an arch-v2 model (a box at every cell)")
-        heat, cells = torch.sigmoid(outputs["heatmap"].float()), _cell_boxes(outputs["ltrb"])
+        # the score decode ranks by: the heatmap, or with the IoU branch heatmap^(1-a) * IoU^a
+        heat = score_map({k: v.float() for k, v in outputs.items()}, getattr(model.cfg, "iou_score", 0.0))
+        cells = _cell_boxes(outputs["ltrb"])
         for i in range(len(batch["images"])):
             gt = batch["boxes"][i][batch["box_mask"][i]]
             if len(gt):
