@@ -28,7 +28,8 @@ def ship(
                                                   "Percentile (clips outliers) or Entropy.")] = "MinMax",
     qat_steps: Annotated[int, typer.Option(
         min=0, help="Quantization-aware fine-tuning steps that learn the INT8 ranges (0: PTQ calibration with "
-                    "--calibration). Both variants are gated; the QAT one ships.")] = 200,
+                    "--calibration). Both variants are gated; the QAT one ships unless it fails a gate the "
+                    "PTQ one passes (the manifest's int8_choice says which and why).")] = 200,
     val_limit: Annotated[int | None, typer.Option(help="At most this many validation samples per set.")] = None,
     val_data: Annotated[list[str] | None, typer.Option(help="Extra validation sources for the gates (repeatable), "
                                                             "e.g. ../shared/data/pennfudan.")] = None,

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,20 @@ class GateReport:
             lines.append(f"  [{g.status:>4}] {g.name:<34} {value:>9}  (limit {g.limit:g})  {g.detail}")
         lines.append(f"gates {'PASSED' if self.passed else 'FAILED: ' + ', '.join(g.name for g in self.failed)}")
         return "\n".join(lines)
+
+
+def variant_passed(report: GateReport, variant: str) -> bool:
+    """Every gate of one INT8 variant passed (enforced or reported beside), and so did the FP32 ones."""
+    own = [g for g in report.gates if g.name.startswith(f"{variant}_")]
+    fp32 = [g for g in report.gates if g.name.startswith("fp32_")]
+    return bool(own) and all(g.passed for g in own + fp32)
+
+
+def with_gated(report: GateReport, variant: str) -> GateReport:
+    """The same measurements with ``variant``'s INT8 gates enforced and the other INT8 variants' reported beside."""
+    gates = [replace(g, enforced=g.name.startswith(f"{variant}_")) if g.name.startswith("int8") else g
+             for g in report.gates]
+    return GateReport(gates, report.metrics, report.modes)
 
 
 def _fmt(value: Any, digits: int = 4) -> str:

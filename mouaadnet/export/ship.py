@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from model.artifacts import write_sidecar
+from model.artifacts import sidecar_path, write_sidecar
+from mouaadnet.evaluation.gates import variant_passed, with_gated
 from mouaadnet.export.exporter import MODES, Exporter
 from mouaadnet.export.images import TrainingImages
 from mouaadnet.tracking import quick_http, training_lineage
@@ -63,7 +64,8 @@ def ship(checkpoint: str | Path, config: str | Path, out: str | Path, num_calib:
     """Build ``out`` (written beside, then swapped in whole, so a failed run leaves the old folder intact);
     ``calibration``: ONNX Runtime's calibration method for the INT8 activation ranges (PTQ). ``qat_steps`` > 0:
     a quantization-aware fine-tune of that many steps on the config's training data learns the ranges instead
-    (as the pipeline's qat step); both INT8 variants are gated, the QAT one is shipped and gated."""
+    (as the pipeline's qat step); both INT8 variants are gated, and the QAT one ships unless it fails a gate that
+    the PTQ one passes (``choose_int8``)."""
     from onnxruntime.quantization import CalibrationMethod
 
     if calibration not in CalibrationMethod.__members__:
@@ -75,24 +77,23 @@ def ship(checkpoint: str | Path, config: str | Path, out: str | Path, num_calib:
     model, pt = _shipped_checkpoint(checkpoint, staging)
     exporter, images = Exporter(model, pt), TrainingImages(config)  # calibrated on the training split
     qat = _qat_ranges(checkpoint, config, qat_steps, staging) if qat_steps > 0 else None
-    shipped_variant = "int8_qat" if qat else "int8_ptq"
+    variants = ["int8_qat", "int8_ptq"] if qat else ["int8_ptq"]  # in order of preference
     files = {}
     for mode in MODES:
         fp32 = exporter.export_fp32(staging / f"mouaadnet.{mode}.fp32.onnx", mode, images)
-        int8 = {"int8_ptq": staging / f"mouaadnet.{mode}.int8.onnx"}
-        if qat:  # the PTQ file is only compared against: it is gated beside the shipped QAT one, then dropped
-            int8 = {"int8_ptq": staging / ".compare" / f"mouaadnet.{mode}.int8-ptq.onnx",
-                    "int8_qat": int8["int8_ptq"]}
+        # each variant is written aside, gated, and the one chosen is then moved to the shipped name
+        int8 = {v: staging / ".compare" / f"mouaadnet.{mode}.{v.replace('_', '-')}.onnx" for v in variants}
         for variant, path in int8.items():
             exporter.export_int8(fp32, path, images, num_calib, calibrate_method=calibration,
                                  qat=qat if variant == "int8_qat" else None)
         files[mode] = {"fp32": fp32.path, **int8}
     report = exporter.gate(list(extra_val or []), val_limit, config, fp32=[files[m]["fp32"] for m in MODES],
-                           int8={v: [files[m][v] for m in MODES] for v in files["scene"] if v != "fp32"},
-                           gated=shipped_variant)
-    shutil.rmtree(staging / ".compare", ignore_errors=True)
+                           int8={v: [files[m][v] for m in MODES] for v in variants}, gated=variants[0])
+    shipped_variant, choice = choose_int8(report, variants)
+    report = with_gated(report, shipped_variant)
     for mode in MODES:
-        files[mode]["int8"] = files[mode][shipped_variant]
+        files[mode]["int8"] = _adopt(files[mode][shipped_variant], staging / f"mouaadnet.{mode}.int8.onnx")
+    shutil.rmtree(staging / ".compare", ignore_errors=True)
     default = "int8" if report.passed else "fp32"  # INT8 runs by default only when it passed on real data
     manifest = {
         "checkpoint": pt.name,
@@ -101,6 +102,7 @@ def ship(checkpoint: str | Path, config: str | Path, out: str | Path, num_calib:
         "trained_with": str(config),
         "lineage": lineage(checkpoint),
         "int8_variant": shipped_variant,
+        "int8_choice": choice,
         **({"qat_steps": qat_steps} if qat else {}),
         "licence": "research and non-commercial use only (trained on research-only data; see docs/MODEL_CARD.md)",
     }
@@ -115,6 +117,26 @@ def ship(checkpoint: str | Path, config: str | Path, out: str | Path, num_calib:
     staging.rename(out)
     shutil.rmtree(old, ignore_errors=True)
     return ShipReport(out, manifest, report.passed, report.format())
+
+
+def choose_int8(report, variants: list[str]) -> tuple[str, str]:
+    """The INT8 variant to ship, and why: the first of ``variants`` (QAT, then PTQ) that passed every gate; the
+    first one when none did (FP32 then stays the default)."""
+    for variant in variants:
+        if variant_passed(report, variant):
+            skipped = [f"{v} failed {', '.join(g.name for g in report.gates if g.name.startswith(f'{v}_') and not g.passed)}"
+                       for v in variants[:variants.index(variant)]]
+            return variant, "; ".join([*skipped, f"{variant} passed every gate"])
+    return variants[0], f"no INT8 variant passed every gate ({', '.join(variants)}): FP32 is the default"
+
+
+def _adopt(path: Path, shipped: Path) -> Path:
+    """Move an INT8 file and its sidecar to the shipped name; the sidecar names its new file."""
+    path.rename(shipped)
+    meta = json.loads(sidecar_path(path).read_text())
+    sidecar_path(path).unlink()
+    sidecar_path(shipped).write_text(json.dumps({**meta, "artifact": shipped.name}, indent=2) + "\n")
+    return shipped
 
 
 def _qat_ranges(checkpoint: Path, config: Path, steps: int, staging: Path) -> dict:
