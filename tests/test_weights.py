@@ -67,8 +67,9 @@ def test_detect_with_no_server_and_no_model_finds_the_astronaut(tmp_path: Path) 
     result = CliRunner().invoke(app, ["detect", str(photo), "--json"])
     assert result.exit_code == 0, result.output
     people = json.loads(result.stdout)[0]["people"]  # stderr says which model and runtime ran
-    assert len(people) == 1, people  # one person, no duplicate box on her
-    person = people[0]
+    on_her = [p for p in people if _iou(p["box"], ASTRONAUT_BOX) >= 0.3]
+    assert len(on_her) == 1, people  # she is found, with no duplicate box on her (v2 adds one on the flag)
+    person = on_her[0]
     assert _iou(person["box"], ASTRONAUT_BOX) >= 0.5, person
     assert 0.0 <= person["p_female"] <= 1.0 and 0 <= person["age"] <= 100
     assert np.isfinite(person["score"])
