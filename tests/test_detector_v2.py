@@ -196,19 +196,30 @@ def test_v2_graph_with_nms_runs_in_openvino_as_in_onnxruntime(tmp_path):
             assert np.abs(ort["boxes"][i][keep_ort] - box).max(axis=1).min() < 1e-2
 
 
-def test_v1_weights_still_load_and_export_as_shipped(tmp_path):
+def test_shipped_v2_weights_load_and_export_as_shipped(tmp_path):
     from mouaadnet.training.checkpoint import model_from_checkpoint
 
     model, _ = model_from_checkpoint(ROOT / "weights" / "mouaadnet.pt")
-    assert model.cfg.arch == "v1" and model.cfg.nms_threshold() == 0.0
+    assert model.cfg.arch == "v2" and model.cfg.nms_threshold() == V2_NMS_IOU
     images = torch.rand(2, 3, 320, 320, generator=torch.Generator().manual_seed(3))
-    path = tmp_path / "v1.onnx"
+    path = tmp_path / "v2.onnx"
     report = export_onnx(model, path, "scene", 320, images=images)
     assert report["unmatched"] == 0
     shipped = run_onnx(ort_session(str(ROOT / "weights" / "mouaadnet.scene.fp32.onnx")), images)
     fresh = run_onnx(ort_session(str(path)), images)
     for name in ("boxes", "scores", "gender", "age"):  # the same graph function as the shipped file
         assert np.allclose(shipped[name], fresh[name], atol=1e-4), name
+
+
+def test_v1_checkpoints_still_load_as_v1(tmp_path):
+    """v1 (git history, 70c95ce) has no ``arch`` key in its model_config: it must load as v1, without NMS."""
+    from mouaadnet.training.checkpoint import model_from_checkpoint
+
+    v1 = ModelConfig(widths=[8, 16, 24, 32, 48], neck_width=16, head_width=16, scene_size=64, crop_size=32)
+    saved = {k: v for k, v in v1.model_dump().items() if k not in ("arch", "iou_score")}
+    torch.save({"model": build_model(v1).state_dict(), "model_config": saved}, tmp_path / "v1.pt")
+    model, _ = model_from_checkpoint(tmp_path / "v1.pt")
+    assert model.cfg.arch == "v1" and model.cfg.nms_threshold() == 0.0 and "size" in model(torch.rand(1, 3, 64, 64))
 
 
 def test_evaluation_decodes_like_the_exported_graph():
