@@ -52,8 +52,18 @@ class LossConfig(StrictConfig):
     # Arch v2's box-loss weight of the cells of a person's core: TTFNet's Gaussian (the centre cells most) or uniform
     # (FCOS: the off-centre cells, where the peak often lands, regress as carefully as the centre).
     box_cell_weight: Literal["gaussian", "uniform"] = "gaussian"
+    # Width of the Gaussian score target: sigma = heatmap_alpha * box side / 6 (TTFNet 0.54). Narrower peaks sit on
+    # the centre cell more often, where the box is best (docs/BENCHMARKS.md, "Where the box is lost").
+    heatmap_alpha: float = GAUSSIAN_ALPHA
     # Arch v2 with ``model.iou_score`` > 0: BCE of the IoU branch against each core cell's (detached) box IoU.
     iou: float = 1.0
+
+    @field_validator("heatmap_alpha")
+    @classmethod
+    def _positive_width(cls, value: float) -> float:
+        if not 0.0 < value <= 1.0:
+            raise ValueError(f"must be in (0, 1] (a share of the box side / 6), got {value}")
+        return value
 
     @field_validator("heatmap", "box", "offset", "gender", "age", "age_l1", "age_sigma", "gender_distill",
                      "age_distill", "distill_age_sigma", "iou")
@@ -156,8 +166,10 @@ def age_target_distribution(age: torch.Tensor, age_group: torch.Tensor, sigma: f
     return torch.where(has_age, exact_dist, torch.where(has_group, group_dist, torch.zeros_like(exact_dist)))
 
 
-def scene_targets(batch: dict[str, torch.Tensor], height: int, width: int, stride: int = HEAD_STRIDE) -> dict[str, torch.Tensor]:
-    """Heatmap [N,1,h,w], center cells, offsets, log-sizes and the valid-row mask for a scene batch."""
+def scene_targets(batch: dict[str, torch.Tensor], height: int, width: int, stride: int = HEAD_STRIDE,
+                  alpha: float = GAUSSIAN_ALPHA) -> dict[str, torch.Tensor]:
+    """Heatmap [N,1,h,w] (elliptical Gaussians of sigma = ``alpha`` * side / 6), center cells, offsets, log-sizes
+    and the valid-row mask for a scene batch."""
     boxes = batch["boxes"].float()
     valid = batch["box_mask"] & batch["has_boxes"].unsqueeze(1)
     valid = valid & (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
@@ -166,8 +178,8 @@ def scene_targets(batch: dict[str, torch.Tensor], height: int, width: int, strid
     cell_y = centers[..., 1].floor().clamp(0, height - 1)
     w_cells = (boxes[..., 2] - boxes[..., 0]) / stride
     h_cells = (boxes[..., 3] - boxes[..., 1]) / stride
-    sigma_x = (GAUSSIAN_ALPHA * w_cells / 6).clamp(min=0.3)
-    sigma_y = (GAUSSIAN_ALPHA * h_cells / 6).clamp(min=0.3)
+    sigma_x = (alpha * w_cells / 6).clamp(min=0.3)
+    sigma_y = (alpha * h_cells / 6).clamp(min=0.3)
     xs = torch.arange(width, device=boxes.device, dtype=torch.float32).view(1, 1, 1, width)
     ys = torch.arange(height, device=boxes.device, dtype=torch.float32).view(1, 1, height, 1)
     dx = xs - cell_x[..., None, None]
@@ -316,7 +328,7 @@ class MultiTaskLoss:
     def scene_parts(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
                     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         _, _, h, w = outputs["heatmap"].shape
-        target = scene_targets(batch, h, w, self.stride)
+        target = scene_targets(batch, h, w, self.stride, self.cfg.heatmap_alpha)
         valid = target["valid"]
         index = target["index"]
         if self.cfg.heatmap_target == "quality":

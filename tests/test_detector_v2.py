@@ -346,3 +346,35 @@ def test_iou_branch_exports_with_its_score(tmp_path):
     with torch.no_grad():
         ref = model.predict_decoded(images)
     np.testing.assert_allclose(np.sort(got["scores"], 1), np.sort(ref["scores"].numpy(), 1), atol=1e-4)
+
+
+def test_a_converged_detector_loads_into_a_config_that_adds_the_iou_branch():
+    """Fine-tuning the IoU branch on top of a converged v2: every tensor comes from the checkpoint except the
+    branch's own; anything else that differs still fails, naming the keys."""
+    from mouaadnet.training.checkpoint import load_pretrained
+
+    saved = build_model(SMALL_V2).state_dict()
+    model = build_model(SMALL_V2.model_copy(update={"iou_score": 0.5}))
+    fresh = load_pretrained(model, saved, SMALL_V2.model_dump())
+    assert fresh == ["detection.iou.weight", "detection.iou.bias"]
+    for name, tensor in model.state_dict().items():
+        if name not in fresh:
+            torch.testing.assert_close(tensor, saved[name], msg=name)
+    wider = build_model(SMALL_V2.model_copy(update={"iou_score": 0.5, "head_width": SMALL_V2.head_width * 2}))
+    with pytest.raises(ValueError, match="model.head_width"):
+        load_pretrained(wider, saved, SMALL_V2.model_dump())
+    with pytest.raises(ValueError, match="model.iou_score: checkpoint 0.5, config 0.0"):  # a branch is not dropped
+        load_pretrained(build_model(SMALL_V2), model.state_dict(), model.cfg.model_dump())
+
+
+def test_a_narrower_score_gaussian_keeps_the_peak_and_the_box_cells():
+    from model.losses import LossConfig
+
+    batch = {"boxes": torch.tensor([[BIG]]), "box_mask": torch.ones(1, 1, dtype=torch.bool),
+             "has_boxes": torch.tensor([True])}
+    wide = scene_targets(batch, H, W, STRIDE)["heatmap"]
+    narrow = scene_targets(batch, H, W, STRIDE, alpha=0.3)["heatmap"]
+    assert int(wide.flatten().argmax()) == int(narrow.flatten().argmax()) and narrow.max() == 1.0
+    assert (narrow <= wide + 1e-6).all() and (narrow > 0.5).sum() < (wide > 0.5).sum()
+    with pytest.raises(ConfigError, match="heatmap_alpha"):
+        parse_config(LossConfig, {"heatmap_alpha": 0.0}, "test")

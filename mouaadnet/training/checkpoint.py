@@ -91,6 +91,28 @@ def architecture_difference(saved: dict[str, Any], cfg: ModelConfig) -> str:
     return "; ".join(differ) or "the same model config, yet different tensors"
 
 
+# Branches a config may add to a checkpoint's model, and the state-dict prefix of each: a fine-tune from that
+# checkpoint starts them from their initialisation and every other tensor from the checkpoint (issue 21: the IoU
+# branch trained on top of a converged detector).
+ADDABLE_BRANCHES: dict[str, str] = {"iou_score": "detection.iou."}
+
+
+def load_pretrained(model: MouaadNet, weights: dict[str, torch.Tensor], saved: dict[str, Any]) -> list[str]:
+    """Load a checkpoint's ``weights`` into ``model``; returns the tensors left at their initialisation (only
+    those of ``ADDABLE_BRANCHES`` the model has and the checkpoint lacks). Raises ValueError naming the model keys
+    that differ for anything else."""
+    added = tuple(prefix for key, prefix in ADDABLE_BRANCHES.items()
+                  if getattr(model.cfg, key) and not any(name.startswith(prefix) for name in weights))
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError:  # a tensor of another shape
+        missing, unexpected = ["(shapes)"], []
+    if unexpected or any(not name.startswith(added) for name in missing):
+        raise ValueError(f"{architecture_difference(saved, model.cfg)} (set those model keys as the checkpoint "
+                         "has them, or pretrained: '')")
+    return list(missing)
+
+
 def model_from_checkpoint(path: str | Path, use_ema: bool = True) -> tuple[MouaadNet, dict[str, Any]]:
     """Rebuild the training-form model of a checkpoint (EMA weights when present)."""
     data = load_checkpoint(path)

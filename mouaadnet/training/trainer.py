@@ -28,9 +28,9 @@ from mouaadnet.evaluation.evaluate import EvalResult, evaluate_sets, flat_metric
 from mouaadnet.tracking import MetricSpool, final_wait, git_commit, mlflow_run
 from mouaadnet.training import distributed, durable, run_logging
 from mouaadnet.training.checkpoint import (
-    architecture_difference,
     atomic_save,
     load_checkpoint,
+    load_pretrained,
     restore_rng_state,
     rng_state,
 )
@@ -113,13 +113,13 @@ class Trainer:
 
     def _load_pretrained(self, path: str) -> None:
         state = load_checkpoint(path)
-        weights = state.get("ema") or state["model"]
         try:
-            self.model.load_state_dict(weights)
-        except RuntimeError:
-            raise ValueError(f"pretrained {path} does not fit the config's model: "
-                             f"{architecture_difference(state.get('model_config') or {}, self.cfg.model)} "
-                             "(set those model keys as the checkpoint has them, or pretrained: '')") from None
+            fresh = load_pretrained(self.model, state.get("ema") or state["model"], state.get("model_config") or {})
+        except ValueError as error:
+            raise ValueError(f"pretrained {path} does not fit the config's model: {error}") from None
+        if fresh:  # a branch the config adds (e.g. the IoU branch on a converged detector) starts from scratch
+            distributed.note(f"pretrained {path}: {len(fresh)} tensors new in this config start from their "
+                             f"initialisation: {', '.join(fresh)}", self.dist)
 
     @property
     def eval_model(self) -> nn.Module:
