@@ -21,15 +21,17 @@ class HandMadeV2(torch.nn.Module):
     """Scene head maps of a known batch: Gaussian peaks at the centres and, at every core cell, the exact box;
     ``shift``: the peaks move one cell right, where the box is ``stretch`` times too wide."""
 
-    def __init__(self, batch: dict, shift: bool = False, stretch: float = 1.0):
+    def __init__(self, batch: dict, shift: bool = False, stretch: float = 1.0, plateau: bool = False):
         super().__init__()
         self.cfg = ModelConfig(arch="v2")
-        self.batch, self.shift, self.stretch = batch, shift, stretch
+        self.batch, self.shift, self.stretch, self.plateau = batch, shift, stretch, plateau
 
     def forward(self, images, mode="scene"):
         n, h, w = len(images), SIZE // 8, SIZE // 8
         heat = scene_targets(self.batch, h, w)["heatmap"].clamp(1e-4, 1 - 1e-4)
         ltrb = encode_ltrb(dense_box_targets(self.batch["boxes"], self.batch["box_mask"], h, w)["boxes"], h, w)
+        if self.plateau:  # a flat top: every cell of it is a 3x3 maximum, so a peak of its own
+            heat = heat.clamp(max=0.5)
         if self.shift:
             heat = torch.roll(heat, 1, dims=-1)
             ltrb = ltrb.clone()
@@ -54,6 +56,14 @@ def test_exact_maps_report_perfect_boxes_at_the_centre():
     assert report["people"] == int(batch["box_mask"].sum())
     assert report["reported_mean_iou"] > 0.95 and report["centre_cell_at75"] == 1.0
     assert report["best_core_cell_mean_iou"] > 0.99 and report["peak_at_centre"] > 0.9
+    assert report["core_peaks"] == pytest.approx(1.0, abs=0.25)  # one peak per person
+    assert sum(report[f"people_{band}"] for band in ("small", "medium", "large")) == report["people"]
+
+
+def test_a_plateau_shows_as_several_peaks_in_a_core():
+    batch, samples = _batch_and_samples()
+    report = box_cell_report(HandMadeV2(batch, plateau=True), samples, SIZE, batch_size=len(samples))
+    assert report["core_peaks"] > 1.5  # the exact maps: one (test above)
 
 
 def test_a_peak_off_the_centre_reports_its_worse_box():

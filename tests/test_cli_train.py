@@ -77,6 +77,12 @@ def test_train_then_evaluate_cli(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     levers = json.loads(result.stdout)
     assert levers["synthetic"]["second_pass_ms_per_person"] > 0 and "age_mae" in levers["synthetic-crops"]
+    result = runner.invoke(app, ["evaluate", str(out / "best.pt"), "--data", "synthetic:2:5", "--json",
+                                 "--receptive-field"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["synthetic"]["erf_people"] > 0
+    result = runner.invoke(app, ["evaluate", str(out / "best.pt"), "--data", "synthetic:2:5", "--box-cells"])
+    assert result.exit_code == 2 and "arch-v2" in result.output  # the tiny config is v1: no box at every cell
     # --resume of a finished run does nothing more and still succeeds
     result = runner.invoke(app, ["train", "--config", str(_tiny_config(tmp_path)), "--out", str(out), "--resume", "--quiet"])
     assert result.exit_code == 0, result.output

@@ -242,6 +242,11 @@ def evaluate(
     box_cells: Annotated[bool, typer.Option("--box-cells", help="Scene sets, arch v2: per labelled person, the IoU of "
                                                                 "the reported box beside the box at its centre cell "
                                                                 "and the best cell of its core (cells_* metrics).")] = False,
+    receptive_field: Annotated[bool, typer.Option("--receptive-field", help="Scene sets: how much of each person "
+                                                                            "the cell that boxes it looks at "
+                                                                            "(effective receptive field of its box "
+                                                                            "outputs, erf_* metrics; first 150 "
+                                                                            "people of each set).")] = False,
 ) -> None:
     """COCO AP50 / AP50:95 / AR100 for persons; gender accuracy and confusion; age MAE and ±k accuracy."""
     from mouaadnet.evaluation.evaluate import evaluate_sets
@@ -285,6 +290,13 @@ def evaluate(
                 except ValueError as error:
                     fail(f"error: --box-cells: {error}", 2)
                 result.metrics.update({f"cells_{k}": v for k, v in report.items()})
+    if receptive_field:
+        from mouaadnet.evaluation.receptive_field import receptive_field_report
+
+        for result, eval_set in zip(results, sets):
+            if result.mode == "scene":
+                report = receptive_field_report(model, eval_set.samples, model.cfg.scene_size)
+                result.metrics.update({f"erf_{k}": v for k, v in report.items()})
     if as_json:
         typer.echo(json.dumps({r.name: r.metrics for r in results}, indent=2, default=float))
         return
