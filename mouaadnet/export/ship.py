@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from model.artifacts import sidecar_path, write_sidecar
-from mouaadnet.evaluation.gates import variant_passed, with_gated
+from mouaadnet.evaluation.gates import GateReport, variant_passed, with_gated
 from mouaadnet.export.exporter import MODES, Exporter
 from mouaadnet.export.images import TrainingImages
 from mouaadnet.tracking import quick_http, training_lineage
@@ -119,7 +119,7 @@ def ship(checkpoint: str | Path, config: str | Path, out: str | Path, num_calib:
     return ShipReport(out, manifest, report.passed, report.format())
 
 
-def choose_int8(report, variants: list[str]) -> tuple[str, str]:
+def choose_int8(report: GateReport, variants: list[str]) -> tuple[str, str]:
     """The INT8 variant to ship, and why: the first of ``variants`` (QAT, then PTQ) that passed every gate; the
     first one when none did (FP32 then stays the default)."""
     for variant in variants:
