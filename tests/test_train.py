@@ -112,6 +112,24 @@ def test_a_pretrained_checkpoint_of_another_architecture_is_named(tmp_path):
         Trainer(cfg, tmp_path / "run")
 
 
+
+def test_a_converged_v2_fine_tunes_with_the_iou_branch_added(tmp_path, capsys):
+    """The trainer starts a config that adds the IoU branch from a v2 checkpoint without it and says which tensors
+    start fresh."""
+    from model import ModelConfig, build_model
+
+    v2 = ModelConfig(arch="v2", widths=[8, 16, 24, 32, 48], neck_width=16, head_width=16, scene_size=64, crop_size=32)
+    start = tmp_path / "v2.pt"
+    saved = build_model(v2).state_dict()
+    torch.save({"model": saved, "model_config": v2.model_dump()}, start)
+    cfg = tiny_config()
+    cfg.model = v2.model_copy(update={"iou_score": 0.5})
+    cfg.pretrained = str(start)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    assert "2 tensors new in this config" in capsys.readouterr().err
+    torch.testing.assert_close(trainer.model.state_dict()["detection.ltrb.weight"], saved["detection.ltrb.weight"])
+    assert "detection.iou.weight" in trainer.model.state_dict()
+
 def test_mlflow_run_has_params_metrics_artifacts(tmp_path, tracking):
     cfg = tiny_config(epochs=2, steps=2)
     summary = train(cfg, tmp_path / "run", progress=False)
