@@ -66,18 +66,34 @@ def dataset(name: str, digest: str, source: str) -> Any:
     return MetaDataset(where, name=name, digest=digest[:36])
 
 
+# How a tracking store says a row with that unique key was just inserted by someone else (sqlite, PostgreSQL, MySQL)
+DUPLICATE_ROW = ("UNIQUE constraint failed", "duplicate key value", "Duplicate entry")
+
+
 def log_dataset(name: str, digest: str, source: str, context: str = "training", run_id: str | None = None) -> None:
-    """Log the dataset as an input of the active run (or of ``run_id``): the runs table's Dataset column."""
+    """Log the dataset as an input of the active run (or of ``run_id``): the runs table's Dataset column.
+
+    Two runs of one experiment that log the same new dataset at the same moment (ablations started side by side)
+    race on the store's unique (experiment, name, digest) row: the loser's insert fails. Its retry finds the
+    winner's row and links the run to it, so the race costs one retry, not the run."""
     import mlflow
     from mlflow.entities import DatasetInput, InputTag
+    from mlflow.exceptions import MlflowException
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     data = dataset(name, digest, source)
-    if run_id is None:
-        mlflow.log_input(data, context=context)
-        return
-    entity = DatasetInput(data._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
-    mlflow.MlflowClient().log_inputs(run_id, datasets=[entity])
+    for attempt in range(3):
+        try:
+            if run_id is None:
+                mlflow.log_input(data, context=context)
+            else:
+                entity = DatasetInput(data._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
+                mlflow.MlflowClient().log_inputs(run_id, datasets=[entity])
+            return
+        except MlflowException as error:
+            if attempt == 2 or not any(marker in str(error) for marker in DUPLICATE_ROW):
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 LINEAGE_TAGS = ("git_commit", "data_fingerprint", "resumed_from_run", "resumed_at_epoch", "resume.resumed_after")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,45 @@ def test_training_lineage_reads_the_train_run_its_pipeline_run_and_data_digests(
     assert gone["train_run"] == "0" * 32 and "not_in_store" in gone and "pipeline_run" not in gone
     torch.save({"model": {}}, tmp_path / "bare.pt")
     assert lineage(tmp_path / "bare.pt") == {}
+
+
+RACE_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+import mlflow
+from mouaadnet.tracking import log_dataset
+folder = Path(sys.argv[1])
+mlflow.set_experiment("race")
+with mlflow.start_run() as run:
+    (folder / f"ready-{os.getpid()}").write_text(run.info.run_id)
+    while not (folder / "go").exists():
+        time.sleep(0.001)
+    for i in range(30):
+        log_dataset(f"set{i}", f"{i:036d}", "/data")
+"""
+
+
+def test_two_runs_logging_the_same_new_datasets_at_once_both_link_them(tracking, tmp_path):
+    """Ablations started side by side log the same data as inputs at the same moment: the store's unique dataset
+    row makes one insert fail (MLflow's IntegrityError), and the run that lost must not crash for it."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    tracking.create_experiment("race")  # created once, so the race is on the datasets only
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    script = tmp_path / "race.py"
+    script.write_text(RACE_SCRIPT)
+    runs = [subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("ready-*"))) < 2 and time.monotonic() < deadline and all(r.poll() is None for r in runs):
+        time.sleep(0.05)
+    (tmp_path / "go").write_text("")
+    for run in runs:
+        _, err = run.communicate(timeout=180)
+        assert run.returncode == 0, err[-2000:]
+    for ready in tmp_path.glob("ready-*"):
+        linked = _datasets(tracking.get_run(ready.read_text()))
+        assert sorted(linked) == sorted(f"set{i}" for i in range(30))
