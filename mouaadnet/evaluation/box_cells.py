@@ -20,7 +20,7 @@ from model.decode import box_from_ltrb, cell_anchor, score_map
 from model.losses import dense_box_targets
 from mouaadnet.data.dataset import SceneDataset, collate_scene
 from mouaadnet.data.types import Sample
-from mouaadnet.evaluation.metrics import SIZE_BANDS, box_iou
+from mouaadnet.evaluation.metrics import box_iou, size_bands
 
 MIN_SCORE = 0.05  # peaks below this are not reported detections
 GOOD_IOU = 0.75
@@ -103,8 +103,7 @@ def box_cell_report(model: torch.nn.Module, samples: list[Sample], size: int, ba
                 rows += _people(gt, heat[i, 0], cells[i], getattr(model.cfg, "top_k", 100))
     table = np.array(rows, dtype=np.float64).reshape(-1, len(COLUMNS))
     report: dict[str, Any] = {"people": len(table), **_summary(table)}
-    for band, (low, high) in SIZE_BANDS.items():  # person height in the model input, as box_fit bands it
-        inside = (table[:, -1] >= low) & (table[:, -1] < high)
+    for band, inside in size_bands(table[:, -1]).items():  # person height in the model input, as box_fit bands it
         report[f"people_{band}"] = int(inside.sum())
         report.update(_summary(table[inside], f"_{band}"))
     return report

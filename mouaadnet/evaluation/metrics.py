@@ -187,6 +187,11 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 SIZE_BANDS: dict[str, tuple[float, float]] = {"small": (0, 32), "medium": (32, 96), "large": (96, math.inf)}
 
 
+def size_bands(heights: np.ndarray) -> dict[str, np.ndarray]:
+    """For each ``SIZE_BANDS`` band, which of the people of ``heights`` (px) fall in it (boolean mask)."""
+    return {band: (heights >= low) & (heights < high) for band, (low, high) in SIZE_BANDS.items()}
+
+
 def box_fit(predictions: list[dict], ground_truths: list[dict]) -> dict[str, float]:
     """How well the box a user sees fits each person: for every labelled person, the IoU of the highest-scoring
     detection that overlaps it (0 when none does). ``box_fit_mean_iou`` overall and per person height band,
@@ -204,8 +209,7 @@ def box_fit(predictions: list[dict], ground_truths: list[dict]) -> dict[str, flo
     best_iou, height = np.asarray(best), np.asarray(heights)
     out = {"box_fit_mean_iou": float(best_iou.mean()) if len(best_iou) else NAN,
            "box_fit_at75": float((best_iou >= 0.75).mean()) if len(best_iou) else NAN}
-    for band, (low, high) in SIZE_BANDS.items():
-        inside = (height >= low) & (height < high)
+    for band, inside in size_bands(height).items():
         out[f"box_fit_mean_iou_{band}"] = float(best_iou[inside].mean()) if inside.any() else NAN
         out[f"box_fit_count_{band}"] = float(inside.sum())
     return out

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from model.config import HEAD_STRIDE
 from mouaadnet.data.dataset import SceneDataset, collate_scene
 from mouaadnet.data.types import Sample
-from mouaadnet.evaluation.metrics import SIZE_BANDS
+from mouaadnet.evaluation.metrics import size_bands
 
 MASS = 0.9  # share of the gradient the reported extents hold
 BOX_OUTPUTS = ("ltrb", "size", "offset")  # the box maps of arch v2 (ltrb) and v1 (size + offset)
@@ -71,8 +71,7 @@ def receptive_field_report(model: torch.nn.Module, samples: list[Sample], size: 
             break
     table = np.array(rows, dtype=np.float64).reshape(-1, 5)
     report: dict[str, Any] = {"people": len(table), **_medians(table)}
-    for band, (low, high) in SIZE_BANDS.items():
-        inside = (table[:, 4] >= low) & (table[:, 4] < high)
+    for band, inside in size_bands(table[:, 4]).items():
         report[f"people_{band}"] = int(inside.sum())
         report.update(_medians(table[inside], f"_{band}"))
     return report

@@ -105,9 +105,10 @@ def load_pretrained(model: MouaadNet, weights: dict[str, torch.Tensor], saved: d
                   if getattr(model.cfg, key) and not any(name.startswith(prefix) for name in weights))
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
+        fits = not unexpected and all(name.startswith(added) for name in missing)
     except RuntimeError:  # a tensor of another shape
-        missing, unexpected = ["(shapes)"], []
-    if unexpected or any(not name.startswith(added) for name in missing):
+        fits = False
+    if not fits:
         raise ValueError(f"{architecture_difference(saved, model.cfg)} (set those model keys as the checkpoint "
                          "has them, or pretrained: '')")
     return list(missing)
