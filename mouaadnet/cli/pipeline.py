@@ -157,6 +157,29 @@ def compare_cmd(
         typer.echo(f"wrote {save_figure(plot_runs_comparison(rows, list(COMPARE_METRICS)), plot)}")
 
 
+@runs_app.command("curves")
+def curves_cmd(
+    runs: Annotated[list[str], typer.Argument(help="Training runs: MLflow run ids or unique run names.")],
+    metric: Annotated[list[str] | None, typer.Option(
+        help="Validation metric to compare (repeatable; default: AP75 and AP50:95 of the trained person sets).")] = None,
+    every: Annotated[int, typer.Option(min=1, help="Table row every N epochs (each run's last epoch is always shown).")] = 5,
+    plot: Annotated[Path, typer.Option(help="Learning-curve plot to write.")] = Path("runs/curves.png"),
+) -> None:
+    """Learning curves of training runs side by side, epoch by epoch (e.g. a long run still training against
+    the one that shipped), with each run's best value; reads MLflow (MLFLOW_TRACKING_URI or ./mlflow.db)."""
+    from mouaadnet.evaluation.plots import plot_learning_curves, save_figure
+    from mouaadnet.training.curves import DEFAULT_CURVE_METRICS, format_curves, load_curves
+
+    metrics = list(metric or DEFAULT_CURVE_METRICS)
+    try:
+        curves = load_curves(runs, metrics)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="RUNS / --metric") from None
+    typer.echo("\n\n".join(format_curves(curves, name, every) for name in metrics))
+    series = {name: {f"{run.name} ({run.run_id[:8]})": run.values[name] for run in curves} for name in metrics}
+    typer.echo(f"wrote {save_figure(plot_learning_curves(series), plot)}")
+
+
 def demo_cmd(
     config: Annotated[Path | None, typer.Option(help="Pipeline config (default configs/pipeline.yaml).")] = None,
     images: Annotated[int, typer.Option(help="Validation images sent through gRPC.")] = 4,

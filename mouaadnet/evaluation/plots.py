@@ -38,6 +38,13 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
     return path
 
 
+def _placeholder(fig: Figure, text: str) -> Figure:
+    """A figure that says why it has nothing to plot."""
+    axis = fig.add_subplot(1, 1, 1)
+    axis.text(0.5, 0.5, text, ha="center", va="center", transform=axis.transAxes)
+    return fig
+
+
 def _as_array(values: Any) -> np.ndarray:
     """Flatten a list / numpy array / torch tensor into a 1-D float array."""
     if hasattr(values, "detach"):
@@ -79,9 +86,7 @@ def plot_training_curves(history: dict[str, list[float]]) -> Figure:
 
     fig = _new_figure(5.0 * max(len(groups), 1), 4.0)
     if not groups:
-        axis = fig.add_subplot(1, 1, 1)
-        axis.text(0.5, 0.5, "no history recorded", ha="center", va="center", transform=axis.transAxes)
-        return fig
+        return _placeholder(fig, "no history recorded")
     axes = fig.subplots(1, len(groups), squeeze=False)[0]
     for axis, (title, names) in zip(axes, groups.items(), strict=True):
         for name in names:
@@ -217,6 +222,24 @@ def plot_runs_comparison(rows: list[dict], metrics: list[str]) -> Figure:
     axis.set_title("run comparison")
     axis.grid(True, axis="y", alpha=0.3)
     axis.legend(fontsize="small")
+    return fig
+
+
+def plot_learning_curves(series: dict[str, dict[str, dict[int, float]]]) -> Figure:
+    """One subplot per metric, one line per run: ``series[metric][run label] = {epoch: value}``."""
+    fig = _new_figure(4.5 * max(len(series), 1), 3.8)
+    if not series:
+        return _placeholder(fig, "no metrics")
+    axes = fig.subplots(1, len(series), squeeze=False)[0]
+    for axis, (metric, runs) in zip(axes, series.items(), strict=True):
+        for label, points in runs.items():
+            epochs = sorted(points)
+            axis.plot(epochs, [points[e] for e in epochs], marker="o", markersize=2, label=label)
+        axis.set_title(metric, fontsize="small")
+        axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize="x-small")
     return fig
 
 
