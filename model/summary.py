@@ -27,6 +27,9 @@ def output_shapes(model: nn.Module, images: torch.Tensor, mode: str) -> dict[str
         return {name: list(t.shape) for name, t in model(images, mode=mode).items()}
 
 
+MAX_FIELD_PROBE = 4096  # px: the largest input the unclipped field is measured on
+
+
 def receptive_field(model: nn.Module, size: int, samples: int = 4) -> int:
     """Side (px) of the input region the centre cell of the scene heatmap sees: where the gradient of that one
     logit w.r.t. the input is non-zero, over a few random inputs (the theoretical field, every path included)."""
@@ -38,6 +41,17 @@ def receptive_field(model: nn.Module, size: int, samples: int = 4) -> int:
     seen = images.grad.abs().sum((0, 1)) > 0
     rows, cols = torch.nonzero(seen.any(1)).flatten(), torch.nonzero(seen.any(0)).flatten()
     return int(max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)) if len(rows) else 0
+
+
+def unclipped_receptive_field(model: nn.Module, size: int) -> int:
+    """The theoretical field measured on inputs large enough that the image border does not clip it (a field
+    clipped at ``size`` would read as "sees exactly the input" whatever the architecture)."""
+    probe = 2 * size
+    while True:
+        field = receptive_field(model, probe, samples=1)
+        if field < probe or probe >= MAX_FIELD_PROBE:
+            return field
+        probe *= 2
 
 
 def model_summary(cfg: ModelConfig, scene_size: int | None = None, crop_size: int | None = None) -> dict:
@@ -57,5 +71,5 @@ def model_summary(cfg: ModelConfig, scene_size: int | None = None, crop_size: in
         "flops_deploy_crop": count_flops(deploy_form, crop, "crop"),
         "outputs_scene": output_shapes(deploy_form, scene, "scene"),
         "outputs_crop": output_shapes(deploy_form, crop, "crop"),
-        "receptive_field_scene": receptive_field(deploy_form, scene_size),
+        "receptive_field_scene": unclipped_receptive_field(deploy_form, scene_size),
     }

@@ -73,8 +73,10 @@ def info(
     for mode in ("scene", "crop"):
         shapes = ", ".join(f"{name} {shape}" for name, shape in summary[f"outputs_{mode}"].items())
         typer.echo(f"outputs {mode:<5}  {shapes}")
-    typer.echo(f"receptive field of a scene heatmap cell: {summary['receptive_field_scene']} px "
-               f"(input {summary['scene_size']} px; clipped at the image border)")
+    field, size = summary["receptive_field_scene"], summary["scene_size"]
+    reach = "every cell can see the whole input" if field >= size else "less than the input"
+    typer.echo(f"theoretical receptive field of a scene heatmap cell: {field} px ({reach} of {size} px; where its "
+               f"gradient actually lies, the effective field: mouaadnet evaluate --receptive-field)")
 
 
 def _register_commands() -> None:
