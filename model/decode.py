@@ -6,11 +6,15 @@ exported ONNX graph. Rows past the real detections simply carry low scores; thre
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
 from .config import HEAD_STRIDE, NUM_AGE_BINS
 
+# Pooled attribute features at K cells [N,K,C] -> (gender logit [N,K], age logits [N,K,101]).
+AttributeDecision = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 SIZE_LOG_LIMIT = 6.0  # exp(6) * stride ~ 3200 px: keeps exp() finite in fp16 / INT8 graphs
 
 
@@ -85,12 +89,16 @@ def score_map(outputs: dict[str, torch.Tensor], iou_power: float = 0.0) -> torch
 
 
 def decode_scene(outputs: dict[str, torch.Tensor], k: int = 100, stride: int = HEAD_STRIDE,
-                 nms_iou: float = 0.0, iou_power: float = 0.0) -> dict[str, torch.Tensor]:
+                 nms_iou: float = 0.0, iou_power: float = 0.0,
+                 attribute_decision: AttributeDecision | None = None) -> dict[str, torch.Tensor]:
     """Scene-mode head tensors -> boxes [N,K,4] (input px), scores [N,K], gender P(female) [N,K], age [N,K].
 
     Arch v1 (``size`` + ``offset``) or v2 (``ltrb``: the box is read at the peak cell). ``nms_iou`` > 0 runs
     class-agnostic Fast NMS after top-K (suppressed rows: score 0, sorted last). ``iou_power`` a > 0 with an
-    ``iou`` output: peaks and scores are found on heatmap^(1-a) * predicted IoU^a (``ModelConfig.iou_score``)."""
+    ``iou`` output: peaks and scores are found on heatmap^(1-a) * predicted IoU^a (``ModelConfig.iou_score``).
+    Outputs with pooled ``attributes`` instead of gender/age maps (the deploy graph) need ``attribute_decision``:
+    it maps the features picked at the K peaks [N,K,C] to gender and age logits, so the 101-bin decision runs at K
+    cells, not at every cell."""
     heat = score_map(outputs, iou_power)
     n, _, h, w = heat.shape
     # A cell is a peak when it equals the max of its 3x3 neighbourhood (CenterNet's NMS replacement).
@@ -104,13 +112,20 @@ def decode_scene(outputs: dict[str, torch.Tensor], k: int = 100, stride: int = H
         offset = _gather(outputs["offset"], index)
         boxes = box_from_regression((xs + offset[..., 0]) * stride, (ys + offset[..., 1]) * stride,
                                     _gather(outputs["size"], index), stride)
-    decoded = {
-        "boxes": boxes,
-        "scores": scores,
-        "gender": torch.sigmoid(_gather(outputs["gender"], index)[..., 0]),
-        "age": expected_age(_gather(outputs["age"], index)),
-    }
+    gender, age = _attribute_logits(outputs, index, attribute_decision)
+    decoded = {"boxes": boxes, "scores": scores, "gender": torch.sigmoid(gender), "age": expected_age(age)}
     return fast_nms(decoded, nms_iou) if nms_iou > 0 else decoded
+
+
+def _attribute_logits(outputs: dict[str, torch.Tensor], index: torch.Tensor,
+                      attribute_decision: AttributeDecision | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gender logit [N,K] and age logits [N,K,101] at the peak cells."""
+    if "attributes" not in outputs:
+        return _gather(outputs["gender"], index)[..., 0], _gather(outputs["age"], index)
+    if attribute_decision is None:
+        raise ValueError("scene outputs carry pooled attribute features: decoding needs the attribute decision "
+                         "(AttributeHead.decide)")
+    return attribute_decision(_gather(outputs["attributes"], index))
 
 
 def decode_crop(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -3,7 +3,8 @@
 Why stride 8 and not 4: at 320x320 the stride-8 map is 40x40. A person must be at least ~8 px apart from
 the next one's center to get its own cell, which holds for the people a 320-px camera frame can resolve,
 and the offset regression restores sub-cell precision. Stride 4 would quadruple every head FLOP (the
-101-bin age layer alone would cost ~85 MFLOPs at 80x80) and push the model past its 0.8 GFLOPs budget,
+101-bin age layer alone would cost ~85 MFLOPs at 80x80 in training; the deploy graph runs it at the top-K
+peaks only) and push the model past its 0.8 GFLOPs budget,
 for gains only on crowds of tiny people that are below the useful resolution of age/gender anyway.
 """
 
@@ -120,10 +121,21 @@ class AttributeHead(nn.Module):
         return (F.avg_pool2d(gated, self.window, 1, pad) /
                 F.avg_pool2d(gate, self.window, 1, pad).clamp_min(GATE_EPS))
 
-    def forward(self, x: torch.Tensor, crop: bool) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, crop: bool, defer_decision: bool = False) -> dict[str, torch.Tensor]:
+        """Logits; in scene mode with ``defer_decision`` the pooled features instead ("attributes" [N,C,h,w]), so
+        decoding runs the decision at the top-K cells only (``decide``) rather than at every cell."""
         gate, features = self.gate_and_features(x)
-        logits = self.decision(self.dropout(self.pool(gate, features, crop)))
+        pooled = self.dropout(self.pool(gate, features, crop))
+        if defer_decision and not crop:
+            return {"attributes": pooled}
+        logits = self.decision(pooled)
         if crop:
             logits = logits.flatten(1)
             return {"gender": logits[:, 0], "age": logits[:, 1:]}
         return {"gender": logits[:, :1], "age": logits[:, 1:]}
+
+    def decide(self, picked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The 1x1 decision on pooled features picked at K cells [N,K,C] -> gender logit [N,K], age logits
+        [N,K,101]. Runs the decision module itself (a 1x1 conv over K "pixels"), so a QAT or folded copy works."""
+        logits = self.decision(picked.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)
+        return logits[..., 0], logits[..., 1:]

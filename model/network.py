@@ -45,26 +45,31 @@ class MouaadNet(nn.Module):
         self.attributes = AttributeHead(cfg.neck_width, cfg.head_width, cfg.head_convs, cfg.attr_dropout,
                                         cfg.attr_window)
 
-    def forward(self, images: torch.Tensor, mode: Mode = "scene") -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, mode: Mode = "scene", defer_attributes: bool = False
+                ) -> dict[str, torch.Tensor]:
+        """Raw head tensors; ``defer_attributes`` (scene mode, for decoding) returns the attribute head's pooled
+        features ("attributes") instead of the gender and age maps: ``decode`` runs the decision at the peaks."""
         check_input(images, mode)
         set_statistics_mode(self, mode)  # each mode normalises by its own running statistics (ModeBatchNorm2d)
         fused = self.neck(self.backbone(images))
         if mode == "crop":
             return self.attributes(fused, crop=True)
-        return {**self.detection(fused), **self.attributes(fused, crop=False)}
+        return {**self.detection(fused), **self.attributes(fused, crop=False, defer_decision=defer_attributes)}
 
     def decode(self, outputs: dict[str, torch.Tensor], k: int | None = None) -> dict[str, torch.Tensor]:
         """Scene outputs -> top-K people (boxes, scores, gender, age); crop outputs -> gender, age per image."""
         if "heatmap" in outputs:
             return decode_scene(outputs, k or self.cfg.top_k, nms_iou=self.cfg.nms_threshold(),
-                                iou_power=self.cfg.iou_score)
+                                iou_power=self.cfg.iou_score, attribute_decision=self.attributes.decide)
         return decode_crop(outputs)
 
     @torch.no_grad()
     def predict_decoded(self, images: torch.Tensor, mode: Mode = "scene") -> dict[str, torch.Tensor]:
-        """Decoded outputs as the exported graph gives them (top-K, the config's NMS): evaluation's ``predict``
-        calls this method when a model has it, so ``mouaadnet evaluate`` measures the function that ships."""
-        return self.decode(self(images.to(next(self.parameters()).device), mode=mode))
+        """Decoded outputs as the exported graph gives them (top-K, the config's NMS, the attribute decision at
+        the peaks): evaluation's ``predict`` calls this method when a model has it, so ``mouaadnet evaluate``
+        measures the function that ships."""
+        images = images.to(next(self.parameters()).device)
+        return self.decode(self(images, mode=mode, defer_attributes=mode == "scene"))
 
 
 def check_input(images: torch.Tensor, mode: str) -> None:

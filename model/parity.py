@@ -1,9 +1,11 @@
 """Does an exported ONNX graph compute what the PyTorch model computes? The same answer on every CPU.
 
 Two checks, both on the file that ships:
-1. **Raw head tensors.** The last conv of each head (heatmap, size, offset, attribute decision) is found in the
-   graph by its module path and exposed as an extra output of an in-memory copy; ONNX Runtime's tensors are
-   compared with PyTorch's with a tolerance.
+1. **Raw head tensors.** The last conv of each detection head (heatmap, size, offset, ltrb, iou) and, for the
+   attributes, the decision conv (crop) or the pooled attribute features the scene graph's decision reads at its
+   peaks, are found in the graph by their module path and exposed as extra outputs of an in-memory copy; ONNX
+   Runtime's tensors are compared with PyTorch's with a tolerance. The scene decision itself is checked through
+   the decoded gender and age of every kept detection (2.).
 2. **Decoded detections, tie-aware.** Peak extraction keeps a cell that equals the max of its 3x3
    neighbourhood. On a near-flat heatmap two neighbouring cells differ by ~1e-7, and which one is "the" peak
    depends on the CPU's kernels (PyTorch's and ONNX Runtime's differ between an Intel AMX and an AMD EPYC
@@ -41,7 +43,9 @@ PARITY_TOLERANCE = {"heads_detection": 1e-4, "heads_attributes": 1e-2, "scores":
                     "gender": 1e-3, "age_years": 1e-2, "unmatched": 0}
 KEEP_SCORE = 0.05  # from this score on a detection's gender and age are compared too
 HEAD_CONVS = ("heatmap", "size", "offset", "ltrb", "iou", "decision")  # module names of the heads' last convs
-SCENE_HEADS = {"v1": ("heatmap", "size", "offset", "decision"), "v2": ("heatmap", "ltrb", "decision")}
+SCENE_HEADS = {"v1": ("heatmap", "size", "offset", "attributes"), "v2": ("heatmap", "ltrb", "attributes")}
+# The scene graph's pooled attribute features (AttributeHead.pool's weighted average, the decision's input).
+POOLED_ATTRIBUTES_NODE = "/model/attributes/Div"
 NMS_IOU_TIE = 1e-3  # box IoU this close to the NMS threshold may go either way on another CPU
 
 
@@ -53,6 +57,8 @@ def parity(onnx_path: str | Path, reference: nn.Module, images: torch.Tensor, mo
     proto = onnx.load(str(onnx_path))
     with torch.no_grad():
         ref_heads = reference.model(images, mode=mode)
+        if mode == "scene":
+            ref_heads["attributes"] = reference.model(images, mode=mode, defer_attributes=True)["attributes"]
         ref = dict(zip(output_names(mode), (t.numpy() for t in reference(images))))
     got, got_heads = _run_with_heads(proto, images, mode)
     report = {**_heads_difference(ref_heads, got_heads, mode), "images": int(images.shape[0])}
@@ -77,13 +83,16 @@ def parity_failures(report: dict, tolerance: dict | None = None) -> list[str]:
 
 def head_tensor_names(proto) -> dict[str, str]:
     """Output tensor of each head's last conv in an exported graph, found by the exporter's module-path node names
-    (``/model/detection/heatmap/Conv``); crop-mode graphs have only ``decision``."""
+    (``/model/detection/heatmap/Conv``), and of the scene graph's pooled attribute features ("attributes");
+    crop-mode graphs have only ``decision``."""
     found: dict[str, list[str]] = {}
     for node in proto.graph.node:
         parts = node.name.rsplit("/", 2)
         if node.op_type == "Conv" and node.name.startswith("/model/") and len(parts) == 3 and parts[1] in HEAD_CONVS:
             found.setdefault(parts[1], []).append(node.output[0])
-    if any(len(outputs) > 1 for outputs in found.values()) or "decision" not in found:
+        if node.name == POOLED_ATTRIBUTES_NODE:
+            found.setdefault("attributes", []).append(node.output[0])
+    if any(len(outputs) > 1 for outputs in found.values()) or not {"decision", "attributes"} & set(found):
         raise OnnxValidationError(f"cannot find the head convs {HEAD_CONVS} by name in the graph (found {found})")
     return {name: outputs[0] for name, outputs in found.items()}
 
@@ -111,15 +120,16 @@ def _run_with_heads(proto, images: torch.Tensor, mode: Mode) -> tuple[dict, dict
 def _heads_difference(ref_heads: dict[str, torch.Tensor], got_heads: dict[str, np.ndarray], mode: Mode) -> dict:
     """Largest |ONNX - PyTorch| of the detection and the attribute head logits, each tensor's difference relative
     to its largest magnitude (at least 1)."""
-    ref = {"decision": torch.cat([ref_heads["gender"][:, None], ref_heads["age"]], 1) if mode == "crop"
-           else torch.cat([ref_heads["gender"], ref_heads["age"]], 1)}
-    if mode == "scene":
-        ref.update({name: ref_heads[name] for name in ("heatmap", "size", "offset", "ltrb", "iou") if name in ref_heads})
+    if mode == "crop":
+        ref = {"decision": torch.cat([ref_heads["gender"][:, None], ref_heads["age"]], 1)}
+    else:
+        ref = {name: ref_heads[name] for name in ("heatmap", "size", "offset", "ltrb", "iou", "attributes")
+               if name in ref_heads}
     report = {"heads_attributes": 0.0} if mode == "crop" else {"heads_detection": 0.0, "heads_attributes": 0.0}
     for name, tensor in ref.items():
         expected = tensor.numpy().reshape(got_heads[name].shape)
         relative = float(np.abs(got_heads[name] - expected).max()) / max(1.0, float(np.abs(expected).max()))
-        key = "heads_attributes" if name == "decision" else "heads_detection"
+        key = "heads_attributes" if name in ("decision", "attributes") else "heads_detection"
         report[key] = max(report[key], relative)
     return report
 

@@ -16,9 +16,11 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def count_flops(model: nn.Module, images: torch.Tensor, mode: str) -> int:
-    """FLOPs of one forward pass as counted by FlopCounterMode (2 FLOPs per multiply-add)."""
+    """FLOPs of one pass as the exported graph computes it (a model's ``predict_decoded``: in scene mode the
+    attribute decision runs at the top-K peaks only), counted by FlopCounterMode (2 FLOPs per multiply-add)."""
+    run = getattr(model, "predict_decoded", None) or model
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(images, mode=mode)
+        run(images, mode=mode)
     return int(counter.get_total_flops())
 
 

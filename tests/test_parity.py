@@ -137,3 +137,36 @@ def test_export_raises_on_a_graph_without_named_heads(tmp_path):
 
     with pytest.raises(OnnxValidationError, match="head convs"):
         head_tensor_names(onnx.helper.make_model(onnx.helper.make_graph([], "empty", [], [])))
+
+
+def test_a_broken_attribute_decision_fails(tmp_path):
+    """The scene graph runs the attribute decision at its peaks only: a wrong decision weight leaves every raw
+    head and pooled feature equal and must still fail, through the decoded gender and age."""
+    model = _model(heatmap_scale=1.0, heatmap_bias=0.0)  # scores near 0.5: detections kept, attributes compared
+    path = tmp_path / "scene.onnx"
+    export_onnx(model, path, "scene", 64, images=IMAGES)
+    wrapper = export_wrapper(model, "scene")
+
+    def scale_decision(proto):
+        weight = next(t for t in proto.graph.initializer if t.name.endswith("attributes.decision.weight"))
+        values = onnx.numpy_helper.to_array(weight) * 1.5
+        weight.CopyFrom(onnx.numpy_helper.from_array(values.astype(np.float32), weight.name))
+
+    report = parity(_break(path, tmp_path, scale_decision), wrapper, IMAGES, "scene")
+    assert report["heads_attributes"] <= PARITY_TOLERANCE["heads_attributes"] and report["kept"] > 0
+    failed = parity_failures(report)
+    assert any(line.startswith(("gender", "age_years")) for line in failed), failed
+
+
+def test_scene_graph_decides_attributes_at_the_peaks_only(exported):
+    """The 1 + 101 attribute logits are computed for the K rows, not for every cell of the map."""
+    from model.onnx_run import ort_session, run_onnx
+
+    path, _ = exported
+    proto = onnx.load(str(path))
+    weight = next(t for t in proto.graph.initializer if t.name.endswith("attributes.decision.weight"))
+    decision = [n for n in proto.graph.node if weight.name in n.input]
+    assert len(decision) == 1 and decision[0].op_type == "Conv"
+    proto.graph.output.append(onnx.helper.make_tensor_value_info(decision[0].output[0], onnx.TensorProto.FLOAT, None))
+    logits = run_onnx(ort_session(proto.SerializeToString()), IMAGES)[decision[0].output[0]]
+    assert logits.shape == (2, 1 + 101, SMALL.top_k, 1)  # not (2, 102, 8, 8): one column per top-K row
