@@ -198,3 +198,23 @@ def test_a_checkpoint_with_one_set_of_statistics_loads_into_both_modes(trained_l
 
     for m in (m for m in model.modules() if isinstance(m, ModeBatchNorm2d)):
         assert torch.equal(m.crop_running_mean, m.running_mean) and torch.equal(m.crop_running_var, m.running_var)
+
+
+@pytest.mark.parametrize("arch", ["v1", "v2"])
+def test_decoding_runs_the_attribute_decision_at_the_peaks_with_the_same_result(arch):
+    """predict_decoded (what the exported graph computes) gathers pooled features at the top-K peaks and decides
+    there; decoding the full gender and age maps gives the same people, gender and age."""
+    from model.decode import decode_scene
+
+    torch.manual_seed(0)
+    model = randomize_batchnorm(build_model(ModelConfig(arch=arch)), seed=3).eval()
+    images = torch.rand(2, 3, 128, 160, generator=torch.Generator().manual_seed(4))
+    deferred = model(images, defer_attributes=True)
+    assert "gender" not in deferred and deferred["attributes"].shape == (2, model.cfg.head_width, 16, 20)
+    with torch.no_grad():
+        full = decode_scene(model(images), model.cfg.top_k, nms_iou=model.cfg.nms_threshold())
+        peaks = model.predict_decoded(images)
+    for name in ("boxes", "scores", "gender", "age"):
+        torch.testing.assert_close(peaks[name], full[name], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="attribute decision"):
+        decode_scene(deferred, model.cfg.top_k)
