@@ -27,6 +27,7 @@ from .decode import SIZE_LOG_LIMIT, box_from_ltrb, cell_anchor, expected_age
 GAUSSIAN_ALPHA = 0.54  # TTFNet: elliptical Gaussian sigma = alpha * box side / 6
 GAUSSIAN_BETA = 0.54  # TTFNet: the box-regression core is the Gaussian truncated at beta * box side / 2
 MIN_LOG_AREA_PX = 4.0  # log-area weights use at least a 2x2-px box, so every weight stays > 0
+TEACHER_MIN_SCORE = 0.05  # cells where a distillation teacher's score is lower teach no box
 MIN_SIDE_CELLS = 1e-3  # a target side distance at least this (cells): tiny boxes off their centre cell's anchor
 
 
@@ -57,6 +58,11 @@ class LossConfig(StrictConfig):
     heatmap_alpha: float = GAUSSIAN_ALPHA
     # Arch v2 with ``model.iou_score`` > 0: BCE of the IoU branch against each core cell's (detached) box IoU.
     iou: float = 1.0
+    # Detector distillation from a converged v2 teacher (TrainConfig.detector_teacher), beside the ground truth:
+    # BCE of the heatmap against the teacher's score at every cell (normalised by the teacher's score mass), and
+    # 1 - GIoU of each cell's box against the teacher's box there, weighted by the teacher's score (cells >= 0.05).
+    teacher_heatmap: float = 0.0
+    teacher_box: float = 0.0
 
     @field_validator("heatmap_alpha")
     @classmethod
@@ -66,7 +72,8 @@ class LossConfig(StrictConfig):
         return value
 
     @field_validator("heatmap", "box", "offset", "gender", "age", "age_l1", "age_sigma", "gender_distill",
-                     "age_distill", "distill_age_sigma", "iou")
+                     "age_distill", "distill_age_sigma", "iou",
+                     "teacher_heatmap", "teacher_box")
     @classmethod
     def _non_negative(cls, value: float) -> float:
         if value < 0:
@@ -286,9 +293,12 @@ class MultiTaskLoss:
         self.stride = stride
         self.count_reducer = count_reducer
 
-    def __call__(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
+                 teacher: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if "heatmap" in outputs:
             parts = self.scene_parts(outputs, batch)
+            if teacher is not None:
+                parts.update(self.teacher_parts(outputs, teacher))
         else:
             parts = self.attribute_parts(outputs["gender"], outputs["age"], batch["gender"], batch["age"],
                                          batch["age_group"])
@@ -343,6 +353,21 @@ class MultiTaskLoss:
         age = _gather_rows(outputs["age"].float(), index)
         attr = self.attribute_parts(gender, age, batch["gender"], batch["age"], batch["age_group"], valid)
         return {**parts, **attr}
+
+    def teacher_parts(self, outputs: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]
+                      ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """(sum, normaliser) of the detector distillation terms: the teacher's scores and boxes as soft targets."""
+        with torch.no_grad():
+            score = torch.sigmoid(teacher["heatmap"].float())
+        heat = F.binary_cross_entropy_with_logits(outputs["heatmap"].float(), score, reduction="none")
+        n, _, h, w = score.shape
+        ax, ay = _cell_anchors(h, w, self.stride, score.device)
+        with torch.no_grad():
+            goal = box_from_ltrb(ax, ay, teacher["ltrb"].float().reshape(n, 4, -1).transpose(1, 2), self.stride)
+        pred = box_from_ltrb(ax, ay, outputs["ltrb"].float().reshape(n, 4, -1).transpose(1, 2), self.stride)
+        weight = (score * (score >= TEACHER_MIN_SCORE)).reshape(n, -1)
+        return {"teacher_heatmap": (heat.sum(), score.sum()),
+                "teacher_box": ((giou_loss(pred, goal) * weight).sum(), weight.sum())}
 
     def centre_box_parts(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
                          target: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -378,3 +378,27 @@ def test_a_narrower_score_gaussian_keeps_the_peak_and_the_box_cells():
     assert (narrow <= wide + 1e-6).all() and (narrow > 0.5).sum() < (wide > 0.5).sum()
     with pytest.raises(ConfigError, match="heatmap_alpha"):
         parse_config(LossConfig, {"heatmap_alpha": 0.0}, "test")
+
+
+def test_detector_distillation_is_at_rest_when_the_student_equals_the_teacher():
+    """The teacher terms pull the student's heatmap and boxes to the teacher's: zero gradient where they agree,
+    a box pulled where they do not; a teacher needs a weight and a weight needs a teacher."""
+    from mouaadnet.training.config import TrainConfig
+
+    torch.manual_seed(0)
+    teacher = {"heatmap": torch.randn(2, 1, 8, 8), "ltrb": torch.randn(2, 4, 8, 8) * 0.3 + 1.0}
+    student = {name: value.clone().requires_grad_(True) for name, value in teacher.items()}
+    parts = MultiTaskLoss().teacher_parts(student, teacher)
+    total = sum(value / count for value, count in parts.values())
+    total.backward()
+    assert student["heatmap"].grad.abs().max() < 1e-6 and student["ltrb"].grad.abs().max() < 1e-6
+    assert parts["teacher_box"][0] < 1e-5 and parts["teacher_box"][1] > 0
+
+    moved = {name: value.clone() for name, value in teacher.items()}
+    moved["ltrb"][:, 0] += 0.5  # every box 65 % wider on the left
+    assert MultiTaskLoss().teacher_parts(moved, teacher)["teacher_box"][0] > 1.0
+
+    with pytest.raises(ValueError, match="detector_teacher"):
+        TrainConfig.model_validate({"loss": {"teacher_box": 1.0}})
+    with pytest.raises(ValueError, match="teacher_heatmap and loss.teacher_box are 0"):
+        TrainConfig.model_validate({"detector_teacher": "v2.pt"})

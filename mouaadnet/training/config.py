@@ -59,6 +59,8 @@ class TrainConfig(StrictConfig):
     experiment: str = "mouaadnet"
     best_metric: str = "val/score"  # the checkpoint-selection metric (higher is better)
     pretrained: str | None = None  # checkpoint to start from (weights only)
+    # A converged arch-v2 checkpoint whose scene outputs are soft targets (loss.teacher_heatmap / teacher_box)
+    detector_teacher: str | None = None
     score_threshold: float = 0.3  # detection threshold for attribute metrics on scenes
 
     @model_validator(mode="after")
@@ -72,6 +74,16 @@ class TrainConfig(StrictConfig):
         if weighted and not distils:
             raise ValueError("loss.gender_distill / loss.age_distill > 0 but no crop source has distill: true "
                              "(the teacher's labels come from those sources)")
+        return self
+
+    @model_validator(mode="after")
+    def _teacher_both_sides(self) -> TrainConfig:
+        """A detector teacher needs a weight, and a weight needs a teacher."""
+        weighted = self.loss.teacher_heatmap > 0 or self.loss.teacher_box > 0
+        if self.detector_teacher and not weighted:
+            raise ValueError("detector_teacher is set but loss.teacher_heatmap and loss.teacher_box are 0")
+        if weighted and not self.detector_teacher:
+            raise ValueError("loss.teacher_heatmap / loss.teacher_box > 0 need detector_teacher (a v2 checkpoint)")
         return self
 
     @classmethod

@@ -31,6 +31,7 @@ from mouaadnet.training.checkpoint import (
     atomic_save,
     load_checkpoint,
     load_pretrained,
+    model_from_checkpoint,
     restore_rng_state,
     rng_state,
 )
@@ -92,6 +93,7 @@ class Trainer:
         if self.dist.enabled:  # same weights everywhere (built from cfg.seed); own dropout draws per process
             seed_everything(distributed.rank_seed(cfg.seed, self.dist))
         self.loss = MultiTaskLoss(cfg.loss, count_reducer=self.dist.all_reduce_sum if self.dist.enabled else None)
+        self.teacher = self._load_teacher(cfg.detector_teacher) if cfg.detector_teacher else None
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
@@ -121,6 +123,13 @@ class Trainer:
             distributed.note(f"pretrained {path}: {len(fresh)} tensors new in this config start from their "
                              f"initialisation: {', '.join(fresh)}", self.dist)
 
+    def _load_teacher(self, path: str) -> nn.Module:
+        teacher, _ = model_from_checkpoint(path)
+        if teacher.cfg.arch != "v2":
+            raise ValueError(f"detector_teacher {path} is arch {teacher.cfg.arch}: distillation needs a v2 (ltrb) teacher")
+        teacher = teacher.to(self.device).eval().requires_grad_(False)
+        return teacher.to(memory_format=torch.channels_last) if self.cfg.channels_last else teacher
+
     @property
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
@@ -142,8 +151,12 @@ class Trainer:
                     else contextlib.nullcontext())
         with autocast:
             outputs = self.train_module(batch["images"], mode=mode)
+            teacher = None
+            if self.teacher is not None and mode == "scene":
+                with torch.no_grad():
+                    teacher = self.teacher(batch["images"], mode="scene")
         # losses in fp32 (the loss casts the head outputs); under DDP normalised by the global batch's counts
-        total, terms = self.loss(outputs, batch)
+        total, terms = self.loss(outputs, batch, teacher)
         if not torch.isfinite(total):
             values = {k: round(float(v), 4) for k, v in terms.items()}
             raise FloatingPointError(f"non-finite {mode} loss at epoch {self.epoch + 1}"
