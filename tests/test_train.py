@@ -130,6 +130,30 @@ def test_a_converged_v2_fine_tunes_with_the_iou_branch_added(tmp_path, capsys):
     torch.testing.assert_close(trainer.model.state_dict()["detection.ltrb.weight"], saved["detection.ltrb.weight"])
     assert "detection.iou.weight" in trainer.model.state_dict()
 
+
+def test_a_v2_teacher_distils_into_the_scene_steps(tmp_path):
+    """With a detector teacher the scene steps carry the two teacher terms (and the crop steps none); a v1
+    teacher is refused by name."""
+    from model import ModelConfig, build_model
+
+    v2 = ModelConfig(arch="v2", widths=[8, 16, 24, 32, 48], neck_width=16, head_width=16, scene_size=64, crop_size=32)
+    teacher = tmp_path / "teacher.pt"
+    torch.save({"model": build_model(v2).state_dict(), "model_config": v2.model_dump()}, teacher)
+    settings = tiny_config().model_dump()
+    settings["model"] = v2.model_dump()
+    settings["loss"].update(teacher_heatmap=1.0, teacher_box=2.5)
+    cfg = TrainConfig.model_validate({**settings, "detector_teacher": str(teacher)})
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    scene = trainer.optimizer_step(next(trainer.streams["scene"].epoch(0, 1)), "scene")
+    crop = trainer.optimizer_step(next(trainer.streams["crop"].epoch(0, 1)), "crop")
+    assert scene["loss_scene_teacher_heatmap"] > 0 and scene["loss_scene_teacher_box"] >= 0
+    assert not any("teacher" in key for key in crop)
+
+    v1 = v2.model_copy(update={"arch": "v1"})
+    torch.save({"model": build_model(v1).state_dict(), "model_config": v1.model_dump()}, teacher)
+    with pytest.raises(ValueError, match="distillation needs a v2"):
+        Trainer(cfg, tmp_path / "run2", progress=False)
+
 def test_mlflow_run_has_params_metrics_artifacts(tmp_path, tracking):
     cfg = tiny_config(epochs=2, steps=2)
     summary = train(cfg, tmp_path / "run", progress=False)
