@@ -43,6 +43,15 @@ def cell_anchor(cell: torch.Tensor, stride: int) -> torch.Tensor:
     return (cell + 0.5) * stride
 
 
+def cell_boxes(ltrb: torch.Tensor, stride: int = HEAD_STRIDE) -> torch.Tensor:
+    """Arch v2 ``ltrb`` maps [N,4,h,w] (log-distances) -> the box every cell decodes [N,h*w,4], float32."""
+    n, _, h, w = ltrb.shape
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=ltrb.device),
+                            torch.arange(w, dtype=torch.float32, device=ltrb.device), indexing="ij")
+    return box_from_ltrb(cell_anchor(xs.flatten(), stride), cell_anchor(ys.flatten(), stride),
+                         ltrb.float().reshape(n, 4, -1).transpose(1, 2), stride)
+
+
 def box_iou_matrix(boxes: torch.Tensor) -> torch.Tensor:
     """Pairwise IoU [N,K,K] of x1,y1,x2,y2 boxes [N,K,4] (plain Min/Max/Mul ops: any ONNX runtime)."""
     a, b = boxes.unsqueeze(2), boxes.unsqueeze(1)

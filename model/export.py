@@ -59,8 +59,8 @@ class SceneExport(nn.Module):
         self.iou_power = iou_power  # 0: the score is the heatmap (no IoU branch)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        # The attribute decision (1 + 101 logits) runs at the K peaks only: at every cell it was ~0.2-0.4 ms of a
-        # ~4 ms scene on one CPU thread, for maps the graph never outputs (docs/BENCHMARKS.md).
+        # The attribute decision (1 + 101 logits) runs at the K peaks only: at every cell it cost 0.1-0.45 ms of a
+        # ~5 ms scene (1 thread, AMD EPYC), for maps the graph never outputs (docs/BENCHMARKS.md).
         outputs = self.model(images, mode="scene", defer_attributes=True)
         out = decode_scene(outputs, self.k, nms_iou=self.nms_iou, iou_power=self.iou_power,
                            attribute_decision=self.model.attributes.decide)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pydantic import field_validator
 
 from .config import AGE_RANGES, HEAD_STRIDE, MAX_AGE, NUM_AGE_BINS, StrictConfig
-from .decode import SIZE_LOG_LIMIT, box_from_ltrb, cell_anchor, expected_age
+from .decode import SIZE_LOG_LIMIT, cell_anchor, cell_boxes, expected_age
 
 GAUSSIAN_ALPHA = 0.54  # TTFNet: elliptical Gaussian sigma = alpha * box side / 6
 GAUSSIAN_BETA = 0.54  # TTFNet: the box-regression core is the Gaussian truncated at beta * box side / 2
@@ -359,13 +359,10 @@ class MultiTaskLoss:
         """(sum, normaliser) of the detector distillation terms: the teacher's scores and boxes as soft targets."""
         with torch.no_grad():
             score = torch.sigmoid(teacher["heatmap"].float())
+            goal = cell_boxes(teacher["ltrb"], self.stride)
         heat = F.binary_cross_entropy_with_logits(outputs["heatmap"].float(), score, reduction="none")
-        n, _, h, w = score.shape
-        ax, ay = _cell_anchors(h, w, self.stride, score.device)
-        with torch.no_grad():
-            goal = box_from_ltrb(ax, ay, teacher["ltrb"].float().reshape(n, 4, -1).transpose(1, 2), self.stride)
-        pred = box_from_ltrb(ax, ay, outputs["ltrb"].float().reshape(n, 4, -1).transpose(1, 2), self.stride)
-        weight = (score * (score >= TEACHER_MIN_SCORE)).reshape(n, -1)
+        pred = cell_boxes(outputs["ltrb"], self.stride)
+        weight = (score * (score >= TEACHER_MIN_SCORE)).reshape(score.shape[0], -1)
         return {"teacher_heatmap": (heat.sum(), score.sum()),
                 "teacher_box": ((giou_loss(pred, goal) * weight).sum(), weight.sum())}
 
@@ -386,12 +383,10 @@ class MultiTaskLoss:
     def _dense_boxes(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], valid: torch.Tensor
                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Arch v2: every cell's decoded box [N, h*w, 4] and its dense targets (boxes, weights)."""
-        ltrb = outputs["ltrb"].float()
-        n, _, h, w = ltrb.shape
+        _, _, h, w = outputs["ltrb"].shape
         target = dense_box_targets(batch["boxes"].float(), valid, h, w, self.stride,
                                    cell_weight=self.cfg.box_cell_weight)
-        ax, ay = _cell_anchors(h, w, self.stride, ltrb.device)
-        return box_from_ltrb(ax, ay, ltrb.reshape(n, 4, -1).transpose(1, 2), self.stride), target
+        return cell_boxes(outputs["ltrb"], self.stride), target
 
     def dense_box_parts(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], valid: torch.Tensor
                         ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

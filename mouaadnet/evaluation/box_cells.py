@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from model.config import HEAD_STRIDE
-from model.decode import box_from_ltrb, cell_anchor, score_map
+from model.decode import cell_boxes, score_map
 from model.losses import dense_box_targets
 from mouaadnet.data.dataset import SceneDataset, collate_scene
 from mouaadnet.data.types import Sample
@@ -24,14 +24,6 @@ from mouaadnet.evaluation.metrics import box_iou, size_bands
 
 MIN_SCORE = 0.05  # peaks below this are not reported detections
 GOOD_IOU = 0.75
-
-
-def _cell_boxes(ltrb: torch.Tensor) -> torch.Tensor:
-    """[N,4,h,w] log-distances -> the box every cell decodes [N,h*w,4]."""
-    n, _, h, w = ltrb.shape
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-    ax, ay = cell_anchor(xs.flatten(), HEAD_STRIDE), cell_anchor(ys.flatten(), HEAD_STRIDE)
-    return box_from_ltrb(ax, ay, ltrb.float().reshape(n, 4, -1).transpose(1, 2), HEAD_STRIDE)
 
 
 COLUMNS = ("reported", "centre_cell", "best_core_cell", "peak_at_centre", "peak_offset_w", "peak_offset_h",
@@ -96,7 +88,7 @@ def box_cell_report(model: torch.nn.Module, samples: list[Sample], size: int, ba
             raise ValueError("box cells need an arch-v2 model (a box at every cell)")
         # the score decode ranks by: the heatmap, or with the IoU branch heatmap^(1-a) * IoU^a
         heat = score_map({k: v.float() for k, v in outputs.items()}, getattr(model.cfg, "iou_score", 0.0))
-        cells = _cell_boxes(outputs["ltrb"])
+        cells = cell_boxes(outputs["ltrb"])
         for i in range(len(batch["images"])):
             gt = batch["boxes"][i][batch["box_mask"][i]]
             if len(gt):

@@ -154,7 +154,8 @@ class Trainer:
             teacher = None
             if self.teacher is not None and mode == "scene":
                 with torch.no_grad():
-                    teacher = self.teacher(batch["images"], mode="scene")
+                    # defer_attributes: the teacher teaches boxes and scores only; skip its 102-channel decision
+                    teacher = self.teacher(batch["images"], mode="scene", defer_attributes=True)
         # losses in fp32 (the loss casts the head outputs); under DDP normalised by the global batch's counts
         total, terms = self.loss(outputs, batch, teacher)
         if not torch.isfinite(total):
