@@ -3,12 +3,14 @@
 `mouaadnet pipeline run --cache` in a subprocess (its own process group: kfp.local's task processes die with
 it, as a preempted node takes everything), SIGKILLed once the train step has copied a checkpoint to its MLflow
 run's artifact store; the same command again: prepare_data comes from the cache, train resumes the same MLflow
-run after the epochs it had finished (each epoch logged once, not from zero), and the pipeline completes.
+run after the epochs it had finished (each epoch logged once, not from zero), and the pipeline completes. A
+third submission after that reuses the finished train step from the cache instead of training again.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +22,7 @@ pytest.importorskip("kfp")
 
 from mouaadnet.tracking import PROJECT_ROOT  # noqa: E402
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(720)]
 
 TINY = """\
 seed: 0
@@ -114,3 +116,12 @@ def test_a_killed_pipeline_run_resumes_training_in_the_same_mlflow_run(tmp_path,
     assert adopted["run.train"] == killed_run  # the re-submitted pipeline run's train step is the resumed run
     prepared = client.search_runs([run.info.experiment_id], "tags.`pipeline.step` = 'prepare_data'")
     assert [r.info.run_id for r in prepared] == [adopted["run.prepare_data"]]  # from the cache, not redone
+
+    # Submitted once more after it finished: the train step comes from the cache (its Metrics output is a file,
+    # which kfp.local's cache needs), so no training starts and no train run is added.
+    third = subprocess.run(_command(tmp_path), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    output = third.stdout + third.stderr
+    assert third.returncode == 0, output[-6000:]
+    assert re.search(r"Executing task \S*evaluate", output), output[-6000:]  # the uncached steps ran
+    assert not re.search(r"Executing task \S*train", output), output[-6000:]
+    assert [r.info.run_id for r in _train_runs(client)] == [killed_run]

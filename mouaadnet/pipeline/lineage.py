@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import json
 import math
 import time
 from collections.abc import Iterator
@@ -232,6 +233,14 @@ def step_run(step: str, parent_run_id: str = "", experiment: str = DEFAULT_EXPER
 def _finite(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+def write_metrics_artifact(path: str, metrics: dict[str, Any]) -> None:
+    """A KFP Metrics output's values also as a JSON file at its path. kfp.local's cache treats a local artifact
+    without a file as missing and re-runs the task, and a Metrics artifact otherwise lives in metadata only: without
+    the file a finished train step trained again whenever its pipeline was re-submitted."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(metrics, indent=1, sort_keys=True, default=str))
 
 
 def log_onnx_model(path: Path, name: str, example) -> str:

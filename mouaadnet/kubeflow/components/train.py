@@ -23,6 +23,7 @@ def train(dataset: Input[Dataset], config: str, data_fingerprint: str, epochs: i
     checkpoint through the ReadWriteMany PVC `train_volume`."""
     from collections import namedtuple
 
+    from mouaadnet.pipeline.lineage import write_metrics_artifact
     from mouaadnet.pipeline.steps import train_step
 
     result = train_step(dataset.path, config, checkpoint.path, epochs, steps_per_epoch, data_fingerprint, experiment,
@@ -31,6 +32,7 @@ def train(dataset: Input[Dataset], config: str, data_fingerprint: str, epochs: i
                         nproc_per_node=nproc_per_node, resume_from=resume_from)
     for name, value in result["metrics"].items():
         metrics.log_metric(name.replace("/", "_"), value)
+    write_metrics_artifact(metrics.path, metrics.metadata)  # else kfp.local's cache never reuses this step
     checkpoint.metadata.update({"data_fingerprint": data_fingerprint, "best_epoch": result["best_epoch"],
                                 "num_nodes": num_nodes, "gpus_per_node": gpus_per_node,
                                 "nproc_per_node": nproc_per_node})
