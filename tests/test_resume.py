@@ -93,6 +93,12 @@ def test_a_carried_checkpoint_continues_the_run_on_a_machine_whose_store_never_s
     with pytest.raises(durable.CarryError, match="not a carried checkpoint"):
         durable.take_carried(tmp_path / "machine-a" / "last.pt", "k3", tmp_path / "refused")
 
+    # the carrying machine itself finishes the run; the carried file then refuses to train its epochs again there
+    assert launch.train_on_this_node(cfg, tmp_path / "machine-a2", "k3", 1, None)["run_id"] == run_a
+    with pytest.raises(durable.CarryError, match=f"continues MLflow run {run_a}, which this store holds as finished"):
+        launch.train_on_this_node(cfg, tmp_path / "machine-a3", "k3", 1, None, resume_from=str(carried))
+    assert [m.step for m in MlflowClient().get_metric_history(run_a, "loss")] == [1, 2]  # nothing logged twice
+
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'machine-b.db'}")
     summary = launch.train_on_this_node(cfg, tmp_path / "machine-b", "k3", 1, None, resume_from=str(carried))
     client_b = MlflowClient()

@@ -90,8 +90,8 @@ def resume_checkpoint(cfg, work: Path, key: str, resume_from: str = "") -> bool:
               flush=True)
     elif resume_from:
         done = durable.take_carried(resume_from, key, work)
-        print(f"train: continuing the carried checkpoint {resume_from} after epoch {done} (a new MLflow run that "
-              f"records the run it came from)", flush=True)
+        print(f"train: continuing the carried checkpoint {resume_from} after epoch {done} (its MLflow run where "
+              f"this store knows it, else a new run that records the run it came from)", flush=True)
     else:
         return False
     write_config(cfg, work / "config.yaml")  # a new run writes it at its start; this pod never saw that

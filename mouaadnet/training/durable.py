@@ -152,6 +152,12 @@ def take_carried(path: str | Path, key: str, out_dir: str | Path) -> int:
         raise CarryError(f"{path} continues another training (resume key {carried['resume_key']}, this step's is "
                          f"{key}): the config, epochs, experiment, starting weights or data differ; nothing "
                          f"was resumed")
+    finished = _finished_here(carried.get("from_run"))
+    if finished is not None:
+        raise CarryError(f"{path} continues MLflow run {carried['from_run']}, which this store holds as finished "
+                         f"(after epoch {finished}): continuing it would train those epochs again into that run; its "
+                         f"checkpoints are in its artifact store. Nothing was resumed (re-run without --resume-from, "
+                         f"with --cache, to reuse the finished step)")
     best_weights = state.pop("best_weights", None)
     out = Path(out_dir)
     atomic_save(state, out / "last.pt")
@@ -160,6 +166,20 @@ def take_carried(path: str | Path, key: str, out_dir: str | Path) -> int:
         best.update(model=_float(best_weights), ema=_float(best_weights), epoch=state["best_epoch"])
         atomic_save(best, out / "best.pt")
     return int(state["epoch"]) + 1
+
+
+def _finished_here(run_id: str | None) -> str | None:
+    """Epochs done (tag) of ``run_id`` when this tracking store holds it as FINISHED; None when the run is unknown
+    here (another machine's store: the usual case for a carried file), unfinished, or the store cannot say."""
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return None
+    try:
+        run = _client().get_run(run_id)
+    except MlflowException:
+        return None
+    return run.data.tags.get(EPOCHS_TAG, "?") if run.info.status == "FINISHED" else None
 
 
 def _float(weights: dict) -> dict:
