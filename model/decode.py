@@ -43,13 +43,18 @@ def cell_anchor(cell: torch.Tensor, stride: int) -> torch.Tensor:
     return (cell + 0.5) * stride
 
 
+def cell_anchors(height: int, width: int, stride: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anchor x and y (px) of every cell of an h x w map, flat in row-major order [h*w]."""
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32, device=device),
+                            torch.arange(width, dtype=torch.float32, device=device), indexing="ij")
+    return cell_anchor(xs.flatten(), stride), cell_anchor(ys.flatten(), stride)
+
+
 def cell_boxes(ltrb: torch.Tensor, stride: int = HEAD_STRIDE) -> torch.Tensor:
     """Arch v2 ``ltrb`` maps [N,4,h,w] (log-distances) -> the box every cell decodes [N,h*w,4], float32."""
     n, _, h, w = ltrb.shape
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=ltrb.device),
-                            torch.arange(w, dtype=torch.float32, device=ltrb.device), indexing="ij")
-    return box_from_ltrb(cell_anchor(xs.flatten(), stride), cell_anchor(ys.flatten(), stride),
-                         ltrb.float().reshape(n, 4, -1).transpose(1, 2), stride)
+    ax, ay = cell_anchors(h, w, stride, ltrb.device)
+    return box_from_ltrb(ax, ay, ltrb.float().reshape(n, 4, -1).transpose(1, 2), stride)
 
 
 def box_iou_matrix(boxes: torch.Tensor) -> torch.Tensor:

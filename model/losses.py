@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pydantic import field_validator
 
 from .config import AGE_RANGES, HEAD_STRIDE, MAX_AGE, NUM_AGE_BINS, StrictConfig
-from .decode import SIZE_LOG_LIMIT, cell_anchor, cell_boxes, expected_age
+from .decode import SIZE_LOG_LIMIT, cell_anchor, cell_anchors, cell_boxes, expected_age
 
 GAUSSIAN_ALPHA = 0.54  # TTFNet: elliptical Gaussian sigma = alpha * box side / 6
 GAUSSIAN_BETA = 0.54  # TTFNet: the box-regression core is the Gaussian truncated at beta * box side / 2
@@ -247,17 +247,10 @@ def dense_box_targets(boxes: torch.Tensor, valid: torch.Tensor, height: int, wid
 
 def encode_ltrb(target: torch.Tensor, height: int, width: int, stride: int = HEAD_STRIDE) -> torch.Tensor:
     """The ``ltrb`` head output [N,4,h,w] that decodes to ``target`` boxes [N,h*w,4] at every cell (tests, teachers)."""
-    ax, ay = _cell_anchors(height, width, stride, target.device)
+    ax, ay = cell_anchors(height, width, stride, target.device)
     d = torch.stack([ax - target[..., 0], ay - target[..., 1], target[..., 2] - ax, target[..., 3] - ay], -1)
     log_d = torch.log((d / stride).clamp(min=MIN_SIDE_CELLS))
     return log_d.transpose(1, 2).reshape(target.shape[0], 4, height, width)
-
-
-def _cell_anchors(height: int, width: int, stride: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Anchor x and y (px) of every cell, flat in row-major order [h*w]."""
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32, device=device),
-                            torch.arange(width, dtype=torch.float32, device=device), indexing="ij")
-    return cell_anchor(xs.flatten(), stride), cell_anchor(ys.flatten(), stride)
 
 
 def _gather_rows(maps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

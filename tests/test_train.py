@@ -154,6 +154,7 @@ def test_a_v2_teacher_distils_into_the_scene_steps(tmp_path):
     with pytest.raises(ValueError, match="distillation needs a v2"):
         Trainer(cfg, tmp_path / "run2", progress=False)
 
+
 def test_mlflow_run_has_params_metrics_artifacts(tmp_path, tracking):
     cfg = tiny_config(epochs=2, steps=2)
     summary = train(cfg, tmp_path / "run", progress=False)
